@@ -1,0 +1,16 @@
+"""xr-opensr: lazy 4x super-resolution of Sentinel-2 with a latent diffusion model.
+
+``import xr_opensr`` registers the ``.opensr`` accessor on xarray objects.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import errors
+from .models import SRModel, convert_checkpoint, load_model, registered_models
+
+try:
+    __version__ = version("xr-opensr")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["SRModel", "convert_checkpoint", "errors", "load_model", "registered_models", "__version__"]

@@ -1,0 +1,324 @@
+"""Model files: load/save model folders, convert LDSR-S2 v1 checkpoints, registered names.
+
+A model folder holds ``config.json`` (:class:`ModelConfig`) and ``model.safetensors`` (the state
+dict of :class:`SRModel`: ``autoencoder.*`` and ``denoiser.*``). Checkpoints (``.ckpt``) are read
+with ``torch.load(weights_only=True)`` only: no code inside them ever runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, ModelError
+from .autoencoder import AutoencoderConfig
+from .config import ModelConfig
+from .diffusion import SamplerConfig, ScheduleConfig
+from .pipeline import SRModel
+from .unet import UNetConfig
+
+__all__ = [
+    "load_model",
+    "save_model",
+    "convert_checkpoint",
+    "read_checkpoint",
+    "ldsr_s2_v1_config",
+    "tiny_config",
+    "seeded_model",
+    "registered_models",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "MODEL_CARD.md"
+
+# --------------------------------------------------------------------------- registry
+
+
+def _weights_root() -> Path:
+    return Path(str(resources.files("xr_opensr") / "weights"))
+
+
+def registered_models() -> dict[str, Path]:
+    """Names of the models shipped in the package -> their folders."""
+    root = _weights_root()
+    return {p.name: p for p in sorted(root.iterdir()) if (p / CONFIG_FILE).is_file()}
+
+
+def ldsr_s2_v1_config(**changes) -> ModelConfig:
+    """Architecture and defaults of ESA OpenSR's LDSR-S2 v1 (``opensr-ldsrs2_v1_0_0.ckpt``)."""
+    cfg = ModelConfig(
+        name="ldsr-s2",
+        version="1.0.0",
+        patch_size=128,
+        default_overlap=16,
+        conditioning="sample",
+        autoencoder=AutoencoderConfig(
+            in_channels=4, out_ch=4, ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, attn_resolutions=(),
+            z_channels=4, embed_dim=4, double_z=True, resolution=512, dropout=0.0,
+        ),
+        denoiser=UNetConfig(
+            in_channels=8, out_channels=4, model_channels=160, channel_mult=(1, 2, 2, 4), num_res_blocks=2,
+            attention_resolutions=(16, 8), num_head_channels=32, image_size=128,
+        ),
+        schedule=ScheduleConfig(timesteps=1000, linear_start=1e-4, linear_end=1e-2),
+        sampler=SamplerConfig(steps=100, eta=0.95, temperature=1.0),
+        provenance={
+            "source": "ESA OpenSR LDSR-S2 v1 (opensr-model 1.0.x), converted with `xr-opensr convert`",
+            "reference": "Donike et al., ESA OpenSR; https://github.com/ESAOpenSR/opensr-model",
+        },
+    )
+    return cfg.replace(**changes) if changes else cfg
+
+
+def tiny_config(**changes) -> ModelConfig:
+    """A very small model of the same family, for tests and smoke runs (a few ms per patch)."""
+    cfg = ModelConfig(
+        name="tiny",
+        version="0.1.0",
+        patch_size=16,
+        default_overlap=4,
+        conditioning="mode",
+        autoencoder=AutoencoderConfig(
+            ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(), resolution=64, num_groups=4,
+        ),
+        denoiser=UNetConfig(
+            model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+            num_head_channels=8, image_size=16, num_groups=4,
+        ),
+        schedule=ScheduleConfig(timesteps=1000, linear_start=1e-4, linear_end=1e-2),
+        sampler=SamplerConfig(steps=4, eta=0.95, temperature=1.0),
+        provenance={"source": "seeded random weights (not trained): for tests only, output is not meaningful"},
+    )
+    return cfg.replace(**changes) if changes else cfg
+
+
+def seeded_model(config: ModelConfig, seed: int = 0) -> SRModel:
+    """Untrained model with reproducible random weights (zero-initialised layers filled too).
+
+    The shipped ``tiny`` model is ``seeded_model(tiny_config(), 0)``.
+    """
+    torch.manual_seed(seed)
+    net = SRModel(config)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return net.eval()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_model(
+    model: str | Path | SRModel = "default",
+    *,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = None,
+    ema: bool | None = None,
+) -> SRModel:
+    """Load a super-resolution model.
+
+    Parameters
+    ----------
+    model : a registered name (``"default"``, ``"tiny"``; see :func:`registered_models`), a model
+        folder (``config.json`` + ``model.safetensors``), a ``.safetensors`` file beside its
+        ``config.json``, or an LDSR-S2 v1 checkpoint (``.ckpt``, read with ``weights_only=True``).
+    device : "auto" (CUDA if available), "cpu", "cuda", "cuda:1" ...
+    dtype : compute dtype of the denoiser: None/float32, or bfloat16/float16 on a GPU.
+    ema : for ``.ckpt`` files, use the EMA UNet weights (True) or the raw ones (False); None means
+        what the published opensr-model package does (raw weights).
+    """
+    if isinstance(model, SRModel):
+        return model.place(device, dtype)
+    path = _resolve(model)
+    if path.is_dir():
+        net = _load_folder(path)
+    elif path.suffix == ".safetensors":
+        net = _load_folder(path.parent, weights=path)
+    else:
+        net = _from_state_dict(ldsr_s2_v1_config(), read_checkpoint(path), ema=ema, source=path)
+    return net.place(device, dtype)
+
+
+def _resolve(model: str | Path) -> Path:
+    if not isinstance(model, str | Path):
+        raise ModelError(f"model must be a name, a path or an SRModel, got {type(model).__name__}")
+    names = registered_models()
+    if isinstance(model, str) and model in names:
+        return names[model]
+    if isinstance(model, str) and model == "default":
+        warnings.warn(
+            "no trained default model is shipped in this installation: using the 'tiny' model with "
+            "seeded random weights, whose output is NOT a meaningful super-resolution",
+            UserWarning,
+            stacklevel=3,
+        )
+        return names["tiny"]
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    if isinstance(model, str) and not any(sep in model for sep in "/\\") and "." not in model:
+        raise ModelError(
+            f"unknown model name {model!r}; registered models: {sorted(names)}; "
+            "or pass a model folder or an LDSR-S2 .ckpt path"
+        )
+    raise CheckpointError(f"model file or folder not found: {path}")
+
+
+def _load_folder(folder: Path, weights: Path | None = None) -> SRModel:
+    cfg_path = folder / CONFIG_FILE
+    weights = weights or folder / WEIGHTS_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder} is not a model folder: {CONFIG_FILE} is missing")
+    if not weights.is_file():
+        raise CheckpointError(f"weights file missing: {weights} (a model folder needs {WEIGHTS_FILE})")
+    config = ModelConfig.from_json(cfg_path)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read weights {weights}: {err}; the file is corrupt or not safetensors") from err
+    return _load_state(SRModel(config), state, source=weights)
+
+
+def _load_state(net: SRModel, state: Mapping[str, torch.Tensor], source: Path | str) -> SRModel:
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
+            if keys:
+                shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+                parts.append(f"{len(keys)} {label} keys: {shown}")
+        raise CheckpointError(
+            f"weights {source} do not fit the config of model {net.config.name!r}: " + "; ".join(parts)
+            + ". Use the config.json written with these weights."
+        )
+    net.load_state_dict(dict(state), strict=True)
+    return net.eval()
+
+
+def save_model(net: SRModel, folder: str | Path, *, card: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ ``MODEL_CARD.md``) into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise ModelError(f"{folder} exists and is not empty; choose a new folder or pass overwrite=True")
+    folder.mkdir(parents=True, exist_ok=True)
+    net.config.to_json(folder / CONFIG_FILE)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "name": net.config.name})
+    if card is not None:
+        (folder / CARD_FILE).write_text(card)
+    return folder
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+# The one place that knows how LDSR-S2 v1 checkpoint keys map onto SRModel's.
+_CKPT_AUTOENCODER = "first_stage_model."
+_CKPT_UNET = "model.diffusion_model."
+_CKPT_EMA = "model_ema."
+_CKPT_SCHEDULE = "alphas_cumprod"
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a PyTorch (Lightning) checkpoint, read without running pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
+        text = str(err)
+        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            raise CheckpointError(
+                f"refusing to load {path}: it needs arbitrary pickled code to load, which xr-opensr never "
+                "runs. Re-save only its tensors, e.g. torch.save({'state_dict': sd}, 'clean.ckpt'), "
+                "in an environment you trust"
+            ) from err
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.__class__.__name__}: {text[:300]}") from err
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no state dict of tensors (expected a 'state_dict' entry)")
+    return dict(state)
+
+
+def checkpoint_to_state(
+    state: Mapping[str, torch.Tensor], denoiser_keys: list[str], ema: bool | None = None
+) -> dict[str, torch.Tensor]:
+    """Map LDSR-S2 v1 checkpoint keys onto SRModel keys.
+
+    ``first_stage_model.*`` -> ``autoencoder.*``; ``model.diffusion_model.*`` (or, with ``ema=True``,
+    ``model_ema.*`` whose names have their dots removed) -> ``denoiser.*``. Perceptual-loss
+    tensors, the EMA bookkeeping and schedule buffers are dropped.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(_CKPT_AUTOENCODER):
+            out["autoencoder." + key[len(_CKPT_AUTOENCODER):]] = value
+        elif key.startswith(_CKPT_UNET) and not ema:
+            out["denoiser." + key[len(_CKPT_UNET):]] = value
+    if ema:
+        flat = {k[len(_CKPT_EMA):]: v for k, v in state.items() if k.startswith(_CKPT_EMA)}
+        if not flat:
+            raise CheckpointError("ema=True but the checkpoint has no model_ema.* weights; use ema=False")
+        for key in denoiser_keys:
+            squashed = ("diffusion_model." + key).replace(".", "")
+            if squashed in flat:
+                out["denoiser." + key] = flat[squashed]
+    return out
+
+
+def _schedule_from_checkpoint(state: Mapping[str, torch.Tensor], cfg: ScheduleConfig) -> ScheduleConfig:
+    """Read linear_start/linear_end off the checkpoint's schedule buffers and check they are linear."""
+    if "betas" not in state:
+        return cfg
+    betas = state["betas"].double().numpy()
+    fitted = ScheduleConfig(
+        timesteps=len(betas), linear_start=float(np.round(betas[0], 8)), linear_end=float(np.round(betas[-1], 8)),
+    )
+    from .diffusion import NoiseSchedule
+
+    if not np.allclose(NoiseSchedule(fitted).betas, betas, rtol=1e-4, atol=1e-9):
+        raise CheckpointError("the checkpoint's beta schedule is not the LDM 'linear' schedule; cannot convert it")
+    return fitted
+
+
+def _from_state_dict(
+    config: ModelConfig, state: Mapping[str, torch.Tensor], *, ema: bool | None, source: Path | str
+) -> SRModel:
+    config = config.replace(schedule=_schedule_from_checkpoint(state, config.schedule))
+    net = SRModel(config)
+    denoiser_keys = [k[len("denoiser."):] for k in net.state_dict() if k.startswith("denoiser.")]
+    mapped = checkpoint_to_state(state, denoiser_keys, ema=ema)
+    prov = dict(config.provenance, checkpoint=str(Path(source).name), unet_weights="ema" if ema else "raw")
+    net.config = config.replace(provenance=prov)
+    return _load_state(net, mapped, source)
+
+
+def convert_checkpoint(
+    ckpt: str | Path, outdir: str | Path, *, ema: bool | None = None, overwrite: bool = False
+) -> Path:
+    """Convert an LDSR-S2 v1 ``.ckpt`` into a model folder that :func:`load_model` reads."""
+    net = _from_state_dict(ldsr_s2_v1_config(), read_checkpoint(ckpt), ema=ema, source=ckpt)
+    card = (
+        f"# {net.config.name} {net.config.version}\n\nConverted from `{Path(ckpt).name}` with "
+        f"`xr-opensr convert` (UNet weights: {'EMA' if ema else 'raw'}).\n"
+        "Model by ESA OpenSR (LDSR-S2); see https://github.com/ESAOpenSR/opensr-model for its licence.\n"
+    )
+    return save_model(net, outdir, card=card, overwrite=overwrite)
