@@ -86,8 +86,11 @@ def ours(ckpt_path):
     return load_model(ckpt_path, device="cpu")
 
 
-def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max())
+def _maxdiff(a: torch.Tensor, b: torch.Tensor, label: str = "") -> float:
+    diff = float((a.double() - b.double()).abs().max())
+    if label:  # the margins, shown with `pytest -k parity -s`
+        print(f"\nparity margin {label}: max abs diff {diff:.3e}")
+    return diff
 
 
 def test_parity_checkpoint_layout(reference, ours):
@@ -102,10 +105,10 @@ def test_parity_autoencoder_encode_decode(reference, ours):
     x = torch.rand(1, 4, 128, 128, generator=torch.Generator().manual_seed(2)) * 0.4
     ref_post = reference.model.first_stage_model.encode(x)
     our_post = ours.autoencoder.encode(x)
-    assert _maxdiff(ref_post.mean, our_post.mean) <= 1e-5
-    assert _maxdiff(ref_post.logvar, our_post.logvar) <= 1e-5
+    assert _maxdiff(ref_post.mean, our_post.mean, "AE encode mean") <= 1e-5
+    assert _maxdiff(ref_post.logvar, our_post.logvar, "AE encode logvar") <= 1e-5
     z = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(3))
-    assert _maxdiff(reference.model.decode_first_stage(z), ours.autoencoder.decode(z)) <= 1e-5
+    assert _maxdiff(reference.model.decode_first_stage(z), ours.autoencoder.decode(z), "AE decode") <= 1e-5
 
 
 @torch.no_grad()
@@ -118,7 +121,7 @@ def test_parity_unet(reference, ours, t):
     ref_eps = reference.model.apply_model(x, tt, cond)
     our_eps = ours.denoise(x, tt, cond)
     assert float(ref_eps.abs().mean()) > 1e-3  # a real signal, not zeros
-    assert _maxdiff(ref_eps, our_eps) <= 1e-5
+    assert _maxdiff(ref_eps, our_eps, f"UNet t={t}") <= 1e-5
 
 
 @torch.no_grad()
@@ -142,8 +145,8 @@ def test_parity_ddim_step(reference, ours):
     noise = torch.randn(x.shape)
     eps = ours.denoise(x, torch.full((1,), t, dtype=torch.long), cond)
     our_prev, our_x0 = our_ddim.step(x, eps, index, noise)
-    assert _maxdiff(ref_x0, our_x0) <= 1e-5
-    assert _maxdiff(ref_prev, our_prev) <= 1e-5
+    assert _maxdiff(ref_x0, our_x0, "DDIM step pred_x0") <= 1e-5
+    assert _maxdiff(ref_prev, our_prev, "DDIM step x_prev") <= 1e-5
 
 
 @torch.no_grad()
@@ -171,7 +174,7 @@ def test_parity_end_to_end_two_steps(reference, ours):
     finally:
         ours.config = saved
     assert out.shape == (1, 1, 4, 128, 128)
-    assert _maxdiff(ref_sr, out[:, 0]) <= 1e-4
+    assert _maxdiff(ref_sr, out[:, 0], "2-step eta=0 end to end") <= 1e-4
 
 
 def test_parity_histogram_matching_matches_skimage():
@@ -226,3 +229,19 @@ def test_parity_unsafe_checkpoint_is_refused(reference, tmp_path):
     with pytest.raises(CheckpointError, match="arbitrary pickled code"):
         load_model(path, device="cpu")
     assert not marker.exists()
+
+
+def test_parity_cli_convert_writes_a_loadable_folder(reference, ckpt_path, tmp_path):
+    from xr_opensr.cli import main
+
+    out = tmp_path / "ldsr"
+    assert main(["convert", str(ckpt_path), str(out)]) == 0
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    net = load_model(out, device="cpu")
+    gen = torch.Generator().manual_seed(11)
+    x, cond = torch.randn(1, 4, 32, 32, generator=gen), torch.randn(1, 4, 32, 32, generator=gen)
+    t = torch.full((1,), 250, dtype=torch.long)
+    with torch.no_grad():
+        assert _maxdiff(reference.model.apply_model(x, t, cond), net.denoise(x, t, cond)) <= 1e-5
+    # an existing output is never overwritten without --overwrite
+    assert main(["convert", str(ckpt_path), str(out)]) == 2

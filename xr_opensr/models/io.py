@@ -245,13 +245,17 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
         text = str(err)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        if "Unsupported global" in text or "GLOBAL " in text:
             raise CheckpointError(
                 f"refusing to load {path}: it needs arbitrary pickled code to load, which xr-opensr never "
                 "runs. Re-save only its tensors, e.g. torch.save({'state_dict': sd}, 'clean.ckpt'), "
                 "in an environment you trust"
             ) from err
-        raise CheckpointError(f"cannot read checkpoint {path}: {err.__class__.__name__}: {text[:300]}") from err
+        detail = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0] if text.strip() else ""
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: the file is corrupt or not a PyTorch checkpoint "
+            f"({err.__class__.__name__}: {detail[:200]})"
+        ) from err
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors (expected a 'state_dict' entry)")
