@@ -1,14 +1,199 @@
-"""The ``xr-opensr`` command line. Each sub-command is a function ``cmd_<name>(args) -> int``."""
+"""The ``xr-opensr`` command line. Each sub-command is a function ``cmd_<name>(args) -> int``.
+
+Exit codes: 0 success, 1 nothing to do (e.g. a search found no scene), 2 bad input, option or path
+(the message on stderr names the fix), 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
-from collections.abc import Sequence
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 from .errors import OpenSRError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "CLIError"]
+
+EARTH_SEARCH = "https://earth-search.aws.element84.com/v1"
+DEMO_DIR = "opensr-demo"
+_UNTRAINED_MARK = "NOT a meaningful"
+
+
+class CLIError(OpenSRError):
+    """A command-line problem: an option, a path, a missing optional dependency or a cluster."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _warn(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _require(module: str, extra: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise CLIError(f"this command needs {module.split('.')[0]} ({err}): pip install \"xr-opensr[{extra}]\"") from err
+
+
+def _positive(kind: type = int) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _chunks(text: str) -> int | str:
+    if text == "auto":
+        return text
+    return _positive(int)(text)
+
+
+def _is_untrained(model: str, used_name: str | None) -> bool:
+    """True for models with random weights (the shipped 'tiny'), from their config's provenance."""
+    from .models import registered_models
+    from .models.config import ModelConfig
+
+    folder = registered_models().get(model) or registered_models().get(used_name or "")
+    path = Path(model).expanduser()
+    if folder is None and path.is_dir() and (path / "config.json").is_file():
+        folder = path
+    if folder is None:
+        return False
+    source = str(ModelConfig.from_json(folder / "config.json").provenance.get("source", ""))
+    return "random weights" in source or "not trained" in source
+
+
+def _model_report(result: Any, model: str, caught: Sequence[warnings.WarningMessage]) -> bool:
+    """Print which model ran; shout when it is the untrained fallback. Returns True if untrained."""
+    attrs = result.attrs
+    name, version = attrs.get("model", model), attrs.get("model_version", "?")
+    fallback = any(_UNTRAINED_MARK in str(w.message) for w in caught)
+    untrained = fallback or _is_untrained(model, name)
+    _say(
+        f"model: {name} {version} (requested {model!r}); {attrs.get('samples')} samples, "
+        f"{attrs.get('steps')} DDIM steps, seed {attrs.get('seed')}, patch {attrs.get('patch')} px"
+    )
+    for w in caught:
+        if _UNTRAINED_MARK not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if untrained:
+        why = (
+            "no trained 'default' model is installed, so this ran the UNTRAINED 'tiny' model"
+            if fallback
+            else f"model {name!r} has seeded random weights (it exists for tests)"
+        )
+        bar = "!" * 78
+        _warn(
+            f"{bar}\n!! WARNING: {why}.\n!! Its output is NOT a meaningful super-resolution: it only shows that the "
+            "pipeline runs.\n!! Use a trained model: --model /path/to/model-folder (python -m training export) or a "
+            "converted\n!! LDSR-S2 v1 checkpoint (xr-opensr convert opensr-ldsrs2_v1_0_0.ckpt ldsr-v1/).\n" + bar
+        )
+    return untrained
+
+
+@contextlib.contextmanager
+def _dask_runner(args: argparse.Namespace) -> Iterator[Callable[..., Any]]:
+    """Yield ``compute(*delayed)``: local threads (dask ProgressBar) or a dask.distributed cluster."""
+    progress = not getattr(args, "no_progress", False)
+    address, workers = getattr(args, "scheduler", None), getattr(args, "workers", None)
+    if address is None and workers is None:
+        import dask
+        from dask.diagnostics import ProgressBar
+
+        def compute_local(*collections: Any) -> Any:
+            bar = ProgressBar(out=sys.stderr) if progress else contextlib.nullcontext()
+            with bar:
+                return dask.compute(*collections)
+
+        yield compute_local
+        return
+
+    distributed = _require("distributed", "distributed")
+    with contextlib.ExitStack() as stack:
+        if address is not None:
+            try:
+                client = stack.enter_context(distributed.Client(address, timeout="15s"))
+            except (OSError, TimeoutError) as err:
+                raise CLIError(
+                    f"cannot connect to a dask scheduler at {address!r} ({err}); start one with "
+                    "`dask scheduler` + `dask worker ADDRESS`, or use --workers N for a local cluster"
+                ) from err
+        else:
+            cluster = stack.enter_context(
+                distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                         dashboard_address=None)
+            )
+            client = stack.enter_context(distributed.Client(cluster))
+        _say(f"dask cluster: {client.scheduler.address}, {len(client.scheduler_info()['workers'])} workers")
+
+        def compute_cluster(*collections: Any) -> Any:
+            futures = client.compute(list(collections))
+            if progress:
+                distributed.progress(futures)
+                print(file=sys.stderr)
+            return client.gather(futures)
+
+        yield compute_cluster
+
+
+def _superresolve(obj: Any, args: argparse.Namespace) -> tuple[Any, bool]:
+    """Build the lazy result with the CLI options; print the model. Returns (result, untrained)."""
+    from . import accessor  # noqa: F401  (registers .opensr)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = obj.opensr.superresolve(
+            args.samples, model=args.model, steps=args.steps, seed=args.seed, device=args.device
+        )
+    return result, _model_report(result, args.model, caught)
+
+
+def _describe_written(paths: Sequence[Path], seconds: float) -> None:
+    for path in paths:
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+        _say(f"wrote {path} ({size / 1e6:.1f} MB)")
+    _say(f"wall time: {seconds:.1f} s")
+
+
+def _select_time(obj: Any, when: str | None) -> Any:
+    if when is None or "time" not in obj.dims:
+        return obj
+    if when.lstrip("-").isdigit():
+        return obj.isel(time=[int(when)])
+    return obj.sel(time=[obj.time.sel(time=when, method="nearest").values])
+
+
+# --------------------------------------------------------------------------- commands
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -36,11 +221,239 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_superresolve(args: argparse.Namespace) -> int:
+    from . import _io
+
+    _io.check_outputs(args.output, overwrite=args.overwrite)
+    obj = _io.open_input(args.input, chunks=args.chunks, bands=args.bands, variable=args.variable)
+    obj = _select_time(obj, args.time)
+    _say(f"input: {args.input} {dict(obj.sizes)}")
+    start = time.perf_counter()
+    with _dask_runner(args) as compute:
+        result, _ = _superresolve(obj, args)
+        written = _io.write_result(result, args.output, overwrite=args.overwrite, compute=compute)
+    _describe_written(written, time.perf_counter() - start)
+    return 0
+
+
+def _parse_bbox(values: Sequence[float]) -> tuple[float, float, float, float]:
+    west, south, east, north = values
+    if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+        raise CLIError(
+            f"--bbox {west} {south} {east} {north} is not a WEST SOUTH EAST NORTH box in degrees "
+            "(needs west < east, south < north); e.g. --bbox 9.0 45.0 9.1 45.1"
+        )
+    return west, south, east, north
+
+
+def _parse_datetime(text: str) -> str:
+    import datetime as dt
+
+    parts = text.split("/")
+    if len(parts) > 2:
+        raise CLIError(f"--datetime {text!r} must be a date or a range START/END, e.g. 2024-06-01/2024-06-30")
+    for part in parts:
+        if part in ("", ".."):
+            continue
+        try:
+            dt.datetime.fromisoformat(part.replace("Z", "+00:00"))
+        except ValueError:
+            raise CLIError(
+                f"--datetime {text!r}: {part!r} is not an ISO date; e.g. --datetime 2024-06-01/2024-06-30"
+            ) from None
+    return text
+
+
+def _cloud(item: Any) -> float:
+    value = item.properties.get("eo:cloud_cover")
+    return float(value) if value is not None else float("inf")
+
+
+def _load_for_bbox(stac: Any, items: Sequence[Any], bbox: Sequence[float], chunks: Any) -> Any:
+    """``stac.load_s2`` cropped to the bbox (passed through when load_s2 takes it)."""
+    import inspect
+
+    params = inspect.signature(stac.load_s2).parameters
+    chunk_arg = {"x": chunks, "y": chunks} if isinstance(chunks, int) else {}
+    kwargs: dict[str, Any] = {}
+    if "chunks" in params:
+        kwargs["chunks"] = chunk_arg
+    if "bbox" in params:
+        kwargs["bbox"] = tuple(bbox)
+    ds = stac.load_s2(list(items), **kwargs)
+    if "bbox" not in params:
+        ds = ds.rio.clip_box(*bbox, crs="EPSG:4326")
+    return ds
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from . import _io
+
+    bbox = _parse_bbox(args.bbox)
+    when = _parse_datetime(args.datetime)
+    kind = _io.output_kind(args.output)
+    if args.all and kind == "cog":
+        raise CLIError("--all writes several scenes: use a .zarr OUTPUT (a GeoTIFF holds one scene)")
+    _io.check_outputs(args.output, overwrite=args.overwrite)
+    stac = _require("xr_opensr.stac", "stac")
+    kwargs: dict[str, Any] = {"url": args.url, "collection": args.collection, "max_cloud": args.max_cloud}
+    if args.limit is not None:
+        kwargs["limit"] = args.limit
+    items = list(stac.search(bbox, when, **kwargs))
+    if not items:
+        _warn(
+            f"xr-opensr search: no {args.collection} scene at {args.url} for bbox {list(bbox)}, {when}, "
+            f"cloud cover <= {args.max_cloud}%; widen --datetime or raise --max-cloud"
+        )
+        return 1
+    _say(f"found {len(items)} scene(s):")
+    for item in sorted(items, key=lambda it: str(it.datetime)):
+        _say(f"  {item.id}  {item.datetime:%Y-%m-%d}  cloud {_cloud(item):.1f}%")
+    if not args.all:
+        best = min(items, key=_cloud)
+        day = best.datetime.date()
+        items = [it for it in items if it.datetime.date() == day]  # the whole pass over the bbox
+        _say(f"using the least cloudy: {best.id} ({day}, {len(items)} item(s) of that day)")
+    ds = _load_for_bbox(stac, items, bbox, args.chunks)
+    if not args.all and "time" in ds.dims and ds.sizes["time"] > 1:
+        ds = ds.isel(time=[0])
+    _say(f"loaded {dict(ds.sizes)}")
+    start = time.perf_counter()
+    with _dask_runner(args) as compute:
+        result, _ = _superresolve(ds, args)
+        written = _io.write_result(result, args.output, overwrite=args.overwrite, compute=compute)
+    _describe_written(written, time.perf_counter() - start)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import _io
+
+    outdir = Path(args.output).expanduser()
+    if outdir.exists() and not outdir.is_dir():
+        raise CLIError(f"--output {outdir} is a file; give a folder (it is created if missing)")
+    paths = {"sr": outdir / "sr.tif", "uncertainty": outdir / "uncertainty.tif", "png": outdir / "quicklook.png"}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not args.overwrite:
+        raise CLIError(
+            f"{', '.join(existing)} already exist(s) and were left untouched; pass --overwrite to replace them "
+            "or choose another --output folder"
+        )
+    testing = _require("xr_opensr.testing", "all")
+    lr = testing.demo_cube(chunks={"y": args.chunks, "x": args.chunks})
+    _say(f"demo cube: {dict(lr.sizes)} at 10 m, {lr.rio.crs} (built in, no network)")
+    outdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with _dask_runner(args) as compute:
+        result, untrained = _superresolve(lr, args)
+        arrays = {paths["sr"]: _io.with_attrs(result, "sr"), paths["uncertainty"]: _io.with_attrs(result, "uncertainty")}
+        written = _io.write_cog(arrays, overwrite=args.overwrite, compute=compute)
+    seconds = time.perf_counter() - start
+    try:
+        done = _io.open_cogs(paths["sr"], paths["uncertainty"]).assign_attrs(result.attrs)
+        _quicklook_png(lr, done, paths["png"], untrained)
+        written.append(paths["png"])
+    except ImportError as err:
+        _warn(f"no quicklook.png: {err}")
+    _describe_written(written, seconds)
+    if untrained:
+        _warn("reminder: the output above comes from an UNTRAINED model and is NOT a meaningful super-resolution")
+    return 0
+
+
+def _quicklook_png(lr: Any, result: Any, path: Path, untrained: bool) -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    from . import plot
+
+    fig = plot.quicklook(lr, result)
+    if untrained:
+        fig.suptitle("UNTRAINED model (random weights): NOT a meaningful super-resolution", color="red")
+    tmp = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_sr_options(p: argparse.ArgumentParser, *, chunks: int = 256) -> None:
+    g = p.add_argument_group("super-resolution")
+    g.add_argument("--model", default="default",
+                   help="registered name (default, tiny), model folder or LDSR-S2 .ckpt (default: %(default)s)")
+    g.add_argument("--samples", type=_positive(int), default=10,
+                   help="diffusion samples per pixel; sr is their mean, uncertainty their std (default: %(default)s)")
+    g.add_argument("--steps", type=_positive(int), default=None, help="DDIM steps (default: the model's)")
+    g.add_argument("--seed", type=_non_negative_int, default=0, help="base seed (default: %(default)s)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    g.add_argument("--chunks", type=_chunks, default=chunks,
+                   help="LR pixels per dask block side, or 'auto' (default: %(default)s)")
+    g = p.add_argument_group("execution")
+    ex = g.add_mutually_exclusive_group()
+    ex.add_argument("--scheduler", metavar="ADDRESS",
+                    help="run on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786 (the workers must "
+                    "reach the input and output paths)")
+    ex.add_argument("--workers", type=_positive(int), metavar="N",
+                    help="start a local dask.distributed cluster of N single-threaded worker processes")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--overwrite", action="store_true", help="replace existing outputs (never done without it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="xr-opensr", description="4x super-resolution of Sentinel-2 with a latent diffusion model"
+        prog="xr-opensr", description="4x super-resolution of Sentinel-2 with a latent diffusion model",
+        epilog="run `xr-opensr COMMAND --help` for the options of a command; start with `xr-opensr demo`",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser(
+        "demo", help="super-resolve the built-in demo cube: COGs + quicklook PNG (no network)", formatter_class=fmt,
+        description="Super-resolve the built-in real Sentinel-2 demo crop (B04, B03, B02, B08 at 10 m) to 2.5 m.\n"
+        "Writes OUTPUT/sr.tif and OUTPUT/uncertainty.tif (Cloud Optimized GeoTIFFs) and OUTPUT/quicklook.png.",
+        epilog="example: xr-opensr demo --output opensr-demo/ --samples 10",
+    )
+    p.add_argument("--output", "-o", default=DEMO_DIR, metavar="DIR", help="output folder (default: ./%(default)s/)")
+    _add_sr_options(p, chunks=128)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "superresolve", help="super-resolve a GeoTIFF/COG or Zarr file to a COG or Zarr store", formatter_class=fmt,
+        description="Super-resolve INPUT (GeoTIFF/COG or Zarr; 10 m B04, B03, B02, B08 as DN or reflectance) 4x.\n"
+        "OUTPUT.tif: sr -> OUTPUT.tif and uncertainty -> OUTPUT_uncertainty.tif (COGs, one time step);\n"
+        "OUTPUT.zarr: one Zarr store with sr and uncertainty (any number of time steps).",
+        epilog="examples:\n  xr-opensr superresolve s2.tif sr.tif --bands B04 B03 B02 B08\n"
+        "  xr-opensr superresolve cube.zarr sr.zarr --workers 4 --samples 20",
+    )
+    p.add_argument("input", help="GeoTIFF/COG (.tif) or Zarr store (.zarr)")
+    p.add_argument("output", help="output path ending in .tif (COG) or .zarr")
+    p.add_argument("--bands", nargs="+", metavar="NAME",
+                   help="names of the GeoTIFF's bands in file order when it has no band descriptions, e.g. B04 B03 B02 B08")
+    p.add_argument("--variable", help="the variable of a Zarr store to use, if not named like S2 bands")
+    p.add_argument("--time", help="only this time step: an ISO date (nearest) or an integer position")
+    _add_sr_options(p)
+    p.set_defaults(func=cmd_superresolve)
+
+    p = sub.add_parser(
+        "search", help="search a STAC API, load Sentinel-2 L2A and super-resolve it", formatter_class=fmt,
+        description="Search a STAC API for Sentinel-2 L2A scenes over a bbox and dates, load them (odc-stac, SCL\n"
+        "cloud mask), super-resolve the least cloudy one (or --all into a .zarr) and write OUTPUT.",
+        epilog="example: xr-opensr search sr.tif --bbox 9.00 45.00 9.02 45.01 --datetime 2024-06-01/2024-06-30",
+    )
+    p.add_argument("output", help="output path ending in .tif (COG; one scene) or .zarr")
+    p.add_argument("--bbox", nargs=4, type=float, required=True, metavar=("W", "S", "E", "N"),
+                   help="area in degrees (WGS84): west south east north")
+    p.add_argument("--datetime", required=True, metavar="START/END", help="date or range, e.g. 2024-06-01/2024-06-30")
+    p.add_argument("--url", default=os.environ.get("XR_OPENSR_STAC_URL", EARTH_SEARCH),
+                   help="STAC API (default: $XR_OPENSR_STAC_URL or %(default)s)")
+    p.add_argument("--collection", default="sentinel-2-l2a", help="collection id (default: %(default)s)")
+    p.add_argument("--max-cloud", type=float, default=20, help="largest eo:cloud_cover in %% (default: %(default)s)")
+    p.add_argument("--limit", type=_positive(int), default=None, help="at most this many items from the search")
+    p.add_argument("--all", action="store_true", help="super-resolve every scene found (needs a .zarr OUTPUT)")
+    _add_sr_options(p)
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("convert", help="convert an LDSR-S2 v1 .ckpt into a model folder")
     p.add_argument("checkpoint", help="path to opensr-ldsrs2_v1_0_0.ckpt (read with weights_only=True)")

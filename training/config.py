@@ -1,0 +1,229 @@
+"""Training configuration: one JSON file holds the model, the data, each stage and the evaluation.
+
+``TrainConfig.from_json(path)`` reads a file such as ``training/configs/default.json``; missing keys
+take the defaults below, unknown keys raise. The model section is an
+:class:`xr_opensr.models.ModelConfig` (the same object that ends up as the exported ``config.json``);
+``data`` and ``degradation`` are passed as keyword arguments to :class:`training.data.DataConfig` and
+:class:`training.degradation.DegradationConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xr_opensr.models import ModelConfig
+
+__all__ = [
+    "AutoencoderStageConfig",
+    "DiffusionStageConfig",
+    "EvalConfig",
+    "RunConfig",
+    "TrainConfig",
+]
+
+
+@dataclass(frozen=True)
+class AutoencoderStageConfig:
+    """Stage 1: the KL autoencoder, on HR patches of ``4 * model.patch_size`` pixels.
+
+    Loss = l1_weight * L1 + perceptual_weight * LPIPS + kl_weight * KL + histogram_weight * hist
+    + adaptive_weight * disc_weight * hinge_G (from step ``disc_start`` on). L1 and the histogram
+    term are computed on normalised values (``model.input_gain/offset``), LPIPS on reflectance.
+    """
+
+    steps: int = 600
+    batch_size: int = 4
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio over the run
+    grad_clip: float = 1.0
+    sample_posterior: bool = True
+    l1_weight: float = 1.0
+    perceptual_net: str = "stlpips-alex"
+    perceptual_weight: float = 0.1
+    perceptual_nir: bool = False  # also compare NIR as a grey RGB triplet (twice the LPIPS cost)
+    perceptual_reflectance_max: float = 0.4  # reflectance mapped to +1 for the LPIPS network
+    kl_weight: float = 1e-6
+    histogram_weight: float = 0.1
+    histogram_bins: int = 64
+    histogram_bandwidth: float = 1.0
+    histogram_divergence: str = "wasserstein"
+    disc_weight: float = 0.1
+    disc_start: int = 400
+    disc_lr: float = 2e-4
+    disc_channels: int = 32
+    disc_layers: int = 3
+    adaptive_weight_max: float = 1e4
+    latent_stat_batches: int = 8  # batches used to standardise the latent after training
+
+
+@dataclass(frozen=True)
+class DiffusionStageConfig:
+    """Stage 2: the denoising UNet on latents of the frozen (standardised) autoencoder."""
+
+    steps: int = 1200
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    target: str = "mode"  # latent of the HR: "mode" (posterior mean) or "sample"
+    ema_decay: float = 0.995
+    mixed_precision: bool = True  # autocast bf16, on a GPU only
+    cache_pairs: int = 768  # encode this many training pairs once (0: encode every batch afresh)
+    preview_samples: int = 4
+    preview_steps: int = 20
+    preview_eta: float = 0.95
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What every stage shares: seed, device, threads, how often to log, save and draw."""
+
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    log_every: int = 10
+    checkpoint_every: int = 100
+    sample_every: int = 200
+    preview_items: int = 4
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Calibration (validation scenes) and held-out evaluation.
+
+    Synthetic validation and test scenes use seeds offset far from the training seeds; the
+    held-out real crops come from ``training.data`` with ``split="heldout"`` (south of the line).
+    """
+
+    validation_seed: int = 1_000_000
+    test_seed: int = 2_000_000
+    validation_items: int = 16
+    test_items: int = 32
+    real_items: int = 16
+    samples: int = 10
+    steps: int = 20
+    eta: float = 0.95
+    histogram_matching: bool = True
+    coverage_target: float = 0.925  # fraction of |mean - HR| errors inside +-2 std after calibration
+    batch_size: int = 8
+
+
+_SECTIONS = {
+    "autoencoder": AutoencoderStageConfig,
+    "diffusion": DiffusionStageConfig,
+    "run": RunConfig,
+    "evaluate": EvalConfig,
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training recipe. ``name`` is the default run folder (``runs/<name>``)."""
+
+    name: str = "unnamed"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: dict[str, Any] = field(default_factory=dict)
+    degradation: dict[str, Any] = field(default_factory=dict)
+    autoencoder: AutoencoderStageConfig = field(default_factory=AutoencoderStageConfig)
+    diffusion: DiffusionStageConfig = field(default_factory=DiffusionStageConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.autoencoder.histogram_divergence not in ("wasserstein", "symmetric_kl"):
+            problems.append("autoencoder.histogram_divergence must be 'wasserstein' or 'symmetric_kl'")
+        if self.diffusion.target not in ("mode", "sample"):
+            problems.append("diffusion.target must be 'mode' or 'sample'")
+        if self.autoencoder.perceptual_net == "none" and self.autoencoder.perceptual_weight:
+            problems.append("autoencoder.perceptual_net is 'none' but perceptual_weight is not 0")
+        for name in ("autoencoder", "diffusion"):
+            if getattr(self, name).steps < 1 or getattr(self, name).batch_size < 1:
+                problems.append(f"{name}.steps and {name}.batch_size must be >= 1")
+        if not 0 < self.evaluate.coverage_target < 1:
+            problems.append("evaluate.coverage_target must be in (0, 1)")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def hr_patch(self) -> int:
+        """HR patch side in pixels: the model's LR patch size times its scale."""
+        return self.model.patch_size * self.model.scale
+
+    def data_config(self):
+        from .data import DataConfig
+
+        return _construct(DataConfig, self.data, "data")
+
+    def degradation_config(self):
+        from .degradation import DegradationConfig
+
+        return _construct(DegradationConfig, self.degradation, "degradation")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["model"] = self.model.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown keys in training config: {unknown}; expected a subset of {sorted(known)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "model":
+                kwargs[key] = ModelConfig.from_dict(value)
+            elif key in _SECTIONS:
+                kwargs[key] = _construct(_SECTIONS[key], value, key)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"training config not found: {path}") from err
+        except json.JSONDecodeError as err:
+            raise ValueError(f"training config {path} is not valid JSON: {err}") from err
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with top-level fields replaced; ``section={"key": value}`` updates inside a section."""
+        kwargs: dict[str, Any] = {}
+        for key, value in changes.items():
+            current = getattr(self, key)
+            if isinstance(value, dict) and dataclasses.is_dataclass(current):
+                kwargs[key] = dataclasses.replace(current, **value)
+            elif isinstance(value, dict) and isinstance(current, dict):
+                kwargs[key] = {**current, **value}
+            else:
+                kwargs[key] = value
+        return dataclasses.replace(self, **kwargs)
+
+
+def _construct(kind: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ValueError(f"training config section '{where}' must be an object, got {type(values).__name__}")
+    names = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown keys in '{where}': {unknown}; expected a subset of {sorted(names)}")
+    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

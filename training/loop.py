@@ -1,0 +1,578 @@
+"""The training loop shared by both stages: device, seeds, checkpoint/resume, EMA, CSV, plots, progress.
+
+A stage (``training.autoencoder.AutoencoderStage``, ``training.diffusion.DiffusionStage``) provides
+``train_step(step) -> {name: float}``, ``state_dict()``/``load_state_dict()``, ``preview(step, path)``
+and ``finish(stage_dir)``; :func:`train_stage` runs it.
+
+Resumability: every random draw of step ``k`` (which training items, noise, timesteps, posterior
+samples) comes from generators seeded by ``(seed, stage, k)`` (:func:`step_generator`), so the data
+sampler's position is the step counter itself. A checkpoint holds the step, the wall time so far,
+every module and optimiser state (with the EMA and the discriminator) and the global RNG states; a run
+killed and resumed continues to the same weights as one that was never stopped (on the same machine
+with the same thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from xr_opensr.models.pipeline import resolve_device
+
+__all__ = [
+    "EMA",
+    "MetricsLog",
+    "PairSampler",
+    "Stage",
+    "cosine_schedule",
+    "hardware_summary",
+    "plot_losses",
+    "save_grid",
+    "setup_logging",
+    "setup_runtime",
+    "step_generator",
+    "train_stage",
+]
+
+LOG = logging.getLogger("training")
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+
+
+# --------------------------------------------------------------------------- runtime
+
+
+def setup_runtime(device: str = "auto", threads: int = 0) -> torch.device:
+    """Resolve ``device`` ('auto' -> CUDA if present) and cap torch's CPU threads (0: leave torch's default)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return resolve_device(device)
+
+
+def step_generator(seed: int, stage: str, step: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator that depends only on (seed, stage, step): the whole randomness of one training step."""
+    tag = int.from_bytes(stage.encode()[:8].ljust(8, b"\0"), "little")
+    state = np.random.SeedSequence(entropy=[int(seed) & 0xFFFFFFFF, tag, int(step)])
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(state.generate_state(1, dtype=np.uint64)[0]) & 0x7FFF_FFFF_FFFF_FFFF)
+    return gen
+
+
+def cosine_schedule(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
+    """LR factor at step k: linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def hardware_summary(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record))
+
+
+def setup_logging(log_file: Path | None = None) -> logging.Logger:
+    """Log to stderr (through tqdm, so progress bars stay intact) and, if given, to ``log_file``."""
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    for handler in list(LOG.handlers):
+        if isinstance(handler, logging.FileHandler):
+            LOG.removeHandler(handler)
+            handler.close()
+    if not any(isinstance(h, _TqdmHandler) for h in LOG.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(fmt)
+        LOG.addHandler(handler)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(fmt)
+        LOG.addHandler(handler)
+    return LOG
+
+
+# --------------------------------------------------------------------------- data sampler
+
+
+class PairSampler:
+    """Deterministic batches of (HR, LR) pairs from a map-style dataset: batch ``k`` is a function of
+    (seed, k) only, so the sampler's position is the step counter and a resumed run draws what an
+    uninterrupted one would.
+
+    Items are visited in a fresh random order each epoch (without replacement within an epoch);
+    for datasets of more than ``2**24`` items, indices are drawn independently per position.
+    ``dataset[i]`` returns ``(hr, lr)`` or ``{"hr": ..., "lr": ...}``: reflectance arrays
+    (4, H, W) and (4, H/4, W/4), numpy or torch.
+    """
+
+    def __init__(self, dataset: Any, seed: int = 0, name: str = "data") -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.name = name
+        self.size = len(dataset)
+        if self.size < 1:
+            raise ValueError("the training dataset is empty")
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def indices(self, step: int, batch_size: int) -> list[int]:
+        out = []
+        for pos in range(step * batch_size, (step + 1) * batch_size):
+            if self.size > 2**24:
+                gen = step_generator(self.seed, self.name, pos)
+                out.append(int(torch.randint(0, self.size, (1,), generator=gen)))
+                continue
+            epoch, within = divmod(pos, self.size)
+            if epoch not in self._perms:
+                if len(self._perms) > 4:
+                    self._perms.clear()
+                self._perms[epoch] = torch.randperm(self.size, generator=step_generator(self.seed, self.name, epoch))
+            out.append(int(self._perms[epoch][within]))
+        return out
+
+    def items(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        hrs, lrs = [], []
+        for i in indices:
+            item = self.dataset[i]
+            hr, lr = (item["hr"], item["lr"]) if isinstance(item, dict) else item[:2]
+            hrs.append(torch.as_tensor(np.asarray(hr, dtype=np.float32)))
+            lrs.append(torch.as_tensor(np.asarray(lr, dtype=np.float32)))
+        return torch.stack(hrs), torch.stack(lrs)
+
+    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(HR (B, 4, H, W), LR (B, 4, H/4, W/4)) float32 reflectance for training step ``step``."""
+        return self.items(self.indices(step, batch_size))
+
+
+# --------------------------------------------------------------------------- data (training.data)
+
+
+def training_dataset(cfg) -> Any:
+    """The training pairs of ``cfg`` (a :class:`TrainConfig`): HR patches of ``cfg.hr_patch`` px."""
+    from . import data
+
+    return data.training_pairs(cfg.data_config(), cfg.degradation_config(), hr_size=cfg.hr_patch)
+
+
+def synthetic_pairs(cfg, first_seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` synthetic (HR, LR) pairs of the model's patch size from scenes ``first_seed ... first_seed + n - 1``."""
+    from . import data
+
+    return _stack(data.synthetic_pairs(cfg.data_config(), cfg.degradation_config(), hr_size=cfg.hr_patch,
+                                       seeds=range(first_seed, first_seed + n)))
+
+
+def heldout_pairs(cfg, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``n`` (HR, LR) crops of the real scene's held-out part (Wald's protocol). Evaluation only."""
+    from . import data
+
+    return _stack(data.real_pairs(cfg.data_config(), cfg.degradation_config(), hr_size=cfg.hr_patch,
+                                  split="heldout", limit=n))
+
+
+def _stack(pairs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return PairSampler(pairs).items(list(range(len(pairs))))
+
+
+# --------------------------------------------------------------------------- EMA
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (buffers are copied).
+
+    The decay warms up as in LDM's ``LitEma``: ``min(decay, (1 + n) / (10 + n))`` after n updates.
+    """
+
+    def __init__(self, module: nn.Module, decay: float = 0.999) -> None:
+        self.decay = float(decay)
+        self.num_updates = 0
+        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.num_updates += 1
+        decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        params = dict(module.named_parameters())
+        for key, value in module.state_dict().items():
+            if key in params and value.dtype.is_floating_point:
+                self.shadow[key].lerp_(value.float(), 1.0 - decay)
+            else:
+                self.shadow[key].copy_(value)
+
+    def copy_to(self, module: nn.Module) -> None:
+        module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = float(state["decay"])
+        self.num_updates = int(state["num_updates"])
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class MetricsLog:
+    """``metrics.csv``: one row per logged step; columns grow as new names appear."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if path.is_file():
+            with path.open(newline="") as fh:
+                self.rows = list(csv.DictReader(fh))
+
+    def truncate(self, step: int) -> None:
+        """Forget rows after ``step`` (a resumed run rewrites them)."""
+        self.rows = [r for r in self.rows if int(float(r["step"])) <= step]
+        self._write()
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.rows.append({"step": step, **{k: f"{v:.6g}" for k, v in values.items()}})
+        self._write()
+
+    def _write(self) -> None:
+        columns: list[str] = []
+        for row in self.rows:
+            columns += [c for c in row if c not in columns]
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns or ["step"])
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
+
+
+def plot_losses(csv_path: Path, png_path: Path, title: str = "") -> None:
+    """One panel per column of ``metrics.csv`` (log scale where all values are positive)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = MetricsLog(csv_path).rows
+    if not rows:
+        return
+    names = [c for c in rows[0] if c != "step"]
+    for row in rows:
+        names += [c for c in row if c != "step" and c not in names]
+    n = len(names)
+    cols = min(4, n)
+    nrows = math.ceil(n / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.6 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        pts = [(float(r["step"]), float(r[name])) for r in rows if r.get(name) not in (None, "")]
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, lw=1)
+            if all(v > 0 for v in y):
+                ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)
+
+
+def _rgb(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(C, H, W) reflectance -> (H, W, 3) in [0, 1] from bands 0, 1, 2 (B04, B03, B02)."""
+    rgb = (x[:3].transpose(1, 2, 0) - lo) / np.maximum(hi - lo, 1e-6)
+    return np.clip(np.nan_to_num(rgb), 0.0, 1.0)
+
+
+def save_grid(path: Path, columns: dict[str, np.ndarray], title: str = "") -> None:
+    """A grid of items (rows) by panels (columns) as PNG.
+
+    ``columns`` maps a title to (N, C, H, W) arrays: reflectance images (RGB shown, stretched by the
+    2-98 % range of the first column of HR size) or, for titles starting with "std" or "|err",
+    per-pixel maps (band mean, magma colour map, shared scale per row). Images smaller than the
+    largest are shown nearest-neighbour upsampled.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(columns)
+    n = next(iter(columns.values())).shape[0]
+    size = max(a.shape[-1] for a in columns.values())
+    ref_name = next(k for k in names if columns[k].shape[-1] == size and not _is_map(k))
+    fig, axes = plt.subplots(n, len(names), figsize=(2.2 * len(names), 2.2 * n), squeeze=False)
+    for i in range(n):
+        ref = columns[ref_name][i, :3].transpose(1, 2, 0).reshape(-1, 3)
+        lo, hi = np.nanpercentile(ref, 2, axis=0), np.nanpercentile(ref, 98, axis=0)
+        maps = [np.nanmean(columns[k][i], axis=0) for k in names if _is_map(k)]
+        vmax = max([float(np.nanpercentile(m, 99)) for m in maps] + [1e-6])
+        for j, name in enumerate(names):
+            img = columns[name][i]
+            rep = size // img.shape[-1]
+            if rep > 1:
+                img = img.repeat(rep, axis=-1).repeat(rep, axis=-2)
+            ax = axes[i, j]
+            if _is_map(name):
+                ax.imshow(np.nanmean(img, axis=0), cmap="magma", vmin=0.0, vmax=vmax)
+            else:
+                ax.imshow(_rgb(img, lo, hi))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _is_map(name: str) -> bool:
+    return name.startswith(("std", "|err"))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {**np_state, "state": {k: torch.as_tensor(np.asarray(v).astype(np.int64)) if k == "key" else int(v)
+                                        for k, v in np_state["state"].items()}},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = dict(state["numpy"])
+    np_state["state"] = {k: (v.numpy().astype(np.uint32) if k == "key" else v) for k, v in np_state["state"].items()}
+    np.random.set_state(np_state)
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, step: int, wall_s: float, stage_state: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Write atomically (temporary file, then rename): a kill during the write keeps the previous one."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "wall_s": wall_s, "stage": stage_state, "rng": _rng_state(), **extra}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def prepare_stage(cfg, stage_dir: Path, resume: bool) -> tuple[torch.device, PairSampler, tuple, dict[str, Any]]:
+    """Logging, device and threads, the training sampler, the preview pairs (validation scenes) and
+    the run info of a stage; writes the resolved config beside the checkpoint."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(stage_dir / "log.txt")
+    device = setup_runtime(cfg.run.device, cfg.run.threads)
+    saved = stage_dir / "train_config.json"
+    if resume and saved.is_file() and json.loads(saved.read_text()) != cfg.to_dict():
+        LOG.warning("%s: the config differs from the one this run started with (%s)", stage_dir.name, saved)
+    cfg.to_json(saved)
+    sampler = PairSampler(training_dataset(cfg), seed=cfg.run.seed)
+    preview = synthetic_pairs(cfg, cfg.evaluate.validation_seed, cfg.run.preview_items)
+    info = {"hardware": hardware_summary(device)}
+    LOG.info("%s: device %s, %d torch threads, %d training pairs", stage_dir.name, device,
+             torch.get_num_threads(), sampler.size)
+    return device, sampler, preview, info
+
+
+class Stage(Protocol):
+    name: str
+
+    def train_step(self, step: int) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def preview(self, step: int, path: Path) -> dict[str, float]: ...
+
+    def finish(self, stage_dir: Path, summary: dict[str, Any]) -> None: ...
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (e.g. a batch scheduler's kill) stops the run like Ctrl-C: checkpoint, then exit."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def train_stage(
+    stage: Stage,
+    stage_dir: Path,
+    *,
+    steps: int,
+    resume: bool = False,
+    log_every: int = 10,
+    checkpoint_every: int = 100,
+    sample_every: int = 200,
+    progress: bool = True,
+    stop_at: int | None = None,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``stage`` from its checkpoint (``resume``) or from scratch up to ``steps`` steps.
+
+    ``stop_at`` stops after that many steps as if the run had been killed there (checkpoint, no
+    ``finish``); the tests use it. Returns the summary that ``finish`` receives (also written to
+    ``summary.json`` once the run is complete).
+    """
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / "samples").mkdir(exist_ok=True)
+    ckpt_path = stage_dir / CHECKPOINT
+    metrics = MetricsLog(stage_dir / METRICS)
+    start, wall_before = 0, 0.0
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; run the stage without --resume first")
+        ckpt = load_checkpoint(ckpt_path)
+        stage.load_state_dict(ckpt["stage"])
+        _set_rng_state(ckpt["rng"])
+        start, wall_before = int(ckpt["step"]), float(ckpt["wall_s"])
+        metrics.truncate(start)
+        LOG.info("%s: resumed from %s at step %d (%.1f min of training so far)", stage.name, ckpt_path, start, wall_before / 60)
+    else:
+        if ckpt_path.exists():
+            raise FileExistsError(
+                f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out folder"
+            )
+        metrics.truncate(-1)
+    if start >= steps:
+        LOG.info("%s: already at step %d of %d", stage.name, start, steps)
+
+    session_start = time.perf_counter()
+    timings: list[float] = []
+    window: dict[str, list[float]] = {}
+    step = start
+    extra = {"info": info or {}}
+
+    def wall() -> float:
+        return wall_before + time.perf_counter() - session_start
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, step, wall(), stage.state_dict(), extra)
+        plot_losses(stage_dir / METRICS, stage_dir / "losses.png", title=stage.name)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps, initial=start, desc=stage.name, disable=not progress, dynamic_ncols=True, mininterval=2.0)
+    completed = False
+    try:
+        with _sigterm_as_interrupt():
+            while step < steps:
+                if stop_at is not None and step >= stop_at:
+                    LOG.info("%s: stopping at step %d (stop_at)", stage.name, step)
+                    break
+                t0 = time.perf_counter()
+                values = stage.train_step(step)
+                step += 1
+                timings.append(time.perf_counter() - t0)
+                for k, v in values.items():
+                    window.setdefault(k, []).append(float(v))
+                if len(timings) == 4 and step < steps:  # the first step of a session warms caches up
+                    per = float(np.mean(timings[1:]))
+                    LOG.info(
+                        "%s: %.2f s/step -> about %.1f min for the remaining %d steps (plus previews)",
+                        stage.name, per, per * (steps - step) / 60, steps - step,
+                    )
+                bar.update(1)
+                if step % log_every == 0 or step == steps:
+                    row = {k: float(np.mean(v)) for k, v in window.items()}
+                    row["s_per_step"] = float(np.mean(timings[-len(next(iter(window.values()))):]))
+                    metrics.log(step, row)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in list(row.items())[:3]})
+                    window = {}
+                if step % sample_every == 0 or step == steps:
+                    scores = stage.preview(step, stage_dir / "samples" / f"step_{step:06d}.png")
+                    if scores:
+                        metrics.log(step, scores)
+                        LOG.info("%s step %d: %s", stage.name, step,
+                                 ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+                if step % checkpoint_every == 0:
+                    checkpoint()
+            completed = step >= steps
+    except KeyboardInterrupt:
+        LOG.warning("%s: interrupted at step %d; saving a checkpoint (continue with --resume)", stage.name, step)
+        checkpoint()
+        raise
+    finally:
+        bar.close()
+    checkpoint()
+    summary = {
+        "stage": stage.name,
+        "steps": step,
+        "wall_s": round(wall(), 1),
+        "s_per_step": round(float(np.mean(timings[1:] or timings or [0.0])), 4),
+        "last": metrics.rows[-1] if metrics.rows else {},
+        **extra["info"],
+    }
+    if completed:
+        stage.finish(stage_dir, summary)
+        (stage_dir / SUMMARY).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        LOG.info("%s: done, %d steps in %.1f min", stage.name, step, summary["wall_s"] / 60)
+    return summary

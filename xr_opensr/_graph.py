@@ -1,0 +1,440 @@
+"""The dask layer: a fixed patch grid, explicit halos, one kernel pass per patch, seamless blend.
+
+Everything here works on ``dask.array`` and numpy; the model is reached only through the
+``kernel`` callable (``_kernel.run_patches`` bound to a ModelSpec, or a numpy stand-in in tests).
+
+Patch grid
+    Along an axis of n LR pixels, patch ``i`` covers ``[i*S, i*S + P)`` with stride
+    ``S = P - O`` (P = patch, O = overlap <= P/2), anchored at the array's first pixel. There are
+    ``1`` patch if ``n <= P`` else ``ceil((n - O) / S)``; the last one may reach past the array and is
+    padded (reflect, then edge) to exactly P x P, its output cropped.
+
+Blocks
+    The grid is cut into *tiles* ``[t*S, (t+1)*S)`` (``ceil(n/S)`` of them, the last cropped); an
+    output block is ``g`` whole tiles per axis (chunks ``g*S`` LR / ``4*g*S`` HR pixels, the last
+    smaller, so Zarr accepts them). A block *owns* the patches that start in it.
+
+Two stages, each patch computed once
+    1. ``opensr-patches``: per block, its input chunk plus a halo of the first O rows/columns of the
+       next blocks (explicit small ``opensr-halo-*`` tasks) -> the owned patches, padded to P x P,
+       through the kernel -> (..., ni, nj, K, C, sP, sP). All-nodata patches skip the kernel.
+    2. ``opensr-blend``: per block, its own patches plus the last patch row/column of the previous
+       blocks (``opensr-edge-*`` tasks) -> weighted blend cropped to the block -> (..., K, C, sh, sw).
+
+Blend
+    Separable weights: 1 inside a patch, a raised-cosine ramp ``sin^2`` up over its first ``s*O``
+    HR pixels (unless first patch) and down over its last ``s*O`` (unless last patch); the ramps
+    of neighbours sum to 1. Every output pixel is ``sum_p w_p v_p / sum_p w_p`` accumulated over
+    its covering patches in global row-major patch order, so it is bit-identical whatever the
+    chunking. NaN (nodata) in a patch stays NaN where it is; it never spreads.
+
+Seeds
+    Patch (i, j) of the leading-dims element with key ``k`` draws its noise from
+    ``patch_seed(seed, k, i, j)`` (numpy SeedSequence): never from a block id or task order.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+__all__ = [
+    "PatchGrid",
+    "Kernel",
+    "patch_seed",
+    "superresolve_array",
+    "TARGET_BLOCK_LR",
+]
+
+#: ``kernel(patches (N, C, P, P) float32, seeds (N,) uint64) -> (N, K, C, sP, sP) float32``
+Kernel = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+#: largest output block side in LR pixels chosen when the input chunks are larger (or numpy)
+TARGET_BLOCK_LR = 256
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """The fixed patch grid of one image plane (LR pixels unless said otherwise)."""
+
+    height: int
+    width: int
+    patch: int
+    overlap: int
+    scale: int = 4
+
+    def __post_init__(self) -> None:
+        if not (self.height >= 1 and self.width >= 1):
+            raise ValueError(f"empty image {self.height} x {self.width}")
+        if not 0 <= self.overlap <= self.patch // 2:
+            raise ValueError(f"overlap must be in [0, patch/2], got {self.overlap} for patch {self.patch}")
+
+    @property
+    def stride(self) -> int:
+        return self.patch - self.overlap
+
+    def count(self, n: int) -> int:
+        """Patches along an axis of ``n`` LR pixels."""
+        return 1 if n <= self.patch else math.ceil((n - self.overlap) / self.stride)
+
+    @property
+    def rows(self) -> int:
+        return self.count(self.height)
+
+    @property
+    def cols(self) -> int:
+        return self.count(self.width)
+
+    @property
+    def n_patches(self) -> int:
+        return self.rows * self.cols
+
+    def ramp(self) -> np.ndarray:
+        """Rising raised-cosine weights over the ``s*O`` HR pixels of an overlap, (s*O,) float32."""
+        m = self.scale * self.overlap
+        t = (np.arange(m, dtype=np.float64) + 0.5) / m
+        return (np.sin(0.5 * np.pi * t) ** 2).astype(np.float32)
+
+    def window(self, index: int, count: int) -> np.ndarray:
+        """HR weights (s*P,) float32 of patch ``index`` of ``count`` along one axis."""
+        w = np.ones(self.scale * self.patch, dtype=np.float32)
+        if self.overlap:
+            r = self.ramp()
+            if index > 0:
+                w[: r.size] = r
+            if index < count - 1:
+                w[w.size - r.size :] = r[::-1]
+        return w
+
+
+def patch_seed(seed: int, key: int, row: int, col: int) -> int:
+    """Noise seed of patch (row, col) of the leading-dims element ``key``: a stable hash in [0, 2**63)."""
+    state = np.random.SeedSequence([int(seed), int(key), int(row), int(col)]).generate_state(2, np.uint32)
+    return (int(state[0]) | (int(state[1]) << 32)) & (2**63 - 1)
+
+
+# --------------------------------------------------------------------------- numpy block functions
+
+
+def _pad_patch(a: np.ndarray, size: int) -> np.ndarray:
+    """Pad (C, h, w) at the bottom/right to (C, size, size): reflect while possible, then edge
+    (the same rule as the model's own padding)."""
+    while a.shape[-2] < size or a.shape[-1] < size:
+        dh, dw = size - a.shape[-2], size - a.shape[-1]
+        rh, rw = min(dh, a.shape[-2] - 1), min(dw, a.shape[-1] - 1)
+        if rh > 0 or rw > 0:
+            a = np.pad(a, ((0, 0), (0, max(rh, 0)), (0, max(rw, 0))), mode="reflect")
+        else:
+            a = np.pad(a, ((0, 0), (0, dh), (0, dw)), mode="edge")
+    return a
+
+
+def _to_reflectance(
+    raw: np.ndarray, scale: np.ndarray | None, offset: np.ndarray | None, nodata: np.ndarray | None
+) -> np.ndarray:
+    """(L, C, h, w) raw values -> float32 reflectance, NaN where nodata or not finite.
+
+    ``scale``/``offset``/``nodata`` are per band (C,), None = identity / no nodata value.
+    """
+    if scale is None and offset is None:
+        out = raw.astype(np.float32, copy=True)
+    else:
+        out = raw.astype(np.float64)
+        if scale is not None:
+            out *= scale[:, None, None]
+        if offset is not None:
+            out += offset[:, None, None]
+        out = out.astype(np.float32)
+    if nodata is not None:
+        for band, value in enumerate(nodata):
+            if not np.isnan(value):
+                out[:, band][raw[:, band] == value] = np.nan
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _join(main: np.ndarray, bottom: np.ndarray | None, right: np.ndarray | None,
+          corner: np.ndarray | None, row_axis: int, col_axis: int) -> np.ndarray:
+    """[[main, right], [bottom, corner]] along (row_axis, col_axis); missing pieces are skipped."""
+    top = main if right is None else np.concatenate([main, right], axis=col_axis)
+    if bottom is None:
+        return top
+    low = bottom if corner is None else np.concatenate([bottom, corner], axis=col_axis)
+    return np.concatenate([top, low], axis=row_axis)
+
+
+def _patch_block(
+    main: np.ndarray,
+    bottom: np.ndarray | None,
+    right: np.ndarray | None,
+    corner: np.ndarray | None,
+    *,
+    kernel: Kernel,
+    grid: PatchGrid,
+    rows: tuple[int, int, int],
+    cols: tuple[int, int, int],
+    keys: np.ndarray,
+    seed: int,
+    n_outputs: int,
+    conversion: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None],
+) -> np.ndarray:
+    """Stage 1: the patches a block owns.
+
+    ``main`` (*L, C, h, w) is the block's raw input, ``bottom``/``right``/``corner`` the halo
+    strips of the next blocks; ``rows = (first patch, stop patch, first LR row of the block)``,
+    ``cols`` likewise; ``keys`` (*L,) the leading elements' seed keys.
+    Returns (*L, ni, nj, K, C, s*P, s*P) float32, NaN for all-nodata patches.
+    """
+    x = _join(main, bottom, right, corner, -2, -1)
+    lead = x.shape[:-3]
+    c = x.shape[-3]
+    x = _to_reflectance(x.reshape((-1, *x.shape[-3:])), *conversion)
+    flat_keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
+    (p0, p1, r0), (q0, q1, c0) = rows, cols
+    P, S, s = grid.patch, grid.stride, grid.scale
+    out = np.full((x.shape[0], p1 - p0, q1 - q0, n_outputs, c, s * P, s * P), np.nan, dtype=np.float32)
+    valid = np.isfinite(x).all(axis=1)  # (L, h, w): a pixel is nodata if any band is
+    batch, seeds, where = [], [], []
+    for lead_i, i, j in itertools.product(range(x.shape[0]), range(p0, p1), range(q0, q1)):
+        ys = slice(i * S - r0, min(i * S + P, grid.height) - r0)
+        xs = slice(j * S - c0, min(j * S + P, grid.width) - c0)
+        if not valid[lead_i, ys, xs].any():
+            continue  # all nodata: no kernel call, stays NaN
+        batch.append(_pad_patch(x[lead_i, :, ys, xs], P))
+        seeds.append(patch_seed(seed, int(flat_keys[lead_i]), i, j))
+        where.append((lead_i, i - p0, j - q0))
+    if batch:
+        res = kernel(np.stack(batch), np.asarray(seeds, dtype=np.uint64))
+        for (lead_i, a, b), value in zip(where, res):
+            out[lead_i, a, b] = value
+    return out.reshape((*lead, *out.shape[1:]))
+
+
+def _blend_block(
+    own: np.ndarray,
+    top: np.ndarray | None,
+    left: np.ndarray | None,
+    corner: np.ndarray | None,
+    *,
+    grid: PatchGrid,
+    rows: tuple[int, int, int],
+    cols: tuple[int, int, int],
+) -> np.ndarray:
+    """Stage 2: blend the patches covering a block into its HR pixels.
+
+    ``own`` (*L, ni, nj, K, C, sP, sP) are the block's patches, ``top``/``left``/``corner`` the
+    last patch row/column/corner of the previous blocks; ``rows = (global index of the first
+    patch row given, first LR row, stop LR row)`` of the block, ``cols`` likewise.
+    Returns (*L, K, C, s*h, s*w) float32.
+    """
+    lead_nd = own.ndim - 6
+    ra, ca = lead_nd, lead_nd + 1
+    # [[corner, top], [left, own]]
+    upper = None if top is None else (top if corner is None else np.concatenate([corner, top], axis=ca))
+    lower = own if left is None else np.concatenate([left, own], axis=ca)
+    g = lower if upper is None else np.concatenate([upper, lower], axis=ra)
+    lead = g.shape[:lead_nd]
+    g = g.reshape((-1, *g.shape[lead_nd:]))  # (L, R, Q, K, C, sP, sP)
+    (i0, y0, y1), (j0, x0, x1) = rows, cols
+    s, S = grid.scale, grid.stride
+    hy0, hy1, hx0, hx1 = s * y0, s * y1, s * x0, s * x1
+    n_lead, n_r, n_q, k, c = g.shape[:5]
+    acc = np.zeros((n_lead, k, c, hy1 - hy0, hx1 - hx0), dtype=np.float32)
+    wsum = np.zeros((hy1 - hy0, hx1 - hx0), dtype=np.float32)
+    windows_x = [grid.window(j0 + b, grid.cols) for b in range(n_q)]
+    for a in range(n_r):  # global row-major order: the same summation order in every chunking
+        i = i0 + a
+        wy = grid.window(i, grid.rows)
+        py0, py1 = max(hy0, s * i * S), min(hy1, s * i * S + wy.size)
+        if py1 <= py0:
+            continue
+        for b in range(n_q):
+            j = j0 + b
+            wx = windows_x[b]
+            px0, px1 = max(hx0, s * j * S), min(hx1, s * j * S + wx.size)
+            if px1 <= px0:
+                continue
+            w = np.multiply.outer(wy[py0 - s * i * S : py1 - s * i * S], wx[px0 - s * j * S : px1 - s * j * S])
+            patch = g[:, a, b, :, :, py0 - s * i * S : py1 - s * i * S, px0 - s * j * S : px1 - s * j * S]
+            acc[..., py0 - hy0 : py1 - hy0, px0 - hx0 : px1 - hx0] += patch * w
+            wsum[py0 - hy0 : py1 - hy0, px0 - hx0 : px1 - hx0] += w
+    out = acc / wsum
+    return out.reshape((*lead, *out.shape[1:]))
+
+
+def _take(x: np.ndarray, *, index: tuple) -> np.ndarray:
+    return x[index]
+
+
+_ALL = slice(None)
+_LAST = slice(-1, None)
+
+
+# --------------------------------------------------------------------------- graph
+
+
+def _tile_chunks(n: int, stride: int, tiles: int) -> tuple[int, ...]:
+    """Chunks of ``tiles`` whole tiles of ``stride`` pixels over ``n`` pixels (the last smaller)."""
+    size = stride * tiles
+    return tuple(min(size, n - a) for a in range(0, n, size))
+
+
+def _tiles_per_block(chunks: Sequence[int], stride: int, target: int) -> int:
+    return max(1, min(max(chunks), target) // stride)
+
+
+def superresolve_array(
+    x: da.Array,
+    kernel: Kernel,
+    *,
+    patch: int,
+    overlap: int,
+    n_outputs: int,
+    seed: int = 0,
+    scale: int = 4,
+    lead_keys: np.ndarray | None = None,
+    band_scale: Sequence[float] | None = None,
+    band_offset: Sequence[float] | None = None,
+    band_nodata: Sequence[float] | None = None,
+    block_tiles: tuple[int, int] | None = None,
+    target_block: int = TARGET_BLOCK_LR,
+) -> da.Array:
+    """Lazy patch-wise super-resolution of a dask array.
+
+    Parameters
+    ----------
+    x : (*L, C, H, W) raw values (any real dtype), any chunks; L = leading dims (time, ...).
+    kernel : patch function ``(N, C, P, P) float32, (N,) uint64 seeds -> (N, K, C, sP, sP) float32``.
+    patch, overlap : LR pixels (0 <= overlap <= patch/2).
+    n_outputs : K, planes per band the kernel returns.
+    seed : base seed; patch noise seeds come from ``patch_seed(seed, lead_keys[l], i, j)``.
+    scale : HR pixels per LR pixel along an axis.
+    lead_keys : (*L,) integer seed keys of the leading elements (e.g. hashed time stamps);
+        default: the flat index.
+    band_scale, band_offset, band_nodata : per-band (C,) raw -> reflectance conversion
+        ``raw * scale + offset``, raw == nodata -> NaN (NaN = none). Applied inside the tasks.
+    block_tiles : tiles per output block (rows, cols); default from x's chunks, capped at
+        ``target_block`` LR pixels.
+
+    Returns
+    -------
+    (*L, K, C, scale*H, scale*W) float32 dask array; chunks: x's leading chunks, K and C whole,
+    ``scale*g*S`` HR pixels spatially (the last smaller). Task names start with ``opensr-``.
+    """
+    if x.ndim < 3:
+        raise ValueError(f"x must be (*L, C, H, W), got shape {x.shape}")
+    *lead_shape, c, h, w = x.shape
+    lead_nd = len(lead_shape)
+    grid = PatchGrid(h, w, patch, overlap, scale)
+    S, ov = grid.stride, grid.overlap
+    if lead_keys is None:
+        lead_keys = np.arange(int(np.prod(lead_shape)), dtype=np.uint64).reshape(lead_shape)
+    lead_keys = np.asarray(lead_keys, dtype=np.uint64)
+    if lead_keys.shape != tuple(lead_shape):
+        raise ValueError(f"lead_keys must have shape {tuple(lead_shape)}, got {lead_keys.shape}")
+    conversion = tuple(None if v is None else np.asarray(v, dtype=np.float64)
+                       for v in (band_scale, band_offset, band_nodata))
+    if block_tiles is None:
+        block_tiles = (_tiles_per_block(x.chunks[-2], S, target_block),
+                       _tiles_per_block(x.chunks[-1], S, target_block))
+    ychunks = _tile_chunks(h, S, block_tiles[0])
+    xchunks = _tile_chunks(w, S, block_tiles[1])
+    x = x.rechunk((*x.chunks[:lead_nd], (c,), ychunks, xchunks))
+    lead_chunks = x.chunks[:lead_nd]
+
+    token = tokenize(x.name, kernel, grid, n_outputs, seed, lead_keys, conversion, block_tiles)
+    names = {k: f"opensr-{k}-{token}" for k in
+             ("halo-row", "halo-col", "halo-corner", "patches", "edge-row", "edge-col", "edge-corner", "blend")}
+    layers: dict[str, dict] = {k: {} for k in names}
+
+    # global (patch start, patch stop, first LR pixel, stop LR pixel) of each block along each axis
+    def blocks(chunks: tuple[int, ...], n_patches: int) -> list[tuple[int, int, int, int]]:
+        out, start = [], 0
+        for size in chunks:
+            t0, t1 = start // S, (start + size + S - 1) // S
+            out.append((min(t0, n_patches), min(t1, n_patches), start, start + size))
+            start += size
+        return out
+
+    yb, xb = blocks(ychunks, grid.rows), blocks(xchunks, grid.cols)
+    lead_offsets = [np.concatenate([[0], np.cumsum(ch)]) for ch in lead_chunks]
+    lead_blocks = list(itertools.product(*[range(len(ch)) for ch in lead_chunks]))
+    halo_row = functools.partial(_take, index=(Ellipsis, slice(0, ov), _ALL))
+    halo_col = functools.partial(_take, index=(Ellipsis, slice(0, ov)))
+    halo_corner = functools.partial(_take, index=(Ellipsis, slice(0, ov), slice(0, ov)))
+    edge_row = functools.partial(_take, index=(Ellipsis, _LAST, _ALL, _ALL, _ALL, _ALL, _ALL))
+    edge_col = functools.partial(_take, index=(Ellipsis, _LAST, _ALL, _ALL, _ALL, _ALL))
+    edge_corner = functools.partial(_take, index=(Ellipsis, _LAST, _LAST, _ALL, _ALL, _ALL, _ALL))
+    for lb in lead_blocks:
+        key_slice = tuple(slice(off[i], off[i + 1]) for off, i in zip(lead_offsets, lb))
+        keys = lead_keys[key_slice]
+        for bi, bj in itertools.product(range(len(yb)), range(len(xb))):
+            src = (x.name, *lb, 0, bi, bj)
+            nxt_r, nxt_c = bi + 1 < len(yb) and ov > 0, bj + 1 < len(xb) and ov > 0
+            # halo strips of this input block, for the previous blocks' patches
+            if bi > 0 and ov > 0:
+                layers["halo-row"][(names["halo-row"], *lb, bi, bj)] = (halo_row, src)
+            if bj > 0 and ov > 0:
+                layers["halo-col"][(names["halo-col"], *lb, bi, bj)] = (halo_col, src)
+            if bi > 0 and bj > 0 and ov > 0:
+                layers["halo-corner"][(names["halo-corner"], *lb, bi, bj)] = (halo_corner, src)
+            p0, p1, r0, _ = yb[bi]
+            q0, q1, c0, _ = xb[bj]
+            fn = functools.partial(
+                _patch_block, kernel=kernel, grid=grid, rows=(p0, p1, r0), cols=(q0, q1, c0),
+                keys=keys, seed=seed, n_outputs=n_outputs, conversion=conversion,
+            )
+            layers["patches"][(names["patches"], *lb, bi, bj)] = (
+                fn,
+                src,
+                (names["halo-row"], *lb, bi + 1, bj) if nxt_r else None,
+                (names["halo-col"], *lb, bi, bj + 1) if nxt_c else None,
+                (names["halo-corner"], *lb, bi + 1, bj + 1) if nxt_r and nxt_c else None,
+            )
+            own = (names["patches"], *lb, bi, bj)
+            if nxt_r:
+                layers["edge-row"][(names["edge-row"], *lb, bi, bj)] = (edge_row, own)
+            if nxt_c:
+                layers["edge-col"][(names["edge-col"], *lb, bi, bj)] = (edge_col, own)
+            if nxt_r and nxt_c:
+                layers["edge-corner"][(names["edge-corner"], *lb, bi, bj)] = (edge_corner, own)
+            prev_r, prev_c = bi > 0 and ov > 0, bj > 0 and ov > 0
+            blend = functools.partial(
+                _blend_block, grid=grid,
+                rows=(p0 - 1 if prev_r else p0, yb[bi][2], yb[bi][3]),
+                cols=(q0 - 1 if prev_c else q0, xb[bj][2], xb[bj][3]),
+            )
+            layers["blend"][(names["blend"], *lb, 0, 0, bi, bj)] = (
+                blend,
+                own,
+                (names["edge-row"], *lb, bi - 1, bj) if prev_r else None,
+                (names["edge-col"], *lb, bi, bj - 1) if prev_c else None,
+                (names["edge-corner"], *lb, bi - 1, bj - 1) if prev_r and prev_c else None,
+            )
+
+    deps = {
+        "halo-row": ["x"], "halo-col": ["x"], "halo-corner": ["x"],
+        "patches": ["x", "halo-row", "halo-col", "halo-corner"],
+        "edge-row": ["patches"], "edge-col": ["patches"], "edge-corner": ["patches"],
+        "blend": ["patches", "edge-row", "edge-col", "edge-corner"],
+    }
+    names["x"] = x.__dask_layers__()[0]
+    hlg_layers = dict(x.dask.layers)
+    hlg_deps = dict(x.dask.dependencies)
+    for k, tasks in layers.items():
+        if tasks:  # (halo and edge layers are empty without overlap)
+            hlg_layers[names[k]] = MaterializedLayer(tasks)
+            hlg_deps[names[k]] = {names[d] for d in deps[k] if d == "x" or layers[d]}
+    graph = HighLevelGraph(hlg_layers, hlg_deps)
+    out_chunks = (*lead_chunks, (n_outputs,), (c,),
+                  tuple(scale * v for v in ychunks), tuple(scale * v for v in xchunks))
+    meta = np.empty((0,) * (lead_nd + 4), dtype=np.float32)
+    return da.Array(graph, names["blend"], out_chunks, meta=meta, dtype=np.float32)

@@ -1,0 +1,57 @@
+"""The ``.opensr`` accessor on :class:`xarray.DataArray` and :class:`xarray.Dataset`.
+
+Registered when ``xr_opensr`` is imported; it only stores the object and forwards to
+:func:`xr_opensr.core.superresolve`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from .core import superresolve
+
+__all__ = ["OpenSRAccessor"]
+
+
+class OpenSRAccessor:
+    """``obj.opensr``: super-resolution of Sentinel-2 cubes (DataArray with a band dim, or a
+    Dataset with one variable per band)."""
+
+    def __init__(self, obj: xr.DataArray | xr.Dataset) -> None:
+        self._obj = obj
+
+    def superresolve(
+        self,
+        samples: int = 10,
+        *,
+        model: str | Path = "default",
+        steps: int | None = None,
+        eta: float | None = None,
+        seed: int = 0,
+        bands: Sequence[Hashable] | Mapping[str, Hashable] | None = None,
+        patch: int | None = None,
+        overlap: int | None = None,
+        batch_size: int | None = None,
+        device: str = "auto",
+        dtype: Any = None,
+        histogram_matching: bool = True,
+        return_samples: bool = False,
+    ) -> xr.Dataset:
+        """Lazy 4x super-resolution (10 m -> 2.5 m) with per-pixel uncertainty.
+
+        Returns a Dataset with ``sr`` and ``uncertainty`` (and ``samples``); see
+        :func:`xr_opensr.superresolve` for the parameters, input conventions and errors.
+        """
+        return superresolve(
+            self._obj, samples, model=model, steps=steps, eta=eta, seed=seed, bands=bands, patch=patch,
+            overlap=overlap, batch_size=batch_size, device=device, dtype=dtype,
+            histogram_matching=histogram_matching, return_samples=return_samples,
+        )
+
+
+xr.register_dataarray_accessor("opensr")(OpenSRAccessor)
+xr.register_dataset_accessor("opensr")(OpenSRAccessor)
