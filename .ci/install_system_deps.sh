@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# System packages the test suite needs (Debian/Ubuntu). Idempotent and quiet; run as root or via sudo.
-#   postgresql-15-postgis-3: PostgreSQL + PostGIS for the local STAC API (stac-fastapi-pgstac) in tests/.
+# System packages the test suite needs (Debian/Ubuntu). Idempotent and quiet: installs only what is
+# missing, prints one line when it installed something, the apt log only on failure.
+#   postgresql-<v>, postgresql-<v>-postgis-3: PostgreSQL + PostGIS for the local STAC API
+#   (stac-fastapi-pgstac + pypgstac) that tests/conftest_stac.py starts on 127.0.0.1.
+# PG_VERSION selects the PostgreSQL major version (default 15, Debian 12's).
 set -euo pipefail
 
-PACKAGES=(postgresql-15 postgresql-15-postgis-3)
+PG_VERSION="${PG_VERSION:-15}"
+PACKAGES=("postgresql-${PG_VERSION}" "postgresql-${PG_VERSION}-postgis-3")
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -11,17 +15,19 @@ for pkg in "${PACKAGES[@]}"; do
         missing+=("$pkg")
     fi
 done
+[ "${#missing[@]}" -eq 0 ] && exit 0
 
-if [ "${#missing[@]}" -eq 0 ]; then
-    exit 0
-fi
-
-SUDO=""
+SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
+    SUDO=(sudo)
 fi
-
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq >/dev/null
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if ! { "${SUDO[@]}" apt-get update -qq && \
+       "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "install_system_deps.sh: could not install ${missing[*]}" >&2
+    exit 1
+fi
 echo "installed: ${missing[*]}"

@@ -138,16 +138,8 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
 
 
 def _load_scene(stac: Any, item: Any, bbox: Sequence[float], chunks: int) -> xr.Dataset:
-    import inspect
-
-    params = inspect.signature(stac.load_s2).parameters
-    kwargs: dict[str, Any] = {"chunks": {"x": chunks, "y": chunks}} if "chunks" in params else {}
-    if "bbox" in params:
-        kwargs["bbox"] = tuple(bbox)
-    ds = stac.load_s2([item], **kwargs)
-    if "bbox" not in params:
-        ds = ds.rio.clip_box(*bbox, crs="EPSG:4326")
-    return ds
+    """One scene, cropped to the bbox, SCL cloud mask applied (NaN), float32 reflectance."""
+    return stac.load_s2([item], chunks={"x": chunks, "y": chunks}, bbox=tuple(bbox))
 
 
 def run(
@@ -207,6 +199,7 @@ def run(
             store, group=item.id, mode="w", compute=False, consolidated=False, zarr_format=_io.ZARR_FORMAT
         )
         futures[client.compute(delayed)] = item.id
+        log.info("scene %s submitted: %s LR px -> sr %s", item.id, dict(ds.sizes), dict(result.sr.sizes))
     from tqdm.auto import tqdm
 
     bar = tqdm(as_completed(list(futures)), total=len(futures), unit="scene", disable=not progress or not futures)

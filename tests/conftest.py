@@ -12,6 +12,8 @@ import pytest
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
+pytest_plugins = ["conftest_stac"]  # the real STAC API server fixture (stac_api)
+
 CRS = "EPSG:32633"  # UTM 33N
 X0, Y0 = 500_000.0, 5_000_000.0
 S2_BANDS = ("B02", "B03", "B04", "B08")

@@ -16,6 +16,7 @@ The scenes (``SCENES``) are the ground truth the tests compare against. Run
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ __all__ = [
     "EPSG",
     "SCENES",
     "LocalStac",
+    "CogServerProcess",
     "RangeHTTPServer",
     "Scene",
     "StacSetupError",
@@ -344,6 +346,10 @@ class _RangeHandler(BaseHTTPRequestHandler):
 
     def _serve(self, body: bool) -> None:
         name = self.path.split("?", 1)[0].lstrip("/")
+        if name == "_stats":  # request counts, for tests that check GDAL used range reads
+            payload = json.dumps(self.stats).encode()
+            self._send(HTTPStatus.OK, {"Content-Type": "application/json"}, payload, body)
+            return
         path = (self.root / name).resolve()
         if "/" in name or not name or not path.is_file():
             self._send(HTTPStatus.NOT_FOUND, {}, b"not found", body)
@@ -372,7 +378,12 @@ class _RangeHandler(BaseHTTPRequestHandler):
 
 
 class RangeHTTPServer:
-    """Serve one folder on ``http://127.0.0.1:<free port>`` from a daemon thread."""
+    """Serve one folder on ``http://127.0.0.1:<free port>`` from a daemon thread.
+
+    Do not read from it with GDAL in the same process: rasterio holds the GIL in parts of
+    ``rasterio.open`` while GDAL waits for the server thread. :class:`CogServerProcess` runs it
+    in a subprocess.
+    """
 
     def __init__(self, root: Path):
         self.stats = {"range": 0, "full": 0}
@@ -393,6 +404,61 @@ class RangeHTTPServer:
             self._server.shutdown()
             self._thread.join(timeout=5)
         self._server.server_close()
+
+
+def _stop_process(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+class CogServerProcess:
+    """:class:`RangeHTTPServer` over ``folder`` in a subprocess (``python stac_server.py --cogs``)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 30) -> CogServerProcess:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--cogs", str(self.folder)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        line = self.proc.stdout.readline().strip()  # the script's first line is its URL
+        if not line.startswith("http://"):
+            _stop_process(self.proc)
+            raise StacSetupError(f"the COG server did not start: {line}{self.proc.stderr.read()}")
+        self.url = line
+        return self
+
+    def stats(self) -> dict[str, int]:
+        with urllib.request.urlopen(f"{self.url}/_stats", timeout=5) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        _stop_process(self.proc)
+        for stream in (self.proc.stdout, self.proc.stderr) if self.proc else ():
+            stream.close()
+
+
+def serve_cogs(folder: str) -> None:
+    """Entry point of the COG server subprocess: print the URL, serve until SIGTERM."""
+    import signal
+
+    server = RangeHTTPServer(Path(folder)).start()
+    print(server.url, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    server.stop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,14 +621,7 @@ class StacApiProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        _stop_process(self.proc)
 
 
 @dataclass
@@ -576,7 +635,7 @@ class LocalStac:
     folder: Path | None = None
     url: str = ""
     cog_url: str = ""
-    http: RangeHTTPServer | None = None
+    http: CogServerProcess | None = None
     pg: PostgresCluster | None = None
     api: StacApiProcess | None = None
     startup_s: float = 0.0
@@ -587,7 +646,7 @@ class LocalStac:
         cogs = self.folder / "cogs"
         cogs.mkdir()
         write_scene_cogs(cogs)
-        self.http = RangeHTTPServer(cogs).start()
+        self.http = CogServerProcess(cogs).start()
         self.cog_url = self.http.url
         self.pg = PostgresCluster()
         self.pg.start()
@@ -651,4 +710,7 @@ def main() -> None:  # pragma: no cover - manual use
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--cogs":
+        serve_cogs(sys.argv[2])
+    else:
+        main()

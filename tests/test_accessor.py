@@ -120,6 +120,8 @@ def test_dn_scaling_rules():
     a = dn.opensr.superresolve(2, **KW).sr.values
     b = refl.opensr.superresolve(2, **KW).sr.values
     np.testing.assert_array_equal(a, b)  # uint16 without attrs: DN / 10000
+    identity = dn.assign_attrs(scale_factor=1.0, add_offset=0.0)  # what rioxarray gives any GeoTIFF
+    np.testing.assert_array_equal(identity.opensr.superresolve(2, **KW).sr.values, a)
     shifted = (dn + 1000).assign_attrs(scale_factor=1e-4, add_offset=-0.1)  # processing baseline >= 04.00
     c = shifted.opensr.superresolve(2, **KW).sr.values
     np.testing.assert_allclose(c, a, atol=2e-5)
@@ -151,7 +153,7 @@ def test_lazy_and_one_kernel_pass_per_patch():
     cube = make_cube(30, 26, times=2, chunks={"time": 1, "y": 9, "x": 7})
     with raise_if_dask_computes():
         ds = cube.opensr.superresolve(2, **KW)
-        ds.sr.attrs, ds.x.values, ds.rio.crs  # metadata needs no compute
+        assert ds.sr.attrs and ds.x.size == 104 and ds.rio.crs  # metadata needs no compute
         ds.to_zarr(store={}, compute=False)  # neither does building a write graph
     _kernel.reset_kernel_stats()
     dask.compute(ds.sr, ds.uncertainty, scheduler="threads")
@@ -265,6 +267,19 @@ def test_cog_streams_and_round_trips(tmp_path):
     np.testing.assert_array_equal(back.values, ds.sr.values)
     assert back.rio.transform() == ds.rio.transform() and back.rio.crs == ds.rio.crs
     np.testing.assert_allclose(back.x.values, ds.x.values)
+
+
+def test_geotiff_input_with_band_descriptions(tmp_path):
+    cube = make_cube(20, 18, bands=("B02", "B03", "B04", "B08"))
+    cube.attrs["long_name"] = tuple(cube.band.values)
+    path = tmp_path / "lr.tif"
+    cube.assign_coords(band=[1, 2, 3, 4]).rio.write_nodata(0).rio.to_raster(path, tiled=True)
+    lr = rioxarray.open_rasterio(path, chunks={"x": 8, "y": 8})
+    assert list(lr.band.values) == [1, 2, 3, 4] and lr.attrs["scale_factor"] == 1.0
+    res = lr.opensr.superresolve(2, **KW)
+    assert list(res.band.values) == ["B04", "B03", "B02", "B08"]
+    expected = cube.opensr.superresolve(2, **KW)
+    np.testing.assert_array_equal(res.sr.values, expected.sr.values)
 
 
 # --------------------------------------------------------------------------- errors (before any compute)

@@ -14,7 +14,7 @@ from conftest import raise_if_dask_computes
 from xr_opensr import _graph
 from xr_opensr._graph import PatchGrid, patch_seed, superresolve_array
 
-P, O, S4 = 16, 4, 4  # patch, overlap, scale
+P, OV, S4 = 16, 4, 4  # patch, overlap, scale
 _CALLS = {"patches": 0, "calls": 0}
 _LOCK = threading.Lock()
 
@@ -54,7 +54,7 @@ def scene(shape, seed=0) -> np.ndarray:
     return (0.1 + 0.2 * rng.random(shape)).astype(np.float32)
 
 
-def reference(x: np.ndarray, kernel, patch=P, overlap=O, seed=0, keys=None) -> np.ndarray:
+def reference(x: np.ndarray, kernel, patch=P, overlap=OV, seed=0, keys=None) -> np.ndarray:
     """Direct global implementation (float64): every patch of the grid, raised-cosine blend."""
     *lead, c, h, w = x.shape
     flat = x.reshape(-1, c, h, w)
@@ -91,7 +91,7 @@ def reference(x: np.ndarray, kernel, patch=P, overlap=O, seed=0, keys=None) -> n
 
 def run(x, chunks, kernel=standin, scheduler="sync", **kw):
     arr = da.from_array(x, chunks=chunks)
-    out = superresolve_array(arr, kernel, patch=kw.pop("patch", P), overlap=kw.pop("overlap", O), n_outputs=2, **kw)
+    out = superresolve_array(arr, kernel, patch=kw.pop("patch", P), overlap=kw.pop("overlap", OV), n_outputs=2, **kw)
     return out, out.compute(scheduler=scheduler)
 
 
@@ -100,20 +100,20 @@ def run(x, chunks, kernel=standin, scheduler="sync", **kw):
 
 @pytest.mark.parametrize(("n", "expected"), [(1, 1), (16, 1), (17, 2), (28, 2), (29, 3), (100, 8)])
 def test_patch_count(n, expected):
-    grid = PatchGrid(n, n, P, O)
+    grid = PatchGrid(n, n, P, OV)
     assert grid.rows == expected
     last = (grid.rows - 1) * grid.stride
-    assert last + P >= n and (grid.rows == 1 or last + O < n)  # covers all, no useless patch
+    assert last + P >= n and (grid.rows == 1 or last + OV < n)  # covers all, no useless patch
 
 
 def test_windows_are_a_partition_of_unity():
-    grid = PatchGrid(100, 100, P, O)
-    total = np.zeros(S4 * (grid.rows * grid.stride + O))
+    grid = PatchGrid(100, 100, P, OV)
+    total = np.zeros(S4 * (grid.rows * grid.stride + OV))
     for i in range(grid.rows):
         total[S4 * i * grid.stride : S4 * (i * grid.stride + P)] += grid.window(i, grid.rows)
     np.testing.assert_allclose(total[: S4 * 100], 1.0, atol=1e-6)
     w = grid.window(1, grid.rows)
-    assert w[0] > 0 and np.all(np.diff(w[: S4 * O]) > 0) and w[S4 * O : -S4 * O].min() == 1
+    assert w[0] > 0 and np.all(np.diff(w[: S4 * OV]) > 0) and w[S4 * OV : -S4 * OV].min() == 1
 
 
 def test_bad_overlap_rejected():
@@ -170,7 +170,7 @@ def test_small_inputs_are_padded(shape):
 def test_output_chunks_are_whole_tiles_and_zarr_friendly():
     x = scene((3, 4, 50, 61))
     out, _ = run(x, (1, 4, 7, 100))
-    stride = P - O
+    stride = P - OV
     assert out.chunks[0] == (1, 1, 1) and out.chunks[1] == (2,) and out.chunks[2] == (4,)
     for chunks in out.chunks[-2:]:
         assert all(c % (S4 * stride) == 0 for c in chunks[:-1])
@@ -227,7 +227,7 @@ def test_blend_removes_seams():
     _, blended = run(x, (4, 30, 30), kernel=biased)
     _, hard = run(x, (4, 30, 30), kernel=biased, overlap=0)
     assert seam_ratio(hard[0], P, P) > 1.5  # the metric sees seams ...
-    assert seam_ratio(blended[0], P - O, P) <= 1.2  # ... and the blend removes them
+    assert seam_ratio(blended[0], P - OV, P) <= 1.2  # ... and the blend removes them
 
 
 # --------------------------------------------------------------------------- nodata
@@ -239,7 +239,7 @@ def test_nodata_stays_put_and_all_nodata_patches_skip_the_kernel():
     x[2, 30, 31] = np.nan  # a single pixel in one band
     reset_calls()
     _, got = run(x, (4, 13, 13))
-    grid = PatchGrid(40, 40, P, O)
+    grid = PatchGrid(40, 40, P, OV)
     assert _CALLS["patches"] == grid.n_patches - 1
     invalid = ~np.isfinite(x).all(axis=0)
     hr_invalid = invalid.repeat(S4, 0).repeat(S4, 1)
@@ -261,21 +261,21 @@ def test_all_nodata_calls_no_kernel():
 def test_lazy_once_per_patch_and_named():
     x = da.from_array(scene((2, 4, 50, 38)), chunks=(1, 4, 9, 11))
     with raise_if_dask_computes():
-        out = superresolve_array(x, standin, patch=P, overlap=O, n_outputs=2)
+        out = superresolve_array(x, standin, patch=P, overlap=OV, n_outputs=2)
         mean, std = out[:, 0], out[:, 1]
     reset_calls()
     dask.compute(mean, std, scheduler="threads")
-    assert _CALLS["patches"] == 2 * PatchGrid(50, 38, P, O).n_patches
+    assert _CALLS["patches"] == 2 * PatchGrid(50, 38, P, OV).n_patches
     ours = [k for k in out.dask.layers if k.startswith("opensr-")]
     assert {k.rsplit("-", 1)[0] for k in ours} >= {"opensr-patches", "opensr-blend", "opensr-halo-row"}
     assert out.name.startswith("opensr-blend-")
-    again = superresolve_array(x, standin, patch=P, overlap=O, n_outputs=2)
+    again = superresolve_array(x, standin, patch=P, overlap=OV, n_outputs=2)
     assert again.name == out.name  # tokenize: same call, same graph
 
 
 def test_tasks_are_small():
     x = da.from_array(scene((1, 4, 50, 50)), chunks=(1, 4, 25, 25))
-    out = superresolve_array(x, standin, patch=P, overlap=O, n_outputs=2)
+    out = superresolve_array(x, standin, patch=P, overlap=OV, n_outputs=2)
     graph = dict(out.__dask_graph__())
     sizes = [len(pickle.dumps(v)) for k, v in graph.items() if k[0].startswith("opensr-")]
     assert sizes and max(sizes) < 20_000

@@ -33,6 +33,7 @@ from .loop import (
     cosine_schedule,
     prepare_stage,
     save_grid,
+    set_lr,
     step_generator,
     train_stage,
 )
@@ -83,9 +84,7 @@ class AutoencoderStage:
                  "weight 0" if not sc.perceptual_weight else f"weight {sc.perceptual_weight}")
         self.opt = torch.optim.Adam(self.ae.parameters(), lr=sc.lr, betas=tuple(sc.betas))
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=sc.disc_lr, betas=tuple(sc.betas))
-        factor = cosine_schedule(sc.steps, sc.warmup_steps, sc.min_lr_ratio)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, factor)
-        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, factor)
+        self.lr_factor = cosine_schedule(sc.steps, sc.warmup_steps, sc.min_lr_ratio)
         n_ae = sum(p.numel() for p in self.ae.parameters())
         n_d = sum(p.numel() for p in self.disc.parameters())
         LOG.info("autoencoder: %.2fM parameters, discriminator %.2fM, HR patches %d px, batch %d",
@@ -98,8 +97,6 @@ class AutoencoderStage:
             "discriminator": self.disc.state_dict(),
             "opt": self.opt.state_dict(),
             "opt_d": self.opt_d.state_dict(),
-            "sched": self.sched.state_dict(),
-            "sched_d": self.sched_d.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -107,8 +104,6 @@ class AutoencoderStage:
         self.disc.load_state_dict(state["discriminator"])
         self.opt.load_state_dict(state["opt"])
         self.opt_d.load_state_dict(state["opt_d"])
-        self.sched.load_state_dict(state["sched"])
-        self.sched_d.load_state_dict(state["sched_d"])
 
     # ------------------------------------------------------------------ training
     def losses(self, x: torch.Tensor, hr: torch.Tensor, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -147,6 +142,9 @@ class AutoencoderStage:
         gen = step_generator(self.cfg.run.seed, self.name, step)
         hr, _ = self.sampler.batch(step, self.sc.batch_size)
         hr = hr.to(self.device)
+        factor = self.lr_factor(step)
+        set_lr(self.opt, self.sc.lr * factor)
+        set_lr(self.opt_d, self.sc.disc_lr * factor)
         x = self.net.normalize(hr)
         loss, logs = self.losses(x, hr, step, gen)
         rec = logs.pop("_rec")
@@ -161,9 +159,7 @@ class AutoencoderStage:
             d_loss.backward()
             self.opt_d.step()
             logs["d_loss"] = d_loss.item()
-        self.sched.step()
-        self.sched_d.step()
-        logs["lr"] = self.sched.get_last_lr()[0]
+        logs["lr"] = self.sc.lr * factor
         return logs
 
     # ------------------------------------------------------------------ outputs

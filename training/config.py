@@ -91,7 +91,7 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     log_every: int = 10
     checkpoint_every: int = 100
-    sample_every: int = 200
+    sample_every: int = 200  # sample grid + losses.png every N steps and at the end; 0: none
     preview_items: int = 4
 
 
@@ -114,6 +114,7 @@ class EvalConfig:
     histogram_matching: bool = True
     coverage_target: float = 0.925  # fraction of |mean - HR| errors inside +-2 std after calibration
     batch_size: int = 8
+    lpips_net: str = "auto"  # xr_opensr.metrics.lpips: lpips-alex if its trunk is cached, else stlpips-alex
 
 
 _SECTIONS = {

@@ -35,6 +35,7 @@ from .loop import (
     cosine_schedule,
     prepare_stage,
     save_grid,
+    set_lr,
     step_generator,
     train_stage,
 )
@@ -77,8 +78,7 @@ class DiffusionStage:
         self.unet = self.net.denoiser.train()
         self.ema = EMA(self.unet, sc.ema_decay)
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=sc.lr, weight_decay=sc.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, cosine_schedule(sc.steps, sc.warmup_steps, sc.min_lr_ratio))
+        self.lr_factor = cosine_schedule(sc.steps, sc.warmup_steps, sc.min_lr_ratio)
         self.autocast = sc.mixed_precision and device.type == "cuda"
         self.timesteps = cfg.model.schedule.timesteps
         n = sum(p.numel() for p in self.unet.parameters())
@@ -130,14 +130,12 @@ class DiffusionStage:
             "unet": self.unet.state_dict(),
             "ema": self.ema.state_dict(),
             "opt": self.opt.state_dict(),
-            "sched": self.sched.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.unet.load_state_dict(state["unet"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
 
     # ------------------------------------------------------------------ training
     def loss(self, lat: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
@@ -159,6 +157,8 @@ class DiffusionStage:
 
     def train_step(self, step: int) -> dict[str, float]:
         gen = step_generator(self.cfg.run.seed, self.name, step)
+        lr = self.sc.lr * self.lr_factor(step)
+        set_lr(self.opt, lr)
         loss = self.loss(self.batch_latents(step, gen), gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -166,9 +166,8 @@ class DiffusionStage:
         if self.sc.grad_clip:
             logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.unet.parameters(), self.sc.grad_clip))
         self.opt.step()
-        self.sched.step()
         self.ema.update(self.unet)
-        logs["lr"] = self.sched.get_last_lr()[0]
+        logs["lr"] = lr
         return logs
 
     # ------------------------------------------------------------------ outputs

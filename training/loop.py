@@ -44,6 +44,7 @@ __all__ = [
     "plot_losses",
     "save_grid",
     "setup_logging",
+    "set_lr",
     "setup_runtime",
     "step_generator",
     "train_stage",
@@ -86,13 +87,19 @@ def cosine_schedule(total: int, warmup: int, min_ratio: float) -> Callable[[int]
     return factor
 
 
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group (the schedule is a function of the step alone)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def hardware_summary(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "device": str(device),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
@@ -207,6 +214,22 @@ def heldout_pairs(cfg, n: int) -> tuple[torch.Tensor, torch.Tensor]:
                                   split="heldout", limit=n))
 
 
+def preview_data(cfg, out_dir: Path, n: int = 8) -> Path:
+    """Write ``pairs.npz`` (hr, lr of the first training batch) and ``pairs.png`` (LR / bicubic / HR)."""
+    from torch.nn import functional as F
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sampler = PairSampler(training_dataset(cfg), seed=cfg.run.seed)
+    hr, lr = sampler.batch(0, n)
+    np.savez_compressed(out_dir / "pairs.npz", hr=hr.numpy(), lr=lr.numpy(), indices=np.array(sampler.indices(0, n)))
+    bicubic = F.interpolate(lr, scale_factor=cfg.model.scale, mode="bicubic", align_corners=False)
+    save_grid(out_dir / "pairs.png", {"LR": lr.numpy(), "bicubic": bicubic.numpy(), "HR": hr.numpy()},
+              title=f"{cfg.name}: first training batch ({sampler.size} pairs)")
+    LOG.info("data: %d training pairs; HR %s, LR %s; HR reflectance mean %s; wrote %s", sampler.size,
+             tuple(hr.shape[1:]), tuple(lr.shape[1:]), np.round(hr.mean(dim=(0, 2, 3)).tolist(), 4), out_dir)
+    return out_dir
+
+
 def _stack(pairs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return PairSampler(pairs).items(list(range(len(pairs))))
 
@@ -267,7 +290,12 @@ class MetricsLog:
         self._write()
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        self.rows.append({"step": step, **{k: f"{v:.6g}" for k, v in values.items()}})
+        """Add the values of ``step`` (to its row if it is the last one)."""
+        formatted = {k: f"{v:.6g}" for k, v in values.items()}
+        if self.rows and int(float(self.rows[-1]["step"])) == step:
+            self.rows[-1].update(formatted)
+        else:
+            self.rows.append({"step": step, **formatted})
         self._write()
 
     def _write(self) -> None:
@@ -283,7 +311,7 @@ class MetricsLog:
 
 
 def plot_losses(csv_path: Path, png_path: Path, title: str = "") -> None:
-    """One panel per column of ``metrics.csv`` (log scale where all values are positive)."""
+    """One panel per column of ``metrics.csv`` (log10 of the values where they span a decade)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -301,20 +329,21 @@ def plot_losses(csv_path: Path, png_path: Path, title: str = "") -> None:
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.6 * nrows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         pts = [(float(r["step"]), float(r[name])) for r in rows if r.get(name) not in (None, "")]
+        label = name
         if pts:
-            x, y = zip(*pts)
+            x, y = np.array(pts).T
+            if (y > 0).all() and y.max() > 10 * y.min():  # log10 values on a linear axis (no mathtext: fast)
+                y, label = np.log10(y), f"log10 {name}"
             ax.plot(x, y, lw=1)
-            if all(v > 0 for v in y):
-                ax.set_yscale("log")
-        ax.set_title(name, fontsize=9)
+        ax.set_title(label, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=90)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.9, hspace=0.6, wspace=0.3)
+    fig.savefig(png_path, dpi=72)
     plt.close(fig)
 
 
@@ -363,8 +392,8 @@ def save_grid(path: Path, columns: dict[str, np.ndarray], title: str = "") -> No
                 ax.set_title(name, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, hspace=0.05, wspace=0.05)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
 
 
@@ -376,7 +405,7 @@ def _is_map(name: str) -> bool:
 
 
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state(legacy=False)
+    np_state = np.random.get_state(legacy=False)  # noqa: NPY002 (the global state is what is saved)
     state = {
         "torch": torch.get_rng_state(),
         "numpy": {**np_state, "state": {k: torch.as_tensor(np.asarray(v).astype(np.int64)) if k == "key" else int(v)
@@ -392,7 +421,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np_state = dict(state["numpy"])
     np_state["state"] = {k: (v.numpy().astype(np.uint32) if k == "key" else v) for k, v in np_state["state"].items()}
-    np.random.set_state(np_state)
+    np.random.set_state(np_state)  # noqa: NPY002
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
@@ -420,7 +449,7 @@ def prepare_stage(cfg, stage_dir: Path, resume: bool) -> tuple[torch.device, Pai
     setup_logging(stage_dir / "log.txt")
     device = setup_runtime(cfg.run.device, cfg.run.threads)
     saved = stage_dir / "train_config.json"
-    if resume and saved.is_file() and json.loads(saved.read_text()) != cfg.to_dict():
+    if resume and saved.is_file() and json.loads(saved.read_text()) != json.loads(json.dumps(cfg.to_dict())):
         LOG.warning("%s: the config differs from the one this run started with (%s)", stage_dir.name, saved)
     cfg.to_json(saved)
     sampler = PairSampler(training_dataset(cfg), seed=cfg.run.seed)
@@ -516,6 +545,8 @@ def train_stage(
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_path, step, wall(), stage.state_dict(), extra)
+
+    def plot() -> None:
         plot_losses(stage_dir / METRICS, stage_dir / "losses.png", title=stage.name)
 
     from tqdm import tqdm
@@ -547,22 +578,27 @@ def train_stage(
                     metrics.log(step, row)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in list(row.items())[:3]})
                     window = {}
-                if step % sample_every == 0 or step == steps:
+                if sample_every and (step % sample_every == 0 or step == steps):
                     scores = stage.preview(step, stage_dir / "samples" / f"step_{step:06d}.png")
                     if scores:
                         metrics.log(step, scores)
                         LOG.info("%s step %d: %s", stage.name, step,
                                  ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+                    plot()
                 if step % checkpoint_every == 0:
                     checkpoint()
             completed = step >= steps
     except KeyboardInterrupt:
         LOG.warning("%s: interrupted at step %d; saving a checkpoint (continue with --resume)", stage.name, step)
         checkpoint()
+        if sample_every:
+            plot()
         raise
     finally:
         bar.close()
     checkpoint()
+    if sample_every and not completed:
+        plot()
     summary = {
         "stage": stage.name,
         "steps": step,

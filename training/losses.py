@@ -11,12 +11,7 @@ Perceptual networks never download anything: each choice names where its weights
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import sys
-import types
-from collections.abc import Iterator
-from pathlib import Path
+import warnings
 
 import torch
 from torch import nn
@@ -33,10 +28,9 @@ __all__ = [
     "histogram_loss",
     "kl_loss",
     "soft_histogram",
-    "torchvision_trunk_cache",
 ]
 
-#: name -> (package, trunk, where its weights come from)
+#: the perceptual networks of the autoencoder loss -> where their weights come from
 PERCEPTUAL_NETS = {
     "stlpips-alex": "ST-LPIPS AlexNet (shift-tolerant; trunk + linear weights shipped in stlpips-pytorch)",
     "stlpips-vgg": "ST-LPIPS VGG16 (shift-tolerant; trunk + linear weights shipped in stlpips-pytorch)",
@@ -46,45 +40,8 @@ PERCEPTUAL_NETS = {
     "none": "no perceptual loss",
 }
 
-# torchvision ImageNet weights that lpips would otherwise download
-_TRUNK_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
-
 
 # --------------------------------------------------------------------------- perceptual
-
-
-def torchvision_trunk_cache(trunk: str) -> Path:
-    """Where torchvision keeps the ImageNet weights of ``trunk`` ('alex' or 'vgg'): $TORCH_HOME/hub/checkpoints."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / _TRUNK_FILES[trunk]
-
-
-@contextlib.contextmanager
-def _placeholder_modules(names: dict[str, list[str]]) -> Iterator[None]:
-    """Make unused, undeclared imports of stlpips-pytorch 0.0.2 (``torchsummary``, ``IPython``) importable.
-
-    Only modules that are not installed get a placeholder, and only while the package is imported.
-    """
-    added = []
-    for name, attrs in names.items():
-        if name in sys.modules or importlib.util.find_spec(name) is not None:
-            continue
-        module = types.ModuleType(name)
-        for attr in attrs:
-            setattr(module, attr, _unavailable(name, attr))
-        sys.modules[name] = module
-        added.append(name)
-    try:
-        yield
-    finally:
-        for name in added:
-            sys.modules.pop(name, None)
-
-
-def _unavailable(module: str, attr: str):
-    def call(*args, **kwargs):
-        raise RuntimeError(f"{module}.{attr} is not installed (placeholder for an unused stlpips-pytorch import)")
-
-    return call
 
 
 class PerceptualLoss(nn.Module):
@@ -123,68 +80,29 @@ class PerceptualLoss(nn.Module):
 def build_perceptual(name: str, *, reflectance_max: float = 0.4, nir: bool = True) -> PerceptualLoss | None:
     """The perceptual network called ``name`` (one of :data:`PERCEPTUAL_NETS`); None for "none".
 
-    No choice ever downloads: "lpips-alex"/"lpips-vgg" need the torchvision ImageNet trunk in the
-    local torch hub cache (:func:`torchvision_trunk_cache`) and raise if it is missing;
-    "stlpips-*" read the weights shipped inside ``stlpips-pytorch``; "lpips-rand" uses a random trunk.
+    No choice ever downloads. "lpips-*" and "stlpips-*" are the networks of
+    :func:`xr_opensr.metrics.lpips` (the ImageNet trunk of "lpips-alex"/"lpips-vgg" must be in the
+    local torch hub cache, else FileNotFoundError; ST-LPIPS weights ship inside stlpips-pytorch);
+    "lpips-rand" is LPIPS with a random AlexNet trunk (``pnet_rand=True``) and its linear layers.
     """
     if name not in PERCEPTUAL_NETS:
         raise ValueError(f"unknown perceptual net {name!r}; choose one of {sorted(PERCEPTUAL_NETS)}")
     if name == "none":
         return None
-    family, trunk = name.split("-")
-    if family == "stlpips":
-        net = _stlpips(trunk)
-    elif trunk == "rand":
-        net = _lpips("alex", pretrained_trunk=False)
-    else:
-        cache = torchvision_trunk_cache(trunk)
-        if not cache.is_file():
-            raise FileNotFoundError(
-                f"perceptual net {name!r} needs the torchvision ImageNet weights at {cache}, which are not "
-                "there (they are never downloaded here); put the file there, or set "
-                "autoencoder.perceptual_net to 'stlpips-alex' (weights shipped in stlpips-pytorch)"
-            )
-        net = _lpips(trunk, pretrained_trunk=True)
-    return PerceptualLoss(net, name, reflectance_max=reflectance_max, nir=nir)
-
-
-def _lpips(trunk: str, pretrained_trunk: bool) -> nn.Module:
-    try:
+    if name == "lpips-rand":
         import lpips
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("the perceptual loss needs lpips: pip install 'xr-opensr[train]'") from err
-    # pnet_rand=True builds the trunk with random weights (torchvision never asked for a download);
-    # the ImageNet trunk, when wanted, is read from the local cache file.
-    net = lpips.LPIPS(pretrained=True, net=trunk, version="0.1", pnet_rand=True, verbose=False)
-    if pretrained_trunk:
-        state = torch.load(torchvision_trunk_cache(trunk), map_location="cpu", weights_only=True)
-        features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-        mapped = {}
-        for slice_name, module in net.net.named_children():
-            for idx in dict(module.named_children()):
-                for key, value in features.items():
-                    if key.split(".")[0] == idx:
-                        mapped[f"{slice_name}.{key}"] = value
-        net.net.load_state_dict(mapped, strict=True)
-    return net
 
+        with warnings.catch_warnings():  # torchvision's deprecation notes about `pretrained=`
+            warnings.simplefilter("ignore", UserWarning)
+            net = lpips.LPIPS(pretrained=True, net="alex", version="0.1", pnet_rand=True, verbose=False)
+    else:
+        from xr_opensr.metrics import _lpips_model
 
-def _stlpips(trunk: str) -> nn.Module:
-    if importlib.util.find_spec("stlpips_pytorch") is None:  # pragma: no cover - depends on the environment
-        raise ImportError("perceptual net 'stlpips-*' needs stlpips-pytorch: pip install 'xr-opensr[train]'")
-    with _placeholder_modules({"torchsummary": ["summary"], "IPython": ["embed"]}):
-        from stlpips_pytorch import stlpips
-    net = stlpips.LPIPS(
-        pretrained=False, net=trunk, variant="shift_tolerant", pnet_rand=True, verbose=False, eval_mode=True
-    )
-    weights = Path(stlpips.__file__).parent / "weights" / "vST0.0" / f"{trunk}_shift_tolerant.pth"
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    result = net.load_state_dict(state, strict=False)
-    # ``lins.N`` are aliases of ``linN`` (the same modules), so only they may be missing
-    missing = [k for k in result.missing_keys if not k.startswith("lins.")]
-    if missing or result.unexpected_keys:
-        raise RuntimeError(f"{weights} does not fit ST-LPIPS {trunk}: missing {missing}, unexpected {result.unexpected_keys}")
-    return net
+        try:
+            net = _lpips_model(name, "cpu")
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err} (or set autoencoder.perceptual_net to 'stlpips-alex')") from None
+    return PerceptualLoss(net, name, reflectance_max=reflectance_max, nir=nir)
 
 
 # --------------------------------------------------------------------------- adversarial

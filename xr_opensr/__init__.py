@@ -5,7 +5,9 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import accessor as _accessor  # noqa: F401  (registers .opensr on xarray objects)
 from . import errors
+from .core import superresolve
 from .models import SRModel, convert_checkpoint, load_model, registered_models
 
 try:
@@ -13,4 +15,12 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["SRModel", "convert_checkpoint", "errors", "load_model", "registered_models", "__version__"]
+__all__ = [
+    "SRModel",
+    "__version__",
+    "convert_checkpoint",
+    "errors",
+    "load_model",
+    "registered_models",
+    "superresolve",
+]

@@ -305,7 +305,7 @@ def superresolve_array(
     band_offset: Sequence[float] | None = None,
     band_nodata: Sequence[float] | None = None,
     block_tiles: tuple[int, int] | None = None,
-    target_block: int = TARGET_BLOCK_LR,
+    target_block: int | None = None,
 ) -> da.Array:
     """Lazy patch-wise super-resolution of a dask array.
 
@@ -322,7 +322,7 @@ def superresolve_array(
     band_scale, band_offset, band_nodata : per-band (C,) raw -> reflectance conversion
         ``raw * scale + offset``, raw == nodata -> NaN (NaN = none). Applied inside the tasks.
     block_tiles : tiles per output block (rows, cols); default from x's chunks, capped at
-        ``target_block`` LR pixels.
+        ``target_block`` LR pixels (default :data:`TARGET_BLOCK_LR`).
 
     Returns
     -------
@@ -342,6 +342,7 @@ def superresolve_array(
         raise ValueError(f"lead_keys must have shape {tuple(lead_shape)}, got {lead_keys.shape}")
     conversion = tuple(None if v is None else np.asarray(v, dtype=np.float64)
                        for v in (band_scale, band_offset, band_nodata))
+    target_block = TARGET_BLOCK_LR if target_block is None else target_block
     if block_tiles is None:
         block_tiles = (_tiles_per_block(x.chunks[-2], S, target_block),
                        _tiles_per_block(x.chunks[-1], S, target_block))

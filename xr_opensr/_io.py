@@ -162,6 +162,11 @@ def _open_geotiff_input(path: Path, *, chunks, bands) -> xr.DataArray:
     da = rioxarray.open_rasterio(
         path, chunks=_chunk_dict(chunks, dims), mask_and_scale=False, lock=False
     )
+    # rioxarray always records GDAL's scale/offset, 1 and 0 when the file declares none; taken at face
+    # value they would turn DN into "reflectance" = DN. Keep them only when the file sets real ones.
+    if da.attrs.get("scale_factor", 1.0) == 1.0 and da.attrs.get("add_offset", 0.0) == 0.0:
+        da.attrs.pop("scale_factor", None)
+        da.attrs.pop("add_offset", None)
     if names is not None:
         da = da.assign_coords(band=list(names))
         da.attrs.pop("long_name", None)
@@ -274,7 +279,8 @@ def _write_lock() -> Any:
         client = default_client()
     except (ImportError, ValueError):
         return threading.Lock()
-    return Lock(f"xr-opensr-write-{uuid.uuid4().hex}", client=client)
+    del client  # the Lock finds the scheduler itself (in the client and on the workers)
+    return Lock(f"xr-opensr-write-{uuid.uuid4().hex}")
 
 
 def _single_time(da: xr.DataArray, what: str) -> xr.DataArray:

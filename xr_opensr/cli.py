@@ -1,7 +1,7 @@
 """The ``xr-opensr`` command line. Each sub-command is a function ``cmd_<name>(args) -> int``.
 
-Exit codes: 0 success, 1 nothing to do (e.g. a search found no scene), 2 bad input, option or path
-(the message on stderr names the fix), 130 interrupted.
+Exit codes: 0 success; 2 bad input, option or path, or a search that found no scene (the message on
+stderr names the fix); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -248,12 +248,13 @@ def _parse_bbox(values: Sequence[float]) -> tuple[float, float, float, float]:
 
 def _parse_datetime(text: str) -> str:
     import datetime as dt
+    import re
 
     parts = text.split("/")
     if len(parts) > 2:
         raise CLIError(f"--datetime {text!r} must be a date or a range START/END, e.g. 2024-06-01/2024-06-30")
     for part in parts:
-        if part in ("", ".."):
+        if part in ("", "..") or re.fullmatch(r"\d{4}(-\d{2})?", part):
             continue
         try:
             dt.datetime.fromisoformat(part.replace("Z", "+00:00"))
@@ -270,20 +271,9 @@ def _cloud(item: Any) -> float:
 
 
 def _load_for_bbox(stac: Any, items: Sequence[Any], bbox: Sequence[float], chunks: Any) -> Any:
-    """``stac.load_s2`` cropped to the bbox (passed through when load_s2 takes it)."""
-    import inspect
-
-    params = inspect.signature(stac.load_s2).parameters
-    chunk_arg = {"x": chunks, "y": chunks} if isinstance(chunks, int) else {}
-    kwargs: dict[str, Any] = {}
-    if "chunks" in params:
-        kwargs["chunks"] = chunk_arg
-    if "bbox" in params:
-        kwargs["bbox"] = tuple(bbox)
-    ds = stac.load_s2(list(items), **kwargs)
-    if "bbox" not in params:
-        ds = ds.rio.clip_box(*bbox, crs="EPSG:4326")
-    return ds
+    """``stac.load_s2`` cropped to the bbox, one dask block per ``chunks`` LR pixels."""
+    chunk_arg = {"x": chunks, "y": chunks} if isinstance(chunks, int) else None
+    return stac.load_s2(list(items), chunks=chunk_arg, bbox=tuple(bbox))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -299,13 +289,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"url": args.url, "collection": args.collection, "max_cloud": args.max_cloud}
     if args.limit is not None:
         kwargs["limit"] = args.limit
-    items = list(stac.search(bbox, when, **kwargs))
+    items = list(stac.search(bbox, when, **kwargs))  # least cloudy first; none found: InputError
     if not items:
-        _warn(
-            f"xr-opensr search: no {args.collection} scene at {args.url} for bbox {list(bbox)}, {when}, "
-            f"cloud cover <= {args.max_cloud}%; widen --datetime or raise --max-cloud"
-        )
-        return 1
+        raise CLIError(f"no scene found at {args.url} for bbox {list(bbox)} and {when}; widen --datetime "
+                       "or raise --max-cloud")
     _say(f"found {len(items)} scene(s):")
     for item in sorted(items, key=lambda it: str(it.datetime)):
         _say(f"  {item.id}  {item.datetime:%Y-%m-%d}  cloud {_cloud(item):.1f}%")

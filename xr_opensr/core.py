@@ -61,8 +61,9 @@ def superresolve(
         projected CRS (rioxarray ``.rio.crs``), metres.
         Values: float reflectance (used as is), or integer DN converted as
         ``DN * scale_factor + add_offset`` from the attrs (``scale_factor``/``add_offset``, or
-        per-band ``scales``/``offsets``), else ``DN / 10000``. Attrs ``scale_factor``/``add_offset``
-        on float data are applied too. Pixels equal to the declared nodata (``nodata``,
+        per-band ``scales``/``offsets``), else ``DN / 10000`` (also when the attrs are the
+        identity 1/0 that rioxarray writes for any GeoTIFF). A non-identity ``scale_factor``/
+        ``add_offset`` on float data is applied too. Pixels equal to the declared nodata (``nodata``,
         ``_FillValue``, ``.rio.nodata``) and non-finite values are nodata (NaN); a pixel is nodata
         when any of its bands is.
     samples : diffusion samples per patch (>= 1); ``sr`` is their mean, ``uncertainty`` their std.
@@ -220,17 +221,18 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def _model_id(model: Any) -> str:
-    if isinstance(model, Path):
-        return str(model.expanduser().resolve())
-    if not isinstance(model, str):
+    """A registered name as is; a path made absolute (workers may run in another directory)."""
+    if not isinstance(model, str | Path):
         raise InputError(
             f"model must be a registered name or a path, got {type(model).__name__}; "
             "e.g. model='default', model='tiny' or model='/path/to/model-folder'"
         )
+    from .models import registered_models
+
+    if isinstance(model, str) and (model == "default" or model in registered_models()):
+        return model
     path = Path(model).expanduser()
-    if path.exists() and (any(sep in model for sep in "/\\") or path.suffix):
-        return str(path.resolve())  # workers may run elsewhere: absolute
-    return model
+    return str(path.resolve()) if path.exists() else str(model)
 
 
 def _device_id(device: Any) -> str:
@@ -431,15 +433,21 @@ def _nodata_of(obj: xr.DataArray) -> float | None:
 
 
 def _conversion(attrs: Mapping, dtype: np.dtype, picks: Sequence[int], n: int):
+    """Per-band (scale, offset) of the raw -> reflectance conversion, None = identity.
+
+    Integer data whose attrs declare no conversion, or only the identity (rioxarray writes
+    ``scale_factor=1.0, add_offset=0.0`` for every GeoTIFF), are DN: reflectance = DN / 10000.
+    """
     scale = attrs.get("scale_factor", attrs.get("scales"))
     offset = attrs.get("add_offset", attrs.get("offsets"))
-    if scale is None and offset is None:
+    s = None if scale is None else _per_band(scale, picks, n, "scale_factor")
+    o = None if offset is None else _per_band(offset, picks, n, "add_offset")
+    identity = (s is None or np.all(s == 1.0)) and (o is None or np.all(o == 0.0))
+    if identity:
         if np.dtype(dtype).kind in "iu":
             return np.full(len(picks), _DEFAULT_DN_SCALE), None
         return None, None
-    s = _per_band(1.0 if scale is None else scale, picks, n, "scale_factor")
-    o = _per_band(0.0 if offset is None else offset, picks, n, "add_offset")
-    return s, o
+    return (np.ones(len(picks)) if s is None else s), (np.zeros(len(picks)) if o is None else o)
 
 
 def _select_bands(obj, y_dim, x_dim, model_bands: tuple[str, ...], bands: Any) -> _Selection:

@@ -86,7 +86,9 @@ def _select_time(da: xr.DataArray, time: Any, what: str) -> xr.DataArray:
 def to_reflectance(da: xr.DataArray) -> xr.DataArray:
     """Float reflectance from stored values, with nodata as NaN (the convention of ``superresolve``).
 
-    Integer data: ``DN * scale_factor + add_offset`` from the attrs, else ``DN / 10000``; the declared
+    The rule of ``superresolve``: ``value * scale_factor + add_offset`` when the attrs declare a
+    conversion other than the identity; otherwise integer data are DN, reflectance = DN / 10000 (the
+    identity 1/0 that rioxarray records for every GeoTIFF counts as no conversion). The declared
     nodata (``nodata``, ``_FillValue``, ``.rio.nodata``) becomes NaN.
     """
     nodata = None
@@ -102,10 +104,12 @@ def to_reflectance(da: xr.DataArray) -> xr.DataArray:
     out = da.astype("float32")
     if nodata is not None and np.isfinite(nodata):
         out = out.where(da != nodata)
-    if np.issubdtype(da.dtype, np.integer):
-        scale = float(da.attrs.get("scale_factor", 1e-4))
-        offset = float(da.attrs.get("add_offset", 0.0))
+    scale = float(da.attrs.get("scale_factor", 1.0))
+    offset = float(da.attrs.get("add_offset", 0.0))
+    if scale != 1.0 or offset != 0.0:
         out = out * scale + offset
+    elif np.issubdtype(da.dtype, np.integer):  # no conversion declared, or rioxarray's identity 1/0
+        out = out * 1e-4
     return out
 
 

@@ -1,0 +1,295 @@
+"""Speed and memory of the ``.opensr`` accessor (the dask layer), printed as ratios.
+
+    python benchmarks/bench_accessor.py                        # all four, small sizes (a few minutes)
+    python benchmarks/bench_accessor.py --only a,d --size 128  # pick parts, bigger cube
+    python benchmarks/bench_accessor.py --only c --rss-sizes 512 2048   # the memory claim (slow on CPU)
+
+(a) overhead   accessor end to end (numpy cube -> computed Dataset) / the raw kernel over the same
+               patches. Like for like: the sync scheduler vs the kernel alone, both one torch thread
+               (goal <= 1.10); and the threaded scheduler vs one ``SRModel.sample`` call using all cores.
+(b) opensr-utils  GeoTIFF -> super-resolved GeoTIFF with ``opensr_utils.large_file_processing`` vs
+               ``rioxarray.open_rasterio(...).opensr.superresolve(...).sr.rio.to_raster(...)``, same
+               model (wrapped as an nn.Module), window and overlap (goal >= 3x faster); prints the
+               difference of the outputs next to our own seed-to-seed difference (the noise floor).
+               Needs ``pip install --no-deps opensr-utils`` (plus pytorch-lightning, einops, omegaconf).
+(c) memory     peak RSS of a subprocess streaming an n x n LR cube (lazy, generated per chunk) to
+               Zarr, for two sizes (goal: < 20 % growth for 512 -> 2048).
+(d) cluster    threaded scheduler vs ``LocalCluster(processes=True)`` (models already loaded).
+
+All timings use the seeded ``tiny`` model unless ``--model`` says otherwise; they measure the
+machinery, not super-resolution quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import rioxarray
+import xarray as xr
+from affine import Affine
+
+import xr_opensr  # noqa: F401
+import xr_opensr.accessor  # noqa: F401  (registers .opensr)
+from xr_opensr import _graph, _kernel, _runtime
+
+CRS = "EPSG:32633"
+X0, Y0 = 500_000.0, 5_000_000.0
+BANDS = ("B04", "B03", "B02", "B08")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _block(block_id: tuple, size: int, chunk: int, seed: int) -> np.ndarray:
+    """One (4, h, w) uint16 chunk of a seeded S2-like scene (smooth field + texture)."""
+    i, j = block_id[1], block_id[2]
+    y0, x0 = i * chunk, j * chunk
+    h, w = min(chunk, size - y0), min(chunk, size - x0)
+    yy, xx = np.meshgrid(np.arange(y0, y0 + h), np.arange(x0, x0 + w), indexing="ij")
+    rng = np.random.default_rng([seed, i, j])
+    base = 0.15 + 0.08 * np.sin(yy / 37.0)[None] * np.cos(xx / 23.0)[None]
+    gain = np.array([0.8, 1.0, 1.1, 2.0])[:, None, None]
+    refl = np.clip(base * gain + rng.normal(0, 0.02, (4, h, w)), 0.02, 0.5)
+    return np.round(refl * 10000).astype(np.uint16)
+
+
+def s2_cube(size: int, chunk: int = 256, seed: int = 0, lazy: bool = True) -> xr.DataArray:
+    """(band, y, x) uint16 DN cube on a 10 m UTM grid; lazy: generated chunk by chunk."""
+    chunks = ((4,), *(((chunk,) * (size // chunk) + ((size % chunk,) if size % chunk else ())),) * 2)
+    data = da.map_blocks(lambda block_id=None: _block(block_id, size, chunk, seed),
+                         chunks=chunks, dtype=np.uint16, meta=np.empty((0, 0, 0), np.uint16))
+    if not lazy:
+        data = data.compute()
+    arr = xr.DataArray(
+        data, dims=("band", "y", "x"),
+        coords={"band": list(BANDS), "y": Y0 - 10 * (np.arange(size) + 0.5), "x": X0 + 10 * (np.arange(size) + 0.5)},
+    )
+    arr.attrs["nodata"] = 0
+    return arr.rio.write_crs(CRS).rio.write_transform(Affine(10, 0, X0, 0, -10, Y0))
+
+
+def _timed(fn, repeats: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# --------------------------------------------------------------------------- (a) overhead
+
+
+def _grid_patches(refl: np.ndarray, patch: int, overlap: int):
+    """All patches of the accessor's grid, padded, and their seeds (as the graph makes them)."""
+    c, h, w = refl.shape
+    grid = _graph.PatchGrid(h, w, patch, overlap)
+    s = grid.stride
+    patches, seeds = [], []
+    for i in range(grid.rows):
+        for j in range(grid.cols):
+            sub = refl[:, i * s : min(i * s + patch, h), j * s : min(j * s + patch, w)]
+            patches.append(_graph._pad_patch(sub, patch))
+            seeds.append(_graph.patch_seed(0, 0, i, j))
+    return np.stack(patches).astype(np.float32), np.asarray(seeds, dtype=np.uint64)
+
+
+def bench_overhead(args) -> None:
+    import torch
+
+    cube = s2_cube(args.size, lazy=False)
+    kw = {"model": args.model, "steps": args.steps}
+    cube.opensr.superresolve(args.samples, **kw).compute()  # warm-up: model loaded and cached
+    cfg = _runtime.get_model(_runtime.ModelSpec(model=args.model)).config
+    refl = cube.values.astype(np.float64) * 1e-4
+    patches, seeds = _grid_patches(refl, cfg.patch_size, cfg.default_overlap)
+    spec = _runtime.ModelSpec(model=args.model, samples=args.samples, steps=args.steps)
+    net = _runtime.get_model(spec)
+
+    raw_1 = _timed(lambda: _kernel.run_patches(spec, patches, seeds), args.repeats)
+    acc_sync = _timed(lambda: cube.opensr.superresolve(args.samples, **kw).compute(scheduler="sync"), args.repeats)
+
+    def raw_all_cores():
+        out = net.sample(patches, samples=args.samples, steps=args.steps, seed=[int(v) for v in seeds])
+        net.summarize(out)
+
+    raw_n = _timed(raw_all_cores, args.repeats)
+    acc_threads = _timed(lambda: cube.opensr.superresolve(args.samples, **kw).compute(scheduler="threads"),
+                         args.repeats)
+    print(f"\n(a) overhead  {args.size}x{args.size} LR, {len(patches)} patches of {cfg.patch_size} px, "
+          f"samples={args.samples}, steps={args.steps}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"    raw kernel, 1 thread          {raw_1:8.2f} s")
+    print(f"    accessor, sync scheduler      {acc_sync:8.2f} s   ratio {acc_sync / raw_1:.3f}  (goal <= 1.10)")
+    print(f"    raw SRModel.sample, all cores {raw_n:8.2f} s")
+    print(f"    accessor, threads scheduler   {acc_threads:8.2f} s   ratio {acc_threads / raw_n:.3f}")
+
+
+# --------------------------------------------------------------------------- (b) opensr-utils
+
+
+def bench_opensr_utils(args) -> None:
+    import torch
+
+    try:
+        from opensr_utils.pipeline import large_file_processing
+    except ImportError as err:
+        print(f"\n(b) skipped: opensr-utils is not importable ({err}); "
+              "pip install --no-deps opensr-utils pytorch-lightning einops omegaconf")
+        return
+    net = _runtime.get_model(_runtime.ModelSpec(model=args.model))
+    cfg = net.config
+    samples, steps = args.samples, args.steps
+
+    class Adapter(torch.nn.Module):
+        """Our SRModel for opensr-utils: (B, 4, h, w) reflectance in [0, 1] -> mean of the samples."""
+
+        factor = cfg.scale
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            out = self.net.sample(x.detach().cpu().float().numpy(), samples=samples, steps=steps,
+                                  seed=list(range(x.shape[0])))
+            return torch.from_numpy(self.net.summarize(out)[0])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        lr_path = tmp / "input" / "lr.tif"
+        lr_path.parent.mkdir()
+        cube = s2_cube(args.size, lazy=False)
+        tif = cube.assign_coords(band=[1, 2, 3, 4])
+        tif.attrs["long_name"] = BANDS
+        tif.rio.write_nodata(0).rio.to_raster(lr_path, tiled=True)
+
+        def ours():
+            lr = rioxarray.open_rasterio(lr_path, chunks={"x": 256, "y": 256})
+            ds = lr.opensr.superresolve(samples, model=args.model, steps=steps)
+            ds.sr.rio.to_raster(tmp / "ours.tif", tiled=True, compress="DEFLATE", lock=threading.Lock())
+
+        def theirs():
+            quiet = io.StringIO()
+            logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+            logging.getLogger("lightning").setLevel(logging.ERROR)
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+                with large_file_processing(
+                    root=str(lr_path), model=Adapter(), window_size=(cfg.patch_size, cfg.patch_size),
+                    overlap=cfg.default_overlap, device="cpu", output_path=str(tmp / "theirs.tif"),
+                    overwrite=True, batch_size=16,
+                ) as runner:
+                    runner.run()
+
+        ours()  # warm-up (model cached, imports)
+        t_ours = _timed(ours, args.repeats)
+        t_theirs = _timed(theirs, args.repeats)
+        mine = rioxarray.open_rasterio(tmp / "ours.tif").values.astype(np.float64)
+        other = rioxarray.open_rasterio(tmp / "theirs.tif").values.astype(np.float64) / 10000
+        lr = rioxarray.open_rasterio(lr_path, chunks={"x": 256, "y": 256})
+        seed1 = lr.opensr.superresolve(samples, model=args.model, steps=steps, seed=1).sr.values
+        print(f"\n(b) vs opensr-utils large_file_processing  {args.size}x{args.size} LR GeoTIFF, window "
+              f"{cfg.patch_size}, overlap {cfg.default_overlap}, samples={samples}, steps={steps}")
+        print(f"    opensr-utils                  {t_theirs:8.2f} s")
+        print(f"    xr-opensr accessor            {t_ours:8.2f} s   speed-up {t_theirs / t_ours:.2f}x  (goal >= 3)")
+        print(f"    |ours - theirs| mean {np.abs(mine - other).mean():.5f}, max {np.abs(mine - other).max():.4f} "
+              f"(reflectance; theirs is uint16 DN / 10000)")
+        print(f"    |ours seed 0 - ours seed 1| mean {np.abs(mine - seed1).mean():.5f} (the sampling-noise floor)")
+
+
+# --------------------------------------------------------------------------- (c) memory
+
+
+def _rss_child(size: int, out: str, model: str, chunk: int) -> None:
+    cube = s2_cube(size, chunk=chunk)
+    ds = cube.opensr.superresolve(1, model=model, steps=1)
+    with dask.config.set(scheduler="threads"):
+        ds.to_zarr(out, mode="w")
+    print(json.dumps({"size": size, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def bench_memory(args) -> None:
+    results = []
+    for size in args.rss_sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, __file__, "--_rss-child", str(size), "--model", args.model, "--out",
+                 str(Path(tmp) / "sr.zarr")],
+                capture_output=True, text=True, check=True,
+            )
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            result["seconds"] = time.perf_counter() - start
+            results.append(result)
+    print(f"\n(c) peak RSS streaming to Zarr (samples=1, steps=1, {args.model}; threads scheduler)")
+    for r in results:
+        print(f"    {r['size']:5d}^2 LR -> {4 * r['size']}^2 HR   peak RSS {r['maxrss_mb']:8.1f} MB   ({r['seconds']:.0f} s)")
+    growth = results[-1]["maxrss_mb"] / results[0]["maxrss_mb"] - 1
+    print(f"    growth {results[0]['size']} -> {results[-1]['size']}: {100 * growth:+.1f} %  (goal < 20 %)")
+
+
+# --------------------------------------------------------------------------- (d) cluster
+
+
+def bench_cluster(args) -> None:
+    from distributed import Client, LocalCluster
+
+    cube = s2_cube(args.size, chunk=max(32, args.size // 4))  # lazy: chunks generated where they run
+    kw = {"model": args.model, "steps": args.steps}
+    ds = cube.opensr.superresolve(args.samples, **kw)
+    ds.compute(scheduler="threads")
+    t_threads = _timed(lambda: ds.compute(scheduler="threads"), args.repeats)
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        client.compute(ds).result()  # warm-up: each worker loads the model once
+        t_cluster = _timed(lambda: client.compute(ds).result(), args.repeats)
+        loads = client.run(_runtime.load_count)
+    print(f"\n(d) threads vs LocalCluster  {args.size}x{args.size} LR, samples={args.samples}, steps={args.steps}")
+    print(f"    threads ({os.cpu_count()} threads)           {t_threads:8.2f} s")
+    print(f"    LocalCluster ({args.workers} procs x 1 thread) {t_cluster:8.2f} s   ratio cluster/threads "
+          f"{t_cluster / t_threads:.2f}   model loads per worker {sorted(loads.values())}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="a,b,c,d", help="parts to run, e.g. 'a,d'")
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--size", type=int, default=96, help="LR pixels per side for (a), (b), (d)")
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="best of N timings")
+    parser.add_argument("--rss-sizes", type=int, nargs=2, default=[128, 512], metavar=("SMALL", "LARGE"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--_rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._rss_child is not None:
+        _rss_child(args._rss_child, args.out, args.model, chunk=256)
+        return
+    parts = set(args.only.split(","))
+    print(f"xr-opensr accessor benchmark; pandas {pd.__version__}, dask {dask.__version__}")
+    for key, fn in (("a", bench_overhead), ("b", bench_opensr_utils), ("c", bench_memory), ("d", bench_cluster)):
+        if key in parts:
+            fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Command line: ``python -m training {data,autoencoder,diffusion,export,evaluate} --config FILE``.
+
+Train, export and evaluate the default model (outputs in runs/default/)::
+
+    python -m training autoencoder --config training/configs/default.json
+    python -m training diffusion   --config training/configs/default.json
+    python -m training export      --config training/configs/default.json
+    python -m training evaluate    --config training/configs/default.json
+
+A stopped run (Ctrl-C, SIGTERM, a crash after a checkpoint) continues with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import TrainConfig
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.json"
+STAGES = ("data", "autoencoder", "diffusion", "export", "evaluate")
+
+
+def _override(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
+    """Apply ``section.key=value`` (value parsed as JSON, else kept as a string)."""
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set expects section.key=value, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if section == "model":
+            cfg = cfg.replace(model=cfg.model.replace(**{name: value}))
+        else:
+            cfg = cfg.replace(**{section: {name: tuple(value) if isinstance(value, list) else value}})
+    return cfg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=STAGES, help="what to do")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="training config JSON "
+                        "(default: training/configs/default.json)")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
+    parser.add_argument("--steps", type=int, default=None, help="total steps of the stage (overrides the config)")
+    parser.add_argument("--resume", action="store_true", help="continue the stage from its checkpoint")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. --set autoencoder.lr=1e-4 (repeatable)")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="export/evaluate: the model folder (default: <out>/model)")
+    parser.add_argument("--overwrite", action="store_true", help="export: replace an existing model folder")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="export: also fit std_scale on the validation scenes")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="evaluate: keep the model's std_scale instead of fitting it first")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    cfg = TrainConfig.from_json(args.config)
+    cfg = _override(cfg, args.overrides)
+    run: dict = {}
+    if args.device is not None:
+        run["device"] = args.device
+    if args.threads is not None:
+        run["threads"] = args.threads
+    if run:
+        cfg = cfg.replace(run=run)
+    if args.steps is not None:
+        if args.stage not in ("autoencoder", "diffusion"):
+            raise SystemExit("--steps applies to the autoencoder and diffusion stages")
+        cfg = cfg.replace(**{args.stage: {"steps": args.steps}})
+    run_dir = args.out if args.out is not None else Path("runs") / cfg.name
+    model_dir = args.model_dir if args.model_dir is not None else run_dir / "model"
+    progress = not args.no_progress
+
+    from .export import record_command
+    from .loop import setup_logging
+
+    if args.stage != "data":
+        record_command(run_dir, argv)
+    try:
+        if args.stage == "data":
+            from .loop import preview_data
+
+            setup_logging(run_dir / "data" / "log.txt")
+            preview_data(cfg, run_dir / "data")
+        elif args.stage == "autoencoder":
+            from .autoencoder import train_autoencoder
+
+            train_autoencoder(cfg, run_dir, resume=args.resume, progress=progress)
+        elif args.stage == "diffusion":
+            from .diffusion import train_diffusion
+
+            train_diffusion(cfg, run_dir, resume=args.resume, progress=progress)
+        elif args.stage == "export":
+            from .export import export_model
+
+            setup_logging(run_dir / "export.log")
+            export_model(cfg, run_dir, model_dir, overwrite=args.overwrite)
+            if args.calibrate:
+                from .evaluate import calibrate
+
+                calibrate(cfg, run_dir, model_dir)
+        else:
+            from .evaluate import evaluate
+
+            setup_logging(run_dir / "evaluate.log")
+            evaluate(cfg, run_dir, model_dir, calibrate_first=not args.no_calibrate, progress=progress)
+    except KeyboardInterrupt:
+        print("interrupted: continue with --resume", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,530 @@
+"""Search and load Sentinel-2 L2A from STAC APIs (pystac-client + odc-stac).
+
+``search`` finds items, least cloudy first; ``load_s2`` turns them into the lazy reflectance cube
+that ``ds.opensr.superresolve`` takes as is::
+
+    from xr_opensr import stac
+
+    items = stac.search((9.0, 45.0, 9.1, 45.1), "2024-06", max_cloud=20)
+    ds = stac.load_s2(items[:1], bbox=(9.0, 45.0, 9.1, 45.1))   # B04, B03, B02, B08: float32
+    sr = ds.opensr.superresolve(samples=4)
+
+Both Earth Search (asset keys ``red, green, blue, nir, scl``) and the Planetary Computer (``B04, ...,
+SCL``; pass ``modifier=planetary_computer.sign_inplace``) are understood; ``S2_BANDS`` is the one
+table of asset names. pystac-client and odc-stac are optional: ``pip install "xr-opensr[stac]"``.
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+import warnings
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from datetime import datetime as _datetime
+from datetime import timezone
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+
+from .errors import BandError, InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pystac
+
+__all__ = [
+    "DEFAULT_BANDS",
+    "EARTH_SEARCH",
+    "PLANETARY_COMPUTER",
+    "S2_BANDS",
+    "SCL_MASKED",
+    "load_s2",
+    "processing_offset",
+    "search",
+]
+
+EARTH_SEARCH = "https://earth-search.aws.element84.com/v1"
+PLANETARY_COMPUTER = "https://planetarycomputer.microsoft.com/api/stac/v1"
+
+DEFAULT_BANDS = ("B04", "B03", "B02", "B08")
+
+#: The band table: band name -> asset keys that hold it, tried in order
+#: (Earth Search v1, then Planetary Computer / ESA names).
+S2_BANDS: dict[str, tuple[str, ...]] = {
+    "B01": ("coastal", "B01"),
+    "B02": ("blue", "B02"),
+    "B03": ("green", "B03"),
+    "B04": ("red", "B04"),
+    "B05": ("rededge1", "B05"),
+    "B06": ("rededge2", "B06"),
+    "B07": ("rededge3", "B07"),
+    "B08": ("nir", "B08"),
+    "B8A": ("nir08", "B8A"),
+    "B09": ("nir09", "B09"),
+    "B11": ("swir16", "B11"),
+    "B12": ("swir22", "B12"),
+    "SCL": ("scl", "SCL"),
+}
+
+#: Scene classification (SCL) classes set to NaN by ``mask_clouds=True``.
+SCL_MASKED: dict[int, str] = {
+    0: "no data",
+    1: "saturated or defective",
+    3: "cloud shadow",
+    8: "cloud, medium probability",
+    9: "cloud, high probability",
+    10: "thin cirrus",
+}
+
+QUANTIFICATION = 10000  # L2A DN per unit reflectance
+BOA_OFFSET_DN = -1000  # added to DN from processing baseline 04.00 on
+BASELINE_WITH_OFFSET = (4, 0)
+OFFSET_SINCE = _datetime(2022, 1, 25, tzinfo=timezone.utc)  # baseline 04.00 went operational
+_NODATA = 0
+_INSTALL = 'pip install "xr-opensr[stac]"'
+
+
+# ------------------------------------------------------------------------------------ imports
+def _import_pystac_client() -> Any:
+    try:
+        import pystac_client
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"xr_opensr.stac.search needs pystac-client: {_INSTALL}") from err
+    return pystac_client
+
+
+def _import_odc_stac() -> Any:
+    try:
+        import odc.stac
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"xr_opensr.stac.load_s2 needs odc-stac: {_INSTALL}") from err
+    return odc.stac
+
+
+def _import_pystac() -> Any:
+    try:
+        import pystac
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"xr_opensr.stac needs pystac: {_INSTALL}") from err
+    return pystac
+
+
+# ------------------------------------------------------------------------------------ checks
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _check_bbox(bbox: Any, arg: str = "bbox") -> tuple[float, float, float, float]:
+    """(west, south, east, north) in degrees, or InputError."""
+    try:
+        values = tuple(float(v) for v in bbox)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise InputError(
+            f"{arg} must be 4 finite numbers (west, south, east, north) in degrees; got {bbox!r}. "
+            f"Example: {arg}=(9.0, 45.0, 9.1, 45.1)"
+        )
+    west, south, east, north = values
+    if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= 90 and -90 <= north <= 90):
+        raise InputError(
+            f"{arg} must be in degrees (EPSG:4326: longitude -180..180, latitude -90..90); got "
+            f"{values}. Projected coordinates (metres)? Convert them, e.g. with "
+            f"rasterio.warp.transform_bounds(crs, 'EPSG:4326', *bounds)"
+        )
+    if not (west < east and south < north):
+        raise InputError(
+            f"{arg} must be (west, south, east, north) with west < east and south < north; got "
+            f"{values}. Swap the corners (a box across the antimeridian must be split in two)"
+        )
+    return values
+
+
+def _canonical_band(name: Any) -> str:
+    """'B04', 'b04', 'red' (an asset key of S2_BANDS) -> 'B04'; BandError for anything else."""
+    if isinstance(name, str):
+        upper = name.upper()
+        if upper in S2_BANDS:
+            return upper
+        for band, keys in S2_BANDS.items():
+            if name in keys or name.lower() in keys:
+                return band
+    raise BandError(
+        f"unknown Sentinel-2 band {name!r}; expected one of {list(S2_BANDS)} (or an asset key such "
+        f"as 'red', 'nir', 'scl'). The model needs bands={DEFAULT_BANDS}"
+    )
+
+
+def _resolve_bands(bands: Any) -> list[str]:
+    if isinstance(bands, str):
+        bands = (bands,)
+    try:
+        names = [_canonical_band(b) for b in bands]
+    except TypeError:
+        raise BandError(f"bands must be a sequence of band names, got {bands!r}") from None
+    if not names:
+        raise BandError(f"bands is empty; pass e.g. bands={DEFAULT_BANDS}")
+    return list(dict.fromkeys(names))
+
+
+def _as_items(items_or_search: Any) -> list[pystac.Item]:
+    """A list of pystac Items from an Item, Items, an ItemCollection or a pystac-client search."""
+    pystac = _import_pystac()
+    obj = items_or_search
+    if isinstance(obj, pystac.Item):
+        return [obj]
+    if hasattr(obj, "items") and callable(obj.items) and not isinstance(obj, Mapping):
+        obj = obj.items()  # pystac_client.ItemSearch
+    if isinstance(obj, (str, bytes, Mapping)) or not isinstance(obj, Iterable):
+        raise InputError(
+            f"load_s2 takes pystac Items (a list, an ItemCollection or a pystac-client search); "
+            f"got {type(items_or_search).__name__}. Use xr_opensr.stac.search(bbox, datetime) to find some"
+        )
+    items = []
+    for item in obj:
+        if isinstance(item, Mapping):
+            item = pystac.Item.from_dict(dict(item))
+        if not isinstance(item, pystac.Item):
+            raise InputError(f"load_s2 takes pystac Items; got an element of type {type(item).__name__}")
+        items.append(item)
+    return items
+
+
+# ------------------------------------------------------------------------------------ offsets
+def _parse_baseline(value: Any) -> tuple[int, int] | None:
+    """'05.00', '5.0', 'N0500' -> (5, 0); None when it cannot be read."""
+    match = re.fullmatch(r"N?(\d{1,2})\.?(\d{2})", str(value).strip()) if value is not None else None
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def processing_offset(item: pystac.Item) -> int:
+    """The offset (DN) to add to an L2A item's DN before dividing by 10000.
+
+    -1000 for processing baseline 04.00 and later (``s2:processing_baseline``) unless the provider
+    already removed it (Earth Search: ``earthsearch:boa_offset_applied: true``), else 0. Items
+    without a readable baseline get the offset when acquired on or after 2022-01-25.
+    """
+    props = item.properties
+    if props.get("earthsearch:boa_offset_applied") is True:
+        return 0
+    baseline = _parse_baseline(props.get("s2:processing_baseline"))
+    if baseline is None:
+        when = item.datetime or item.common_metadata.start_datetime
+        if when is None:
+            return 0
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return BOA_OFFSET_DN if when >= OFFSET_SINCE else 0
+    return BOA_OFFSET_DN if baseline >= BASELINE_WITH_OFFSET else 0
+
+
+# ------------------------------------------------------------------------------------ search
+def _conforms(client: Any, fragment: str) -> bool:
+    """Any STAC API version of a conformance class (pystac-client only knows v1.0.x)."""
+    try:
+        uris = client.get_conforms_to()
+    except Exception:  # pragma: no cover - a client without conformance
+        return False
+    return any(str(uri).endswith(fragment) for uri in uris)
+
+
+def _cloud_cover(item: pystac.Item) -> float:
+    value = item.properties.get("eo:cloud_cover")
+    return float(value) if value is not None else float("inf")
+
+
+def search(
+    bbox: Sequence[float],
+    datetime: Any,
+    *,
+    url: str = EARTH_SEARCH,
+    collection: str | Sequence[str] = "sentinel-2-l2a",
+    max_cloud: float | None = 20,
+    limit: int = 100,
+    modifier: Callable[[Any], Any] | None = None,
+) -> list[pystac.Item]:
+    """Sentinel-2 L2A items over ``bbox`` in ``datetime``, least cloudy first.
+
+    Parameters
+    ----------
+    bbox : (west, south, east, north)
+        Area of interest in degrees (EPSG:4326).
+    datetime : str, datetime or (start, end)
+        A STAC datetime: ``"2024-06"``, ``"2024-06-01/2024-06-30"``, ``(start, end)``.
+    url : str
+        The STAC API (``EARTH_SEARCH`` by default, or ``PLANETARY_COMPUTER``, or your own).
+    collection : str or list of str
+        Collection id(s), ``"sentinel-2-l2a"`` on both public APIs.
+    max_cloud : float or None
+        Keep items with ``eo:cloud_cover <= max_cloud`` (percent); None keeps all.
+    limit : int
+        Most items fetched; where the API sorts, these are the ``limit`` least cloudy.
+    modifier : callable, optional
+        pystac-client's item hook, e.g. ``planetary_computer.sign_inplace`` to sign asset URLs.
+
+    Returns
+    -------
+    list of pystac.Item
+        Sorted by cloud cover (least cloudy first), then time and id.
+
+    Raises
+    ------
+    InputError
+        Bad bbox, max_cloud or limit; or no item matched (widen the dates or raise max_cloud).
+    """
+    bbox = _check_bbox(bbox)
+    if max_cloud is not None and not (_is_real(max_cloud) and 0 <= max_cloud <= 100):
+        raise InputError(f"max_cloud must be a percentage in [0, 100] or None; got {max_cloud!r}")
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise InputError(f"limit must be a positive int; got {limit!r}")
+    if datetime is None or datetime == "":
+        raise InputError(
+            "datetime is required, e.g. '2024-06-01/2024-06-30', '2024-06' or (start, end); got "
+            f"{datetime!r}"
+        )
+    collections = [collection] if isinstance(collection, str) else list(collection)
+    pystac_client = _import_pystac_client()
+    from pystac_client.warnings import DoesNotConformTo
+
+    client = pystac_client.Client.open(url, modifier=modifier)
+
+    kwargs: dict[str, Any] = {
+        "collections": collections,
+        "bbox": list(bbox),
+        "datetime": datetime,
+        "max_items": int(limit),
+        "limit": min(int(limit), 100),
+    }
+    if max_cloud is not None:
+        if _conforms(client, "/item-search#query"):
+            kwargs["query"] = {"eo:cloud_cover": {"lte": max_cloud}}
+        elif _conforms(client, "/item-search#filter"):
+            kwargs["filter"] = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, max_cloud]}
+            kwargs["filter_lang"] = "cql2-json"
+    if _conforms(client, "/item-search#sort"):
+        kwargs["sortby"] = [{"field": "properties.eo:cloud_cover", "direction": "asc"}]
+    with warnings.catch_warnings():
+        # pystac-client warns for conformance URIs newer than v1.0 that _conforms accepted
+        warnings.simplefilter("ignore", DoesNotConformTo)
+        try:  # builds the query only; the other arguments were checked above
+            item_search = client.search(**kwargs)
+        except Exception as err:  # pystac-client raises bare Exception / ValueError here
+            raise InputError(
+                f"datetime {datetime!r} is not a STAC datetime ({err}); use e.g. "
+                f"'2024-06-01/2024-06-30', '2024-06' or (start, end)"
+            ) from err
+        found = list(item_search.items())
+    if max_cloud is not None:  # also where the API could not filter
+        found = [it for it in found if _cloud_cover(it) <= max_cloud]
+    if not found:
+        cloud = f" with eo:cloud_cover <= {max_cloud}%" if max_cloud is not None else ""
+        raise InputError(
+            f"no {', '.join(collections)} items at {url} for bbox {list(bbox)} and datetime "
+            f"{datetime!r}{cloud}; widen the datetime range, enlarge the bbox or raise max_cloud"
+        )
+    return sorted(found, key=lambda it: (_cloud_cover(it), str(it.datetime), it.id))
+
+
+# ------------------------------------------------------------------------------------ loading
+def _asset_key(item: pystac.Item, band: str) -> str | None:
+    return next((key for key in S2_BANDS[band] if key in item.assets), None)
+
+
+def _normalise(item: pystac.Item, bands: list[str], mask_clouds: bool) -> pystac.Item:
+    """A copy of ``item`` whose assets are exactly ``bands``, keyed by band name (B04, SCL...)."""
+    keys = {}
+    for band in bands:
+        key = _asset_key(item, band)
+        if key is None:
+            available = sorted(item.assets)
+            if band == "SCL" and mask_clouds:
+                raise BandError(
+                    f"item {item.id!r} has no SCL asset (looked for {list(S2_BANDS['SCL'])}; it has "
+                    f"{available}), so clouds cannot be masked. Pass mask_clouds=False to load "
+                    f"without the cloud mask"
+                )
+            raise BandError(
+                f"item {item.id!r} has no asset for band {band} (looked for {list(S2_BANDS[band])}; it "
+                f"has {available}). Drop the band from bands=, or the item from the list"
+            )
+        keys[band] = key
+    out = item.clone()
+    assets = {band: out.assets[key] for band, key in keys.items()}
+    out.assets.clear()
+    for band, asset in assets.items():
+        out.add_asset(band, asset)
+    return out
+
+
+def _group_key(groupby: Any) -> Callable[[Any, Any, int], Hashable]:
+    """odc-stac's groupby as a key function ``(item, parsed, index) -> key``."""
+    if callable(groupby):
+        return groupby
+    if groupby == "solar_day":
+        return lambda item, parsed, idx: parsed.solar_date.date()
+    if groupby == "time":
+        return lambda item, parsed, idx: parsed.nominal_datetime
+    if groupby in ("id", None):
+        return lambda item, parsed, idx: idx
+    if isinstance(groupby, str):
+        return lambda item, parsed, idx: item.properties.get(groupby)
+    raise InputError(
+        f"groupby must be 'solar_day', 'time', 'id', an item property name or a callable "
+        f"(item, parsed, index) -> key; got {groupby!r}"
+    )
+
+
+def load_s2(
+    items_or_search: Any,
+    *,
+    bands: Sequence[str] = DEFAULT_BANDS,
+    resolution: float = 10,
+    chunks: Mapping[str, int] | None = None,
+    groupby: Any = "solar_day",
+    mask_clouds: bool = True,
+    crs: Any = None,
+    bbox: Sequence[float] | None = None,
+) -> xr.Dataset:
+    """Load Sentinel-2 L2A items lazily as a float32 reflectance cube.
+
+    Each item's DN get its processing-baseline offset (``processing_offset``: -1000 from baseline
+    04.00 on, unless the provider removed it) and are divided by 10000; DN 0 (nodata) becomes NaN
+    and, with ``mask_clouds``, so do pixels whose SCL class is in ``SCL_MASKED`` (no data,
+    saturated, cloud shadow, medium/high probability cloud, cirrus). Items of one group (one solar
+    day by default) are mosaicked, the first valid pixel winning. Nothing is computed.
+
+    Parameters
+    ----------
+    items_or_search : pystac.Item, sequence of Items, ItemCollection or pystac_client.ItemSearch
+        E.g. the result of :func:`search`. Earth Search and Planetary Computer asset names both work.
+    bands : sequence of str
+        Band names (``S2_BANDS``: "B04"... or asset keys such as "red"); default the model's
+        ("B04", "B03", "B02", "B08"). Add "SCL" to get the scene classification back (uint8).
+    resolution : float
+        Pixel size in units of the output CRS (metres for UTM). 10 for the super-resolution model.
+    chunks : dict, optional
+        Dask chunks, default ``{"x": 512, "y": 512}`` (one time step per chunk).
+    groupby : str or callable
+        odc-stac grouping: "solar_day" (default), "time", "id", a property name, or a callable.
+    mask_clouds : bool
+        Set cloud, cirrus, shadow, saturated and nodata pixels (from SCL) to NaN. Needs an SCL asset.
+    crs : str or CRS, optional
+        Output CRS (e.g. "EPSG:32632", "utm"); default the items' most common CRS.
+    bbox : (west, south, east, north), optional
+        Crop to this box in degrees; default the union of the item footprints.
+
+    Returns
+    -------
+    xarray.Dataset
+        Variables named as in ``bands``: float32 reflectance, dims (time, y, x), NaN = nodata or
+        masked; CRS on the ``spatial_ref`` coordinate (``ds.rio.crs``, ``ds.odc.geobox``).
+
+    Raises
+    ------
+    InputError
+        No items, bad bbox/resolution/groupby; BandError for an unknown band, an item without the
+        asset of a band, or without an SCL asset when ``mask_clouds=True``.
+    """
+    items = _as_items(items_or_search)
+    if not items:
+        raise InputError(
+            "load_s2 got no items; search(bbox, datetime, ...) found none or the list is empty. "
+            "Widen the datetime range or raise max_cloud"
+        )
+    names = _resolve_bands(bands)
+    load_names = [*names, "SCL"] if mask_clouds and "SCL" not in names else list(names)
+    if not (_is_real(resolution) and resolution > 0):
+        raise InputError(f"resolution must be a positive number (metres for UTM); got {resolution!r}")
+    bbox = _check_bbox(bbox) if bbox is not None else None
+    base_key = _group_key(groupby)
+    odc_stac = _import_odc_stac()
+    import rioxarray  # noqa: F401  (registers ds.rio: the result's CRS is ds.rio.crs)
+
+    normalised = [_normalise(item, load_names, mask_clouds) for item in items]
+    offsets = [processing_offset(item) for item in items]
+    keys: dict[int, tuple[Hashable, int]] = {}
+
+    def group_key(item: Any, parsed: Any, idx: int) -> tuple[Hashable, int]:
+        # items of one group with different offsets load as separate slices, merged below
+        keys[idx] = (base_key(item, parsed, idx), offsets[idx])
+        return keys[idx]
+
+    # DN as written by ESA, whatever the catalogue says (or does not say) in raster:bands
+    assets = {b: {"data_type": "uint8" if b == "SCL" else "uint16", "nodata": _NODATA}
+              for b in load_names}
+    extra: dict[str, Any] = {}
+    if crs is not None:
+        extra["crs"] = crs
+    if bbox is not None:
+        extra["bbox"] = bbox
+    raw = odc_stac.load(
+        normalised,
+        bands=load_names,
+        groupby=group_key,
+        resolution=resolution,
+        chunks=dict(chunks) if chunks is not None else {"x": 512, "y": 512},
+        stac_cfg={"*": {"assets": assets, "warnings": "ignore"}},
+        resampling="nearest",
+        **extra,
+    )
+    slices = sorted(set(keys.values()))  # odc-stac orders time slices by group key
+    if len(slices) != raw.sizes["time"]:  # pragma: no cover - would mean odc-stac changed
+        raise RuntimeError(f"odc-stac returned {raw.sizes['time']} time slices for {len(slices)} groups")
+
+    offset = xr.DataArray(np.array([s[1] for s in slices], np.float32), dims="time")
+    masked = raw["SCL"].isin(list(SCL_MASKED)) if mask_clouds else None
+    variables = {}
+    for band in names:
+        da = raw[band]
+        if band == "SCL":
+            variables[band] = da
+            continue
+        valid = da != _NODATA
+        if masked is not None:
+            valid = valid & ~masked
+        refl = (da.astype(np.float32) + offset) / np.float32(QUANTIFICATION)
+        refl = refl.where(valid)
+        refl.attrs = {k: v for k, v in da.attrs.items() if k not in ("nodata", "_FillValue", "units")}
+        refl.attrs.update(units="1", long_name=f"{band} surface reflectance")
+        variables[band] = refl
+    out = xr.Dataset(variables, coords=raw.coords, attrs=raw.attrs)  # dims (time, y, x)
+    out = _merge_groups(out, [s[0] for s in slices])
+    out.attrs.update(
+        {
+            "reflectance": "(DN + processing-baseline offset) / 10000; DN 0 -> NaN",
+            "cloud_mask": ("SCL " + ",".join(map(str, SCL_MASKED)) + " -> NaN") if mask_clouds else "none",
+        }
+    )
+    return out
+
+
+def _merge_groups(ds: xr.Dataset, group_of_slice: list[Hashable]) -> xr.Dataset:
+    """Mosaic neighbouring time slices of one group (split only by their offset): first valid wins."""
+    runs: list[list[int]] = []
+    for i, key in enumerate(group_of_slice):
+        if runs and group_of_slice[runs[-1][0]] == key:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    if len(runs) == len(group_of_slice):
+        return ds
+    pieces = []
+    for run in runs:
+        merged = ds.isel(time=[run[0]])
+        for i in run[1:]:
+            other = ds.isel(time=[i]).assign_coords(time=merged.time)
+            merged = xr.Dataset(
+                {
+                    name: (
+                        merged[name].where(merged[name] != _NODATA, other[name])
+                        if name == "SCL"
+                        else merged[name].fillna(other[name])
+                    )
+                    for name in ds.data_vars
+                },
+                attrs=ds.attrs,
+            )
+            for name in ds.data_vars:
+                merged[name].attrs = ds[name].attrs
+        pieces.append(merged)
+    return xr.concat(pieces, dim="time", combine_attrs="override")
