@@ -58,6 +58,7 @@ class BatchReport:
     processed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     remaining: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -130,7 +131,7 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> Iterato
             yield client
         return
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
         yield client
 
 
@@ -151,6 +152,7 @@ def run(
     url: str = EARTH_SEARCH,
     collection: str = "sentinel-2-l2a",
     max_cloud: float = 100.0,
+    limit: int = 500,
     model: str = "default",
     samples: int = 10,
     steps: int | None = None,
@@ -163,7 +165,10 @@ def run(
     """Search, then super-resolve every scene not yet in ``out`` on the cluster of ``client``.
 
     Scenes are submitted together (the cluster works on several at once) and each is marked complete
-    as soon as its data are written. ``max_scenes`` limits how many scenes this run processes.
+    as soon as its data are written. ``max_scenes`` limits how many scenes this run processes. A scene
+    that fails is logged and left unmarked (the next run retries it); the others go on.
+    The settings that shape the data (model, samples, steps, seed, bbox, collection) are fixed per
+    store; the dates may change between runs (e.g. to add new scenes to the store).
     """
     from distributed import as_completed
 
@@ -177,8 +182,8 @@ def run(
                 "bbox": [float(v) for v in bbox], "collection": collection}
     _check_settings(store, settings, overwrite)
 
-    items = sorted(stac.search(tuple(bbox), datetime, url=url, collection=collection, max_cloud=max_cloud),
-                   key=lambda it: (str(it.datetime), it.id))
+    found = stac.search(tuple(bbox), datetime, url=url, collection=collection, max_cloud=max_cloud, limit=limit)
+    items = sorted(found, key=lambda it: (str(it.datetime), it.id))
     report = BatchReport(store=store, found=[it.id for it in items])
     done = set(completed_scenes(store))
     report.skipped = [it.id for it in items if it.id in done]
@@ -205,7 +210,12 @@ def run(
     bar = tqdm(as_completed(list(futures)), total=len(futures), unit="scene", disable=not progress or not futures)
     for future in bar:
         sid = futures[future]
-        future.result()  # raises the scene's error, if any
+        try:
+            future.result()
+        except Exception as err:  # one bad scene must not stop the others
+            report.failed[sid] = f"{type(err).__name__}: {err}"
+            log.error("scene %s failed, not marked complete (a re-run retries it): %s", sid, report.failed[sid])
+            continue
         _mark_complete(store, sid)
         report.processed.append(sid)
         log.info("scene %s written (%d/%d)", sid, len(report.processed), len(futures))
@@ -214,8 +224,8 @@ def run(
 
         zarr.consolidate_metadata(str(store))
     report.seconds = time.perf_counter() - start
-    log.info("done: %d processed, %d skipped in %.1f s -> %s", len(report.processed), len(report.skipped),
-             report.seconds, store)
+    log.info("done: %d processed, %d skipped, %d failed in %.1f s -> %s", len(report.processed),
+             len(report.skipped), len(report.failed), report.seconds, store)
     return report
 
 
@@ -234,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=EARTH_SEARCH, help="STAC API (default: %(default)s)")
     p.add_argument("--collection", default="sentinel-2-l2a")
     p.add_argument("--max-cloud", type=float, default=100.0, help="largest eo:cloud_cover in %% (default: all)")
+    p.add_argument("--limit", type=int, default=500, help="at most this many items from the search")
     p.add_argument("--model", default="default")
     p.add_argument("--samples", type=int, default=10)
     p.add_argument("--steps", type=int, default=None)
@@ -249,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> BatchReport | int:
-    """Run the job; returns the :class:`BatchReport` (exit status 0), or 2 on a usage error."""
+    """Run the job; returns the :class:`BatchReport`, or 2 on a usage error (bad option, store, search)."""
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -261,9 +272,9 @@ def main(argv: Sequence[str] | None = None) -> BatchReport | int:
             log.info("dask cluster %s", client.scheduler.address)
             return run(
                 out=args.out, bbox=args.bbox, datetime=args.datetime, client=client, url=args.url,
-                collection=args.collection, max_cloud=args.max_cloud, model=args.model, samples=args.samples,
-                steps=args.steps, seed=args.seed, chunks=args.chunks, max_scenes=args.max_scenes,
-                overwrite=args.overwrite, progress=not args.no_progress,
+                collection=args.collection, max_cloud=args.max_cloud, limit=args.limit, model=args.model,
+                samples=args.samples, steps=args.steps, seed=args.seed, chunks=args.chunks,
+                max_scenes=args.max_scenes, overwrite=args.overwrite, progress=not args.no_progress,
             )
     except (OpenSRError, OSError) as err:
         print(f"batch_job: error: {err}", file=sys.stderr)
@@ -272,4 +283,4 @@ def main(argv: Sequence[str] | None = None) -> BatchReport | int:
 
 if __name__ == "__main__":
     outcome = main()
-    sys.exit(outcome if isinstance(outcome, int) else 0)
+    sys.exit(outcome if isinstance(outcome, int) else (1 if outcome.failed else 0))

@@ -168,7 +168,7 @@ def test_task_names_and_progress_bar():
     for name in ("sr", "uncertainty"):
         assert ds[name].data.name.startswith(f"opensr-{name}-")
     layers = ds.sr.data.dask.layers
-    assert any(k.startswith("opensr-patches-") for k in layers) and any(k.startswith("opensr-blend-") for k in layers)
+    assert any(k.startswith("opensr-spill-") for k in layers) and any(k.startswith("opensr-blend-") for k in layers)
     again = make_cube(20, 20, chunks={"y": 12}).opensr.superresolve(2, **KW)
     assert again.sr.data.name == ds.sr.data.name  # deterministic names (tokenize)
     buf = io.StringIO()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +30,7 @@ def write_geotiff(path: Path, cube: xr.DataArray, *, descriptions: bool = True) 
 def assert_cog(path: Path, *, count: int, shape: tuple[int, int], bands=("B04", "B03", "B02", "B08")) -> None:
     with rasterio.open(path) as src:
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
-        assert src.profile["tiled"] and src.profile["compress"] == "deflate"
+        assert src.block_shapes[0] == (256, 256) and src.profile["compress"] == "deflate"  # tiled, compressed
         assert src.count == count and (src.height, src.width) == shape
         assert src.descriptions == bands
         assert src.res == (2.5, 2.5)
@@ -61,9 +59,11 @@ def test_cli_help_everywhere(command, capsys):
             assert option in out
 
 
-def test_cli_console_script_runs():
-    result = subprocess.run([sys.executable, "-m", "xr_opensr.cli", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "superresolve" in result.stdout and "demo" in result.stdout
+def test_cli_console_script_is_registered():
+    from importlib.metadata import entry_points
+
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "xr-opensr"]
+    assert script.value == "xr_opensr.cli:main" and script.load() is main
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -146,14 +146,59 @@ def test_cli_progress_bar_on_stderr(geotiff, tmp_path, capsys):
     assert "% Completed" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def threaded_cluster():
+    """An in-process cluster (fast to start); the batch-job test uses worker processes."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(processes=False, n_workers=2, threads_per_worker=1,
+                                  dashboard_address=":0") as cluster:
+        yield cluster
+
+
 @pytest.mark.distributed
-def test_cli_superresolve_on_a_local_cluster(geotiff, tmp_path, capsys):
+def test_cli_superresolve_on_an_existing_cluster(threaded_cluster, geotiff, tmp_path, capsys):
     src, cube = geotiff
     out = tmp_path / "cluster.tif"
-    assert main(["superresolve", str(src), str(out), "--workers", "2", "--chunks", "16", *FAST]) == 0
-    assert "dask cluster" in capsys.readouterr().out
+    argv = ["superresolve", str(src), str(out), "--scheduler", threaded_cluster.scheduler_address,
+            "--chunks", "16", "--model", "tiny", "--samples", "2", "--steps", "2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert f"dask cluster: {threaded_cluster.scheduler_address}, 2 workers" in printed.out
     expected = cube.opensr.superresolve(2, **SR_KW).compute()
     np.testing.assert_array_equal(_io.open_result(out).sr.values, expected.sr.values)
+    store = tmp_path / "cluster.zarr"
+    assert main(["superresolve", str(src), str(store), "--scheduler", threaded_cluster.scheduler_address,
+                 *FAST]) == 0
+    np.testing.assert_array_equal(xr.open_zarr(store).sr.values, expected.sr.values)
+
+
+@pytest.mark.distributed
+def test_cli_workers_starts_a_local_cluster(geotiff, tmp_path, monkeypatch, capsys):
+    distributed = pytest.importorskip("distributed")
+    made = []
+    real = distributed.LocalCluster
+
+    def in_process(**kwargs):  # same options, but threads: no worker processes to start in a unit test
+        made.append(dict(kwargs))
+        return real(**{**kwargs, "processes": False})
+
+    monkeypatch.setattr(distributed, "LocalCluster", in_process)
+    assert main(["superresolve", str(geotiff[0]), str(tmp_path / "w.tif"), "--workers", "3", *FAST]) == 0
+    assert made == [{"n_workers": 3, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}]
+    assert ", 3 workers" in capsys.readouterr().out
+
+
+def test_cli_unreachable_scheduler_exit_2(geotiff, tmp_path, monkeypatch, capsys):
+    distributed = pytest.importorskip("distributed")
+
+    def refuse(address, **kwargs):
+        raise OSError(f"Timed out trying to connect to {address}")
+
+    monkeypatch.setattr(distributed, "Client", refuse)
+    argv = ["superresolve", str(geotiff[0]), str(tmp_path / "u.tif"), "--scheduler", "tcp://127.0.0.1:9", *FAST]
+    assert main(argv) == 2
+    assert "cannot connect to a dask scheduler at 'tcp://127.0.0.1:9'" in capsys.readouterr().err
+    assert not (tmp_path / "u.tif").exists()
 
 
 # --------------------------------------------------------------------------- errors and overwrite
@@ -216,12 +261,14 @@ def test_cli_info(capsys):
 # --------------------------------------------------------------------------- demo
 
 
-def test_cli_demo_writes_cogs_and_quicklook(tmp_path, capsys):
+def test_cli_demo_writes_cogs_and_quicklook(tmp_path, monkeypatch, capsys):
     from xr_opensr import testing
     from xr_opensr.models import registered_models
 
-    out = tmp_path / "demo"
-    assert main(["demo", "--output", str(out), "--samples", "2", "--steps", "2", "--no-progress"]) == 0
+    monkeypatch.chdir(tmp_path)  # the default output folder is ./opensr-demo/
+    argv = ["demo", "--samples", "2", "--steps", "1", "--no-progress"]
+    assert main(argv) == 0
+    out = tmp_path / "opensr-demo"
     printed = capsys.readouterr()
     assert "model:" in printed.out and "wall time" in printed.out and "no network" in printed.out
     if "default" not in registered_models():
@@ -231,18 +278,14 @@ def test_cli_demo_writes_cogs_and_quicklook(tmp_path, capsys):
     shape = (4 * lr.sizes["y"], 4 * lr.sizes["x"])
     assert_cog(out / "sr.tif", count=4, shape=shape)
     assert_cog(out / "uncertainty.tif", count=4, shape=shape)
+    with rasterio.open(out / "sr.tif") as src:
+        assert src.overviews(1)  # cheap at this size: one level
     assert (out / "quicklook.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a second run without --overwrite leaves everything as it was
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    assert main(["demo", "--output", str(out), "--samples", "2", "--steps", "2", "--no-progress"]) == 2
+    assert main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
-
-
-def test_cli_demo_default_output_folder(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--model", "tiny", "--samples", "1", "--steps", "1", "--no-progress"]) == 0
-    assert (tmp_path / "opensr-demo" / "sr.tif").is_file()
 
 
 # --------------------------------------------------------------------------- search (local STAC API)

@@ -19,6 +19,7 @@ def execute(name: str, workdir: Path, monkeypatch, env: dict[str, str] | None = 
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel uses its inline backend (PNG outputs)
+    monkeypatch.setenv("TMPDIR", str(workdir))  # temporary folders of the notebook land in workdir
     for key, value in (env or {}).items():
         monkeypatch.setenv(key, value)
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)

@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from xr_opensr.errors import OpenSRError
+
 from .config import TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.json"
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: continue with --resume", file=sys.stderr)
         return 130
-    except (FileNotFoundError, FileExistsError) as err:
+    except (FileNotFoundError, FileExistsError, OpenSRError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

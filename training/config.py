@@ -161,14 +161,16 @@ class TrainConfig:
         return self.model.patch_size * self.model.scale
 
     def data_config(self):
+        """:class:`training.data.DataConfig` of the ``data`` section."""
         from .data import DataConfig
 
-        return _construct(DataConfig, self.data, "data")
+        return DataConfig.from_dict(self.data)
 
     def degradation_config(self):
+        """:class:`training.degradation.DegradationConfig` of the ``degradation`` section."""
         from .degradation import DegradationConfig
 
-        return _construct(DegradationConfig, self.degradation, "degradation")
+        return DegradationConfig.from_dict(self.degradation)
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

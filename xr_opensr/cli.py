@@ -151,7 +151,7 @@ def _dask_runner(args: argparse.Namespace) -> Iterator[Callable[..., Any]]:
         else:
             cluster = stack.enter_context(
                 distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=None)
+                                         dashboard_address=":0")
             )
             client = stack.enter_context(distributed.Client(cluster))
         _say(f"dask cluster: {client.scheduler.address}, {len(client.scheduler_info()['workers'])} workers")

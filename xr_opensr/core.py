@@ -76,7 +76,7 @@ def superresolve(
         case-insensitive (``B04``/``B4``/``red`` ...), extra bands ignored.
     patch, overlap : LR pixels per patch side and of overlap between neighbours (default: the
         model's ``patch_size`` and ``default_overlap``; ``0 <= overlap <= patch/2``).
-    batch_size : patches per model call (None: as many as fit in ~256 MiB of outputs).
+    batch_size : patches per model call (None: as many as fit in ~64 MiB of outputs).
     device : "auto" (CUDA if the computing process sees a GPU, else CPU), "cpu", "cuda", "cuda:1".
     dtype : denoiser dtype: None (float32), "bfloat16"/"float16" (GPU only), or a torch dtype.
     histogram_matching : match each sample's bands to the LR patch's histograms.

@@ -36,6 +36,7 @@ __all__ = [
     "gaussian_filter",
     "gradient_magnitude",
     "lpips",
+    "lpips_network",
     "psnr",
     "reflectance_consistency",
     "spectral_angle",
@@ -79,15 +80,20 @@ def area_downsample(hr: ArrayLike, factor: int = 4) -> ArrayLike:
 
     Returns
     -------
-    array (..., H / factor, W / factor), float32 for float32/integer input (float64 stays float64).
+    array (..., H / factor, W / factor), float32 for float32/integer input (float64 stays float64);
+    a DataArray for a DataArray.
     """
     factor = _positive_factor(factor)
     if isinstance(hr, xr.DataArray):
         y, x = _spatial_dims(hr)
-        _check_divisible(hr.sizes[y], hr.sizes[x], factor)
-        out = hr.coarsen({y: factor, x: factor}).mean(skipna=False)
-        out = out.astype(_float_dtype(hr.dtype)).assign_attrs(hr.attrs)
-        return _rewrite_transform(out, hr)
+        moved = hr.transpose(..., y, x)
+        values = area_downsample(moved.values, factor)
+        coords = {k: v for k, v in moved.coords.items() if y not in v.dims and x not in v.dims}
+        for dim in (y, x):
+            if dim in moved.coords:
+                coords[dim] = np.asarray(moved[dim].values, np.float64).reshape(-1, factor).mean(axis=1)
+        out = xr.DataArray(values, dims=moved.dims, coords=coords, attrs=hr.attrs, name=hr.name)
+        return _rewrite_transform(out.transpose(*hr.dims), hr)
     arr = _float_array(hr)
     h, w = arr.shape[-2:]
     _check_divisible(h, w, factor)
@@ -414,7 +420,7 @@ def lpips(pred: ArrayLike, target: ArrayLike, net: str = "auto", *, reflectance_
         raise ValueError(f"LPIPS needs images of at least 32 x 32 pixels, got {p.shape[-2:]}")
     import torch
 
-    model = _lpips_model(name, str(device))
+    model = _shared_lpips_model(name, str(device))
     p = p.reshape(-1, 3, *p.shape[-2:])
     t = t.reshape(-1, 3, *t.shape[-2:])
     bad = ~(np.isfinite(p) & np.isfinite(t)).all(axis=1, keepdims=True)
@@ -477,22 +483,39 @@ def _resolve_lpips_net(net: str) -> str:
     return "lpips-alex" if cached else "stlpips-alex"
 
 
+def lpips_network(name: str, device: str = "cpu"):
+    """A fresh, frozen (eval mode, no gradients) LPIPS network ``name`` of :data:`LPIPS_NETS` (not "auto").
+
+    The module that :func:`lpips` uses, for callers that need it as a ``torch.nn.Module`` (e.g. a
+    perceptual training loss). It takes two (B, 3, H, W) tensors in [-1, 1] and returns (B, 1, 1, 1)
+    distances. Never downloads; raises FileNotFoundError / ImportError as :func:`lpips` explains.
+    """
+    if name not in LPIPS_NETS or name == "auto":
+        raise ValueError(f"unknown LPIPS net {name!r}; choose one of {sorted(set(LPIPS_NETS) - {'auto'})}")
+    return _lpips_model(name, device)
+
+
 @functools.lru_cache(maxsize=4)
-def _lpips_model(name: str, device: str):
+def _shared_lpips_model(name: str, device: str):
+    """The instance :func:`lpips` reuses; never handed out (callers may move or wrap what they get)."""
+    return _lpips_model(name, device)
+
+
+def _lpips_model(name: str, device: str = "cpu"):
     import torch
 
     family, trunk = name.split("-")
     if family == "lpips":
-        try:
-            import lpips as lpips_pkg
-        except ImportError as err:
-            raise ImportError(f"LPIPS net {name!r} needs the lpips package: pip install 'xr-opensr[train]'") from err
         cache = _trunk_cache(trunk)
         if not cache.is_file():
             raise FileNotFoundError(
                 f"LPIPS net {name!r} needs the torchvision ImageNet weights at {cache} (never downloaded "
                 "here); put the file there, or call lpips(..., net='stlpips-alex')"
             )
+        try:
+            import lpips as lpips_pkg
+        except ImportError as err:
+            raise ImportError(f"LPIPS net {name!r} needs the lpips package: pip install 'xr-opensr[train]'") from err
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             # pnet_rand=True: torchvision builds the trunk without asking for a download
@@ -762,8 +785,14 @@ def _rewrite_transform(out: xr.DataArray, source: xr.DataArray) -> xr.DataArray:
         crs = None
     if crs is None:
         return out
+    from affine import Affine
+
     y, x = _spatial_dims(out)
     if "spatial_ref" in out.coords:
         out = out.drop_vars("spatial_ref")
     out = out.rio.set_spatial_dims(x_dim=x, y_dim=y, inplace=False).rio.write_crs(crs)
-    return out.rio.write_transform(out.rio.transform(recalc=True))
+    xs, ys = out[x].values, out[y].values
+    if xs.size < 2 or ys.size < 2:
+        return out
+    dx, dy = (xs[-1] - xs[0]) / (xs.size - 1), (ys[-1] - ys[0]) / (ys.size - 1)
+    return out.rio.write_transform(Affine(dx, 0.0, xs[0] - dx / 2, 0.0, dy, ys[0] - dy / 2))

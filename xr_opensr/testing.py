@@ -341,6 +341,7 @@ def s2_cube(ny: int = 64, nx: int = 64, *, times: int | Sequence[Any] | None = N
     data = layers[0] if stamps is None else np.stack(layers)
     if dtype == "uint16":
         dn = np.clip(np.round(np.nan_to_num(data, nan=0.0) * 10_000), 1, 65_535).astype(np.uint16)
+        dn[dn == nodata] = nodata + 1 if nodata < 65_535 else nodata - 1  # valid pixels never read as nodata
         data = np.where(np.isnan(data), np.uint16(nodata), dn)
     else:
         data = data.astype(np.float32)
