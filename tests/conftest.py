@@ -107,6 +107,27 @@ def dataset_factory() -> Callable[..., xr.Dataset]:
     return make_dataset
 
 
+def seam_ratio(img: np.ndarray, stride: int, patch: int, scale: int = 4) -> float:
+    """Mean |gradient| across patch borders / across the other LR-pixel borders (the same phase
+    of the 4x grid, so the comparison is fair for any upsampler), worst of both axes.
+
+    img (..., H, W) at HR resolution; patch borders at ``scale * (k * stride)`` and
+    ``scale * (k * stride + patch)``.
+    """
+    ratios = []
+    for axis in (-1, -2):
+        grad = np.abs(np.diff(img, axis=axis))
+        grad = np.nanmean(np.moveaxis(grad, axis, -1).reshape(-1, grad.shape[axis]), axis=0)
+        n = img.shape[axis]
+        edges = {scale * k * stride for k in range(1, n)} | {scale * (k * stride + patch) for k in range(n)}
+        idx = np.array(sorted(e - 1 for e in edges if 0 < e < n))
+        mask = np.zeros(grad.size, bool)
+        mask[idx] = True
+        same_phase = (np.arange(grad.size) % scale) == scale - 1
+        ratios.append(grad[mask].mean() / grad[~mask & same_phase].mean())
+    return float(max(ratios))
+
+
 def _raise_on_compute(dsk, keys, **kwargs):
     raise RuntimeError(f"a dask computation was triggered ({len(dsk)} tasks)")
 

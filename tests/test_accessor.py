@@ -15,9 +15,8 @@ import rioxarray
 import torch
 import xarray as xr
 from affine import Affine
-from conftest import CRS, X0, Y0, make_cube, make_dataset, raise_if_dask_computes
+from conftest import CRS, X0, Y0, make_cube, make_dataset, raise_if_dask_computes, seam_ratio
 from dask.diagnostics import ProgressBar
-from test_graph import seam_ratio
 
 import xr_opensr
 import xr_opensr.accessor  # noqa: F401  (registers .opensr until xr_opensr/__init__ imports it)

@@ -15,11 +15,15 @@ Blocks
     smaller, so Zarr accepts them). A block *owns* the patches that start in it.
 
 Two stages, each patch computed once
-    1. ``opensr-patches``: per block, its input chunk plus a halo of the first O rows/columns of the
-       next blocks (explicit small ``opensr-halo-*`` tasks) -> the owned patches, padded to P x P,
-       through the kernel -> (..., ni, nj, K, C, sP, sP). All-nodata patches skip the kernel.
-    2. ``opensr-blend``: per block, its own patches plus the last patch row/column of the previous
-       blocks (``opensr-edge-*`` tasks) -> weighted blend cropped to the block -> (..., K, C, sh, sw).
+    1. ``opensr-spill``: a block's last patch row and column reach O pixels into the next blocks.
+       They are computed from the block's input chunk plus a halo of the first O rows/columns of
+       the next blocks (explicit small ``opensr-halo-*`` copies) -> (..., ni, nj, K, C, sP, sP).
+       ``opensr-edge-*`` tasks copy out the parts the next blocks need (HR rows/columns from s*S).
+    2. ``opensr-blend``: per block, its remaining (interior) patches through the kernel, then
+       the weighted blend of interior + spill + the previous blocks' edges, cropped to the block
+       -> (..., K, C, sh, sw). Interior results never leave the task, so whatever order the
+       scheduler picks, what waits for a later block is thin: spills and edges (a patch row per
+       row of blocks), not whole blocks. All-nodata patches skip the kernel.
 
 Blend
     Separable weights: 1 inside a patch, a raised-cosine ramp ``sin^2`` up over its first ``s*O``
@@ -267,7 +271,7 @@ def _blend_block(
     lead = pieces[0].shape[:-6]
     k, c, hp = pieces[0].shape[-4], pieces[0].shape[-3], grid.scale * grid.patch
     n_lead = int(np.prod(lead))
-    dr, dc = int(top is not None), int(left is not None)
+    dr, dc = int(top is not None or corner is not None), int(left is not None or corner is not None)
     g = np.full((n_lead, dr + p1 - p0, dc + q1 - q0, k, c, hp, hp), np.nan, dtype=np.float32)
 
     def put(a: np.ndarray | None, i: int, j: int) -> None:
@@ -310,6 +314,26 @@ def _blend_block(
             wsum[py0 - hy0 : py1 - hy0, px0 - hx0 : px1 - hx0] += w
     out = acc / wsum
     return out.reshape((*lead, *out.shape[1:]))
+
+
+def _finish_block(
+    main: np.ndarray,
+    spill: tuple[np.ndarray, ...] | None,
+    top: np.ndarray | None,
+    left: np.ndarray | None,
+    corner: np.ndarray | None,
+    *,
+    interior: dict | None,
+    blend: dict,
+) -> np.ndarray:
+    """Stage 2: the block's interior patches (``interior`` = :func:`_patch_block` arguments, or
+    None when there are none), then :func:`_blend_block` with the spill and the neighbours' edges.
+
+    The interior patches are needed by this block only, so they are made here and never wait in
+    the scheduler's memory for a neighbour.
+    """
+    inner = None if interior is None else _patch_block(main, None, None, None, **interior)
+    return _blend_block(inner, spill, top, left, corner, **blend)
 
 
 def _take(x: np.ndarray, *, index: tuple) -> np.ndarray:
@@ -392,8 +416,7 @@ def superresolve_array(
 
     token = tokenize(x.name, kernel, grid, n_outputs, seed, lead_keys, conversion, block_tiles)
     names = {k: f"opensr-{k}-{token}" for k in
-             ("halo-row", "halo-col", "halo-corner", "interior", "spill", "edge-row", "edge-col", "edge-corner",
-              "blend")}
+             ("halo-row", "halo-col", "halo-corner", "spill", "edge-row", "edge-col", "edge-corner", "blend")}
     layers: dict[str, dict] = {k: {} for k in names}
 
     # global (patch start, patch stop, first LR pixel, stop LR pixel) of each block along each axis
@@ -427,18 +450,15 @@ def superresolve_array(
                 layers["halo-col"][(names["halo-col"], *lb, bi, bj)] = (halo_col, src)
             if bi > 0 and bj > 0 and ov > 0:
                 layers["halo-corner"][(names["halo-corner"], *lb, bi, bj)] = (halo_corner, src)
-            # the block's last patch row / column spill into the next blocks: computed apart
-            # ("spill", needed by 2-4 blends) from the rest ("interior", needed by its own
-            # blend only), so a scheduler holding results for later blends holds thin strips
+            # the block's last patch row / column spill into the next blocks: they are computed
+            # apart ("spill", needed by 2-4 blends); the rest (the interior, needed by this
+            # block only) inside the blend task, so results waiting for a later blend are thin
             sr, sc = nxt_r and p1 > p0 and q1 > q0, nxt_c and p1 > p0 and q1 > q0
             inner = (p0, p1 - sr, q0, q1 - sc)
             spill_rects = ((p1 - 1, p1, q0, q1),) * sr + ((p0, p1 - sr, q1 - 1, q1),) * sc
             common = dict(kernel=kernel, grid=grid, origin=(r0, c0), keys=keys, seed=seed,
                           n_outputs=n_outputs, conversion=conversion)
             has_inner = inner[1] > inner[0] and inner[3] > inner[2]
-            if has_inner:
-                layers["interior"][(names["interior"], *lb, bi, bj)] = (
-                    functools.partial(_patch_block, rects=(inner,), **common), src, None, None, None)
             if spill_rects:
                 layers["spill"][(names["spill"], *lb, bi, bj)] = (
                     functools.partial(_patch_block, rects=spill_rects, **common),
@@ -461,12 +481,14 @@ def superresolve_array(
             prev_r = bi > 0 and ov > 0 and (names["edge-row"], *lb, bi - 1, bj) in layers["edge-row"]
             prev_c = bj > 0 and ov > 0 and (names["edge-col"], *lb, bi, bj - 1) in layers["edge-col"]
             prev_rc = (names["edge-corner"], *lb, bi - 1, bj - 1) in layers["edge-corner"]
-            blend = functools.partial(
-                _blend_block, grid=grid, patches=(p0, p1, q0, q1), spills=(sr, sc), rows=(r0, r1), cols=(c0, c1),
+            finish = functools.partial(
+                _finish_block,
+                interior=dict(rects=(inner,), **common) if has_inner else None,
+                blend=dict(grid=grid, patches=(p0, p1, q0, q1), spills=(sr, sc), rows=(r0, r1), cols=(c0, c1)),
             )
             layers["blend"][(names["blend"], *lb, 0, 0, bi, bj)] = (
-                blend,
-                (names["interior"], *lb, bi, bj) if has_inner else None,
+                finish,
+                src,
                 (names["spill"], *lb, bi, bj) if spill_rects else None,
                 (names["edge-row"], *lb, bi - 1, bj) if prev_r else None,
                 (names["edge-col"], *lb, bi, bj - 1) if prev_c else None,
@@ -475,10 +497,9 @@ def superresolve_array(
 
     deps = {
         "halo-row": ["x"], "halo-col": ["x"], "halo-corner": ["x"],
-        "interior": ["x"],
         "spill": ["x", "halo-row", "halo-col", "halo-corner"],
         "edge-row": ["spill"], "edge-col": ["spill"], "edge-corner": ["spill"],
-        "blend": ["interior", "spill", "edge-row", "edge-col", "edge-corner"],
+        "blend": ["x", "spill", "edge-row", "edge-col", "edge-corner"],
     }
     names["x"] = x.__dask_layers__()[0]
     hlg_layers = dict(x.dask.layers)
