@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ class _Pairs:
 
 
 @pytest.fixture
-def tiny(monkeypatch) -> TrainConfig:
+def tiny(monkeypatch) -> Iterator[TrainConfig]:
     """The tiny config, on 4 seeded training patches (and seeded validation/test patches)."""
     cfg = TrainConfig.from_json(TINY)
     monkeypatch.setattr(loop, "training_dataset", lambda cfg: _Pairs(4, cfg.hr_patch))
@@ -69,8 +70,10 @@ def tiny(monkeypatch) -> TrainConfig:
         for name in ("training_dataset", "synthetic_pairs", "heldout_pairs"):
             if hasattr(mod, name):
                 monkeypatch.setattr(mod, name, getattr(loop, name))
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return cfg
+    yield cfg
+    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- config

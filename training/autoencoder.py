@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xr_opensr.metrics import psnr
 from xr_opensr.models import SRModel
 from xr_opensr.models.autoencoder import AutoencoderKL
 
@@ -47,16 +48,10 @@ from .losses import (
     kl_loss,
 )
 
-__all__ = ["AE_WEIGHTS", "AutoencoderStage", "fold_latent_standardisation", "psnr", "train_autoencoder"]
+__all__ = ["AE_WEIGHTS", "AutoencoderStage", "fold_latent_standardisation", "train_autoencoder"]
 
 AE_WEIGHTS = "autoencoder.safetensors"
 LATENT_STATS = "latent_stats.json"
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> float:
-    """PSNR in dB over all elements (reflectance, peak ``data_range``)."""
-    mse = torch.mean((x.double() - y.double()) ** 2).item()
-    return float(10 * np.log10(data_range**2 / max(mse, 1e-20)))
 
 
 class AutoencoderStage:
@@ -106,8 +101,9 @@ class AutoencoderStage:
         self.opt_d.load_state_dict(state["opt_d"])
 
     # ------------------------------------------------------------------ training
-    def losses(self, x: torch.Tensor, hr: torch.Tensor, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
-        """Generator-side loss for normalised HR ``x`` (and its reflectance ``hr``); returns (loss, logs)."""
+    def losses(self, x: torch.Tensor, hr: torch.Tensor, step: int,
+               gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """Generator-side loss for normalised HR ``x`` (and its reflectance ``hr``): (loss, logs, reconstruction)."""
         sc = self.sc
         posterior = self.ae.encode(x)
         z = posterior.sample(gen) if sc.sample_posterior else posterior.mode()
@@ -133,7 +129,7 @@ class AutoencoderStage:
             loss = loss + sc.disc_weight * d_weight * g
             logs.update(g_loss=g.item(), d_weight=d_weight.item())
         logs["loss"] = loss.item()
-        return loss, logs | {"_rec": rec.detach()}
+        return loss, logs, rec.detach()
 
     def disc_active(self, step: int) -> bool:
         return self.sc.disc_weight > 0 and step >= self.sc.disc_start
@@ -146,8 +142,7 @@ class AutoencoderStage:
         set_lr(self.opt, self.sc.lr * factor)
         set_lr(self.opt_d, self.sc.disc_lr * factor)
         x = self.net.normalize(hr)
-        loss, logs = self.losses(x, hr, step, gen)
-        rec = logs.pop("_rec")
+        loss, logs, rec = self.losses(x, hr, step, gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.sc.grad_clip:
@@ -178,7 +173,7 @@ class AutoencoderStage:
         rec = self.reconstruct(hr)
         save_grid(path, {"LR": self.preview_lr.numpy(), "HR": hr.numpy(), "AE(HR)": rec.numpy(),
                          "|err|": (rec - hr).abs().numpy()}, title=f"autoencoder step {step}")
-        return {"val_ae_psnr": psnr(rec, hr)}
+        return {"val_ae_psnr": psnr(rec.numpy(), hr.numpy())}
 
     def finish(self, stage_dir: Path, summary: dict[str, Any]) -> None:
         """Standardise the latent, write ``autoencoder.safetensors`` and the latent statistics."""
@@ -192,7 +187,7 @@ class AutoencoderStage:
         ae = fold_latent_standardisation(self.ae, mean, std)
         state = {k: v.detach().cpu().float().contiguous() for k, v in ae.state_dict().items()}
         save_file(state, str(stage_dir / AE_WEIGHTS))
-        summary["val_ae_psnr"] = psnr(self.reconstruct(self.preview_hr), self.preview_hr)
+        summary["val_ae_psnr"] = psnr(self.reconstruct(self.preview_hr).numpy(), self.preview_hr.numpy())
         summary["latent_mean"] = mean.tolist()
         summary["latent_std"] = std.tolist()
         summary["perceptual_net"] = self.sc.perceptual_net

@@ -20,13 +20,15 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from xr_opensr.metrics import bicubic_upsample, psnr
 from xr_opensr.models import SRModel
 
-from .autoencoder import AE_WEIGHTS, psnr
+from .autoencoder import AE_WEIGHTS
 from .config import TrainConfig
 from .loop import (
     EMA,
@@ -182,12 +184,12 @@ class DiffusionStage:
         net = self.ema_model()
         hr, lr = self.preview_hr, self.preview_lr
         out = net.sample(lr, samples=sc.preview_samples, steps=sc.preview_steps, eta=sc.preview_eta, seed=0)
-        mean, std = net.summarize(out)
-        bicubic = F.interpolate(lr, scale_factor=self.cfg.model.scale, mode="bicubic", align_corners=False)
-        save_grid(path, {"LR": lr.numpy(), "SR mean": mean.numpy(), "SR sample": out[:, 0].numpy(),
-                         "HR": hr.numpy(), "std (raw)": std.numpy(), "|err|": (mean - hr).abs().numpy()},
+        mean, std = (a.numpy() for a in net.summarize(out))
+        hr, lr = hr.numpy(), lr.numpy()
+        save_grid(path, {"LR": lr, "SR mean": mean, "SR sample": out[:, 0].numpy(), "HR": hr,
+                         "std (raw)": std, "|err|": np.abs(mean - hr)},
                   title=f"diffusion step {step} (EMA, {sc.preview_samples} samples, {sc.preview_steps} DDIM steps)")
-        return {"val_sr_psnr": psnr(mean, hr), "val_bicubic_psnr": psnr(bicubic, hr)}
+        return {"val_sr_psnr": psnr(mean, hr), "val_bicubic_psnr": psnr(bicubic_upsample(lr, self.cfg.model.scale), hr)}
 
     def finish(self, stage_dir: Path, summary: dict[str, Any]) -> None:
         summary["ema_decay"] = self.sc.ema_decay

@@ -9,12 +9,13 @@ samples) comes from generators seeded by ``(seed, stage, k)`` (:func:`step_gener
 sampler's position is the step counter itself. A checkpoint holds the step, the wall time so far,
 every module and optimiser state (with the EMA and the discriminator) and the global RNG states; a run
 killed and resumed continues to the same weights as one that was never stopped (on the same machine
-with the same thread count).
+with the same thread count). Checkpoints are written every ``checkpoint_every`` steps and when the
+run stops: SIGINT/SIGTERM finish the current step, save, and exit; a hard kill resumes from the
+last periodic checkpoint.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
@@ -24,7 +25,7 @@ import platform
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -226,14 +227,14 @@ def heldout_pairs(cfg, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def preview_data(cfg, out_dir: Path, n: int = 8) -> Path:
     """Write ``pairs.npz`` (hr, lr of the first training batch) and ``pairs.png`` (LR / bicubic / HR)."""
-    from torch.nn import functional as F
+    from xr_opensr.metrics import bicubic_upsample
 
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = PairSampler(training_dataset(cfg), seed=cfg.run.seed)
     hr, lr = sampler.batch(0, n)
     np.savez_compressed(out_dir / "pairs.npz", hr=hr.numpy(), lr=lr.numpy(), indices=np.array(sampler.indices(0, n)))
-    bicubic = F.interpolate(lr, scale_factor=cfg.model.scale, mode="bicubic", align_corners=False)
-    save_grid(out_dir / "pairs.png", {"LR": lr.numpy(), "bicubic": bicubic.numpy(), "HR": hr.numpy()},
+    bicubic = bicubic_upsample(lr.numpy(), cfg.model.scale)
+    save_grid(out_dir / "pairs.png", {"LR": lr.numpy(), "bicubic": bicubic, "HR": hr.numpy()},
               title=f"{cfg.name}: first training batch ({sampler.size} pairs)")
     LOG.info("data: %d training pairs; HR %s, LR %s; HR reflectance mean %s; wrote %s", sampler.size,
              tuple(hr.shape[1:]), tuple(lr.shape[1:]), np.round(hr.mean(dim=(0, 2, 3)).tolist(), 4), out_dir)
@@ -484,22 +485,31 @@ class Stage(Protocol):
     def finish(self, stage_dir: Path, summary: dict[str, Any]) -> None: ...
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (e.g. a batch scheduler's kill) stops the run like Ctrl-C: checkpoint, then exit."""
+class _StopRequest:
+    """SIGINT/SIGTERM ask the loop to stop at the end of the current step (then checkpoint and exit);
+    a second Ctrl-C stops at once, without saving a half-done step."""
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not in the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def _handler(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        LOG.warning("signal %d: stopping after this step (Ctrl-C again to stop at once, unsaved)", signum)
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not in the main thread: signals stay as they are
+                break
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def train_stage(
@@ -563,15 +573,18 @@ def train_stage(
 
     bar = tqdm(total=steps, initial=start, desc=stage.name, disable=not progress, dynamic_ncols=True, mininterval=2.0)
     completed = False
+    in_step = False
     try:
-        with _sigterm_as_interrupt():
+        with _StopRequest() as stop:
             while step < steps:
                 if stop_at is not None and step >= stop_at:
                     LOG.info("%s: stopping at step %d (stop_at)", stage.name, step)
                     break
                 t0 = time.perf_counter()
+                in_step = True
                 values = stage.train_step(step)
                 step += 1
+                in_step = False
                 timings.append(time.perf_counter() - t0)
                 for k, v in values.items():
                     window.setdefault(k, []).append(float(v))
@@ -597,12 +610,18 @@ def train_stage(
                     plot()
                 if step % checkpoint_every == 0:
                     checkpoint()
+                if stop.requested:
+                    raise KeyboardInterrupt
             completed = step >= steps
     except KeyboardInterrupt:
-        LOG.warning("%s: interrupted at step %d; saving a checkpoint (continue with --resume)", stage.name, step)
-        checkpoint()
-        if sample_every:
-            plot()
+        if in_step:  # stopped inside a step: its state is half-updated, keep the last checkpoint
+            LOG.warning("%s: stopped during step %d; continue with --resume from the last checkpoint",
+                        stage.name, step + 1)
+        else:
+            LOG.warning("%s: stopped after step %d; checkpoint saved (continue with --resume)", stage.name, step)
+            checkpoint()
+            if sample_every:
+                plot()
         raise
     finally:
         bar.close()

@@ -11,6 +11,7 @@ Perceptual networks never download anything: each choice names where its weights
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -98,8 +99,8 @@ def build_perceptual(name: str, *, reflectance_max: float = 0.4, nir: bool = Tru
     else:
         from xr_opensr.metrics import _lpips_model
 
-        try:
-            net = _lpips_model(name, "cpu")
+        try:  # a private copy: the training moves it to its device, the metrics' cached one stays put
+            net = copy.deepcopy(_lpips_model(name, "cpu"))
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err} (or set autoencoder.perceptual_net to 'stlpips-alex')") from None
     return PerceptualLoss(net, name, reflectance_max=reflectance_max, nir=nir)
