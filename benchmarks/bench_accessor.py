@@ -2,7 +2,7 @@
 
     python benchmarks/bench_accessor.py                        # all four, small sizes (a few minutes)
     python benchmarks/bench_accessor.py --only a,d --size 128  # pick parts, bigger cube
-    python benchmarks/bench_accessor.py --only c --rss-sizes 512 2048   # the memory claim (slow on CPU)
+    python benchmarks/bench_accessor.py --only c --rss-sizes 512 2048   # the memory goal (~20 min on 2 CPUs)
 
 (a) overhead   accessor end to end (numpy cube -> computed Dataset) / the raw kernel over the same
                patches. Like for like: the sync scheduler vs the kernel alone, both one torch thread
@@ -12,8 +12,8 @@
                model (wrapped as an nn.Module), window and overlap (goal >= 3x faster); prints the
                difference of the outputs next to our own seed-to-seed difference (the noise floor).
                Needs ``pip install --no-deps opensr-utils`` (plus pytorch-lightning, einops, omegaconf).
-(c) memory     peak RSS of a subprocess streaming an n x n LR cube (lazy, generated per chunk) to
-               Zarr, for two sizes (goal: < 20 % growth for 512 -> 2048).
+(c) memory     peak RSS (VmHWM) of a subprocess streaming an n x n LR cube (lazy, generated per
+               chunk) to Zarr, for two sizes (goal: < 20 % growth for 512 -> 2048).
 (d) cluster    threaded scheduler vs ``LocalCluster(processes=True)`` (models already loaded).
 
 All timings use the seeded ``tiny`` model unless ``--model`` says otherwise; they measure the
@@ -174,7 +174,7 @@ def bench_opensr_utils(args) -> None:
         tmp = Path(tmp)
         lr_path = tmp / "input" / "lr.tif"
         lr_path.parent.mkdir()
-        cube = s2_cube(args.size, lazy=False)
+        cube = s2_cube(args.utils_size, lazy=False)
         tif = cube.assign_coords(band=[1, 2, 3, 4])
         tif.attrs["long_name"] = BANDS
         tif.rio.write_nodata(0).rio.to_raster(lr_path, tiled=True)
@@ -203,7 +203,7 @@ def bench_opensr_utils(args) -> None:
         other = rioxarray.open_rasterio(tmp / "theirs.tif").values.astype(np.float64) / 10000
         lr = rioxarray.open_rasterio(lr_path, chunks={"x": 256, "y": 256})
         seed1 = lr.opensr.superresolve(samples, model=args.model, steps=steps, seed=1).sr.values
-        print(f"\n(b) vs opensr-utils large_file_processing  {args.size}x{args.size} LR GeoTIFF, window "
+        print(f"\n(b) vs opensr-utils large_file_processing  {args.utils_size}x{args.utils_size} LR GeoTIFF, window "
               f"{cfg.patch_size}, overlap {cfg.default_overlap}, samples={samples}, steps={steps}")
         print(f"    opensr-utils                  {t_theirs:8.2f} s")
         print(f"    xr-opensr accessor            {t_ours:8.2f} s   speed-up {t_theirs / t_ours:.2f}x  (goal >= 3)")
@@ -215,12 +215,23 @@ def bench_opensr_utils(args) -> None:
 # --------------------------------------------------------------------------- (c) memory
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. Linux: VmHWM of /proc/self/status, because getrusage's ru_maxrss
+    keeps the parent's peak across fork + exec (a child of a big process would report that)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _rss_child(size: int, out: str, model: str, chunk: int) -> None:
     cube = s2_cube(size, chunk=chunk)
     ds = cube.opensr.superresolve(1, model=model, steps=1)
     with dask.config.set(scheduler="threads"):
         ds.to_zarr(out, mode="w")
-    print(json.dumps({"size": size, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"size": size, "maxrss_mb": _peak_rss_mb(),
+                      "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def bench_memory(args) -> None:
@@ -254,15 +265,24 @@ def bench_cluster(args) -> None:
     ds = cube.opensr.superresolve(args.samples, **kw)
     ds.compute(scheduler="threads")
     t_threads = _timed(lambda: ds.compute(scheduler="threads"), args.repeats)
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-        client.compute(ds).result()  # warm-up: each worker loads the model once
-        t_cluster = _timed(lambda: client.compute(ds).result(), args.repeats)
-        loads = client.run(_runtime.load_count)
-    print(f"\n(d) threads vs LocalCluster  {args.size}x{args.size} LR, samples={args.samples}, steps={args.steps}")
-    print(f"    threads ({os.cpu_count()} threads)           {t_threads:8.2f} s")
-    print(f"    LocalCluster ({args.workers} procs x 1 thread) {t_cluster:8.2f} s   ratio cluster/threads "
-          f"{t_cluster / t_threads:.2f}   model loads per worker {sorted(loads.values())}")
+    results = {}
+    # distributed's nannies set MALLOC_TRIM_THRESHOLD_=65536 in their workers, which makes small
+    # torch/numpy allocations slow (about 1.6x on the tiny model); measured with and without
+    for label, trim in (("default nanny env", None), ("MALLOC_TRIM_THRESHOLD_=128 MiB", str(128 * 2**20))):
+        config = {} if trim is None else {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": trim}
+        with dask.config.set(config), LocalCluster(
+            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster, Client(cluster) as client:
+            client.compute(ds).result()  # warm-up: each worker loads the model once
+            results[label] = (_timed(lambda client=client: client.compute(ds).result(), args.repeats),
+                              sorted(client.run(_runtime.load_count).values()))
+    print(f"\n(d) threads vs LocalCluster  {args.size}x{args.size} LR, {ds.sr.data.npartitions} blocks, "
+          f"samples={args.samples}, steps={args.steps}")
+    print(f"    threads ({os.cpu_count()} threads)                      {t_threads:8.2f} s")
+    for label, (seconds, loads) in results.items():
+        print(f"    LocalCluster ({args.workers} procs x 1 thread), {label:30s} {seconds:8.2f} s   "
+              f"cluster/threads {seconds / t_threads:.2f}   model loads per worker {loads}")
 
 
 # --------------------------------------------------------------------------- main
@@ -272,7 +292,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="a,b,c,d", help="parts to run, e.g. 'a,d'")
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--size", type=int, default=96, help="LR pixels per side for (a), (b), (d)")
+    parser.add_argument("--size", type=int, default=96, help="LR pixels per side for (a) and (d)")
+    parser.add_argument("--utils-size", type=int, default=192, help="LR pixels per side for (b)")
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="best of N timings")

@@ -1,4 +1,4 @@
-"""Shared fixtures: small georeferenced Sentinel-2-like cubes built in code, dask helpers."""
+"""Shared fixtures: small georeferenced Sentinel-2-like cubes (from ``xr_opensr.testing``), dask helpers."""
 
 from __future__ import annotations
 
@@ -7,29 +7,19 @@ from collections.abc import Callable, Iterator, Sequence
 
 import dask
 import numpy as np
-import pandas as pd
 import pytest
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
+
+from xr_opensr.testing import s2_cube
 
 pytest_plugins = ["conftest_stac"]  # the real STAC API server fixture (stac_api)
 
 CRS = "EPSG:32633"  # UTM 33N
 X0, Y0 = 500_000.0, 5_000_000.0
-S2_BANDS = ("B02", "B03", "B04", "B08")
-
-
-def make_scene(height: int, width: int, bands: int = 4, times: int = 0, seed: int = 0) -> np.ndarray:
-    """Seeded smooth S2-like reflectance in [0.02, 0.5]: (*times, bands, height, width) float32."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
-    shape = (max(times, 1), bands)
-    phase = rng.uniform(0, 2 * np.pi, shape + (2,))
-    base = 0.15 + 0.08 * np.sin(6 * yy + phase[..., 0, None, None]) * np.cos(5 * xx + phase[..., 1, None, None])
-    texture = rng.normal(0, 0.02, shape + (height, width))
-    band_gain = np.array([0.8, 1.0, 1.1, 2.0][:bands] + [1.0] * max(0, bands - 4))[None, :, None, None]
-    out = np.clip(base * band_gain + texture, 0.02, 0.5).astype(np.float32)
-    return out if times else out[0]
+S2_BANDS = ("B04", "B03", "B02", "B08")  # the model order (red, green, blue, NIR)
+_SPECTRAL = {"b04": 0, "b4": 0, "red": 0, "b03": 1, "b3": 1, "green": 1, "b02": 2, "b2": 2, "blue": 2,
+             "b08": 3, "b8": 3, "nir": 3}
 
 
 def make_cube(
@@ -46,33 +36,33 @@ def make_cube(
     dims: Sequence[str] | None = None,
     seed: int = 0,
 ) -> xr.DataArray:
-    """A (time,) band, y, x DataArray on a north-up UTM grid with pixel-centre coords.
+    """``xr_opensr.testing.s2_cube`` with any band labels, dim order, and CRS/nodata switched off.
 
-    ``dtype="uint16"`` stores reflectance x 10000 with ``nodata`` declared (0 by default);
-    a float dtype stores reflectance.
+    A (time,) band, y, x DataArray on a north-up UTM grid (origin X0, Y0) with pixel-centre
+    coords; ``dtype="uint16"``: reflectance x 10000 with ``nodata`` declared (0 by default; None
+    removes the declaration), ``"float32"``: reflectance. A band label is given the data of its
+    spectral band (``B04``/``red`` ...); other labels get the mean of the four.
     """
-    data = make_scene(height, width, len(bands), times, seed)
-    if np.dtype(dtype).kind in "iu":
-        data = np.round(data * 10000).astype(dtype)
-    else:
-        data = data.astype(dtype)
-    coords = {
-        "band": list(bands),
-        "y": Y0 - res * (np.arange(height) + 0.5),
-        "x": X0 + res * (np.arange(width) + 0.5),
-    }
-    names = ["band", "y", "x"]
-    if times:
-        coords["time"] = pd.date_range("2024-05-01", periods=times, freq="5D")
-        names.insert(0, "time")
-    arr = xr.DataArray(data, dims=names, coords=coords, name="reflectance")
-    if crs is not None:
-        arr = arr.rio.write_crs(crs)
-        from affine import Affine
-
-        arr = arr.rio.write_transform(Affine(res, 0, X0, 0, -res, Y0))
-    if nodata is not None and np.dtype(dtype).kind in "iu":
-        arr.attrs["nodata"] = nodata
+    base = s2_cube(height, width, times=times or None, seed=seed, dtype="uint16" if dtype == "uint16" else "float32",
+                   crs=CRS if crs is None else crs, origin=(X0, Y0), resolution=res)
+    data = base.values
+    extra = data.mean(axis=-3).astype(data.dtype)
+    data = np.stack([data[..., _SPECTRAL[b.lower()], :, :] if b.lower() in _SPECTRAL else extra for b in bands],
+                    axis=-3)
+    arr = xr.DataArray(data, dims=base.dims, coords={**base.coords, "band": list(bands)}, name="reflectance",
+                       attrs={**base.attrs, "long_name": tuple(bands)})
+    if dtype not in ("uint16", "float32"):
+        arr = arr.astype(dtype)
+    if crs is None:
+        arr = arr.drop_vars("spatial_ref")
+        arr.encoding.pop("grid_mapping", None)
+        arr.attrs.pop("grid_mapping", None)
+    if nodata is None or np.dtype(dtype).kind not in "iu":
+        for key in ("nodata", "_FillValue"):
+            arr.attrs.pop(key, None)
+            arr.encoding.pop(key, None)
+    elif nodata != 0:
+        arr = arr.rio.write_nodata(nodata, encoded=False)
     if dims is not None:
         arr = arr.transpose(*dims)
     if chunks is not None:

@@ -200,6 +200,8 @@ def test_seamless_on_many_patches():
     cube = make_cube(64, 64, seed=5)  # 5 x 5 patches
     sr = cube.opensr.superresolve(2, **KW).sr.values
     assert seam_ratio(sr, 12, 16) <= 1.2
+    hard = cube.opensr.superresolve(2, overlap=0, **KW).sr.values  # no blending: the metric sees seams
+    assert seam_ratio(hard, 16, 16) > 1.5
 
 
 def test_seed_from_time_coordinate_not_position():

@@ -350,8 +350,11 @@ def _tile_chunks(n: int, stride: int, tiles: int) -> tuple[int, ...]:
     return tuple(min(size, n - a) for a in range(0, n, size))
 
 
-def _tiles_per_block(chunks: Sequence[int], stride: int, target: int) -> int:
-    return max(1, min(max(chunks), target) // stride)
+def _tiles_per_block(chunks: Sequence[int], n: int, stride: int, target: int) -> int:
+    """Tiles per block along an axis: the input chunk size (capped at ``target`` pixels) in whole
+    tiles, and at most half the tiles, so that even a small image gives parallel blocks."""
+    tiles = math.ceil(n / stride)
+    return max(1, min(min(max(chunks), target) // stride, math.ceil(tiles / 2)))
 
 
 def superresolve_array(
@@ -385,7 +388,7 @@ def superresolve_array(
     band_scale, band_offset, band_nodata : per-band (C,) raw -> reflectance conversion
         ``raw * scale + offset``, raw == nodata -> NaN (NaN = none). Applied inside the tasks.
     block_tiles : tiles per output block (rows, cols); default from x's chunks, capped at
-        ``target_block`` LR pixels (default :data:`TARGET_BLOCK_LR`).
+        ``target_block`` LR pixels (default :data:`TARGET_BLOCK_LR`) and at half the tiles.
 
     Returns
     -------
@@ -407,8 +410,8 @@ def superresolve_array(
                        for v in (band_scale, band_offset, band_nodata))
     target_block = TARGET_BLOCK_LR if target_block is None else target_block
     if block_tiles is None:
-        block_tiles = (_tiles_per_block(x.chunks[-2], S, target_block),
-                       _tiles_per_block(x.chunks[-1], S, target_block))
+        block_tiles = (_tiles_per_block(x.chunks[-2], h, S, target_block),
+                       _tiles_per_block(x.chunks[-1], w, S, target_block))
     ychunks = _tile_chunks(h, S, block_tiles[0])
     xchunks = _tile_chunks(w, S, block_tiles[1])
     x = x.rechunk((*x.chunks[:lead_nd], (c,), ychunks, xchunks))
