@@ -15,9 +15,10 @@ BUDGET_S = 60  # each notebook, on 2 CPU cores
 
 def execute(name: str, workdir: Path, monkeypatch, env: dict[str, str] | None = None):
     """Execute notebooks/<name> with ``workdir`` as its working directory; returns (notebook, seconds)."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
+    import ipykernel  # noqa: F401  (notebook tests never skip: these come with the [test] extra)
+    import nbclient
+    import nbformat
+
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel uses its inline backend (PNG outputs)
     monkeypatch.setenv("TMPDIR", str(workdir))  # temporary folders of the notebook land in workdir
     for key, value in (env or {}).items():
