@@ -246,8 +246,6 @@ def test_stac_cog_server_answers_range_requests(stac_api):
 def test_stac_load_then_superresolve(items):
     import xr_opensr  # noqa: F401  (registers .opensr)
 
-    if not hasattr(xr.Dataset, "opensr"):
-        pytest.skip("accessor not yet available")
     ds = stac.load_s2([items[A]], bbox=BBOX_A)
     out = ds.opensr.superresolve(samples=2, model="tiny", steps=2)
     sr = out["sr"]
