@@ -221,6 +221,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _superresolve_and_write(obj: Any, args: argparse.Namespace) -> int:
+    """Super-resolve ``obj`` with the CLI options and write ``args.output`` (COG or Zarr)."""
+    from . import _io
+
+    start = time.perf_counter()
+    with _dask_runner(args) as compute:
+        result, _ = _superresolve(obj, args)
+        written = _io.write_result(result, args.output, overwrite=args.overwrite, compute=compute)
+    _describe_written(written, time.perf_counter() - start)
+    return 0
+
+
 def cmd_superresolve(args: argparse.Namespace) -> int:
     from . import _io
 
@@ -228,12 +240,7 @@ def cmd_superresolve(args: argparse.Namespace) -> int:
     obj = _io.open_input(args.input, chunks=args.chunks, bands=args.bands, variable=args.variable)
     obj = _select_time(obj, args.time)
     _say(f"input: {args.input} {dict(obj.sizes)}")
-    start = time.perf_counter()
-    with _dask_runner(args) as compute:
-        result, _ = _superresolve(obj, args)
-        written = _io.write_result(result, args.output, overwrite=args.overwrite, compute=compute)
-    _describe_written(written, time.perf_counter() - start)
-    return 0
+    return _superresolve_and_write(obj, args)
 
 
 def _parse_bbox(values: Sequence[float]) -> tuple[float, float, float, float]:
@@ -305,12 +312,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.all and "time" in ds.dims and ds.sizes["time"] > 1:
         ds = ds.isel(time=[0])
     _say(f"loaded {dict(ds.sizes)}")
-    start = time.perf_counter()
-    with _dask_runner(args) as compute:
-        result, _ = _superresolve(ds, args)
-        written = _io.write_result(result, args.output, overwrite=args.overwrite, compute=compute)
-    _describe_written(written, time.perf_counter() - start)
-    return 0
+    return _superresolve_and_write(ds, args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
