@@ -186,6 +186,20 @@ def test_ema_and_sampler_are_deterministic():
     assert sorted(first_epoch) == list(range(5))  # without replacement within an epoch
 
 
+def test_data_workers_make_the_same_batches(tiny):
+    data = _Pairs(6, 16)
+    serial, parallel = loop.PairSampler(data, seed=2), loop.PairSampler(data, seed=2, workers=2)
+    try:
+        for step in (0, 1, 2, 5, 3):  # in order (prefetched) and out of order
+            for a, b in zip(serial.batch(step, 4), parallel.batch(step, 4), strict=True):
+                assert torch.equal(a, b)
+        assert torch.equal(parallel.items([4, 1])[0], serial.items([4, 1])[0])
+    finally:
+        parallel.close()
+    with pytest.raises(ValueError, match="workers"):
+        loop.PairSampler(data, workers=-1)
+
+
 def test_latent_standardisation_keeps_the_decoder_output(tiny):
     from training.autoencoder import fold_latent_standardisation
     from xr_opensr.models.autoencoder import AutoencoderKL

@@ -229,6 +229,25 @@ def test_split_keeps_only_rows_entirely_on_its_side(tmp_path, top, north, south)
         D.load_real_scene("test", path=folder)
 
 
+def test_split_export_reads_like_the_folder_and_holds_only_its_split(tmp_path):
+    folder = tmp_path / "scene"
+    _stand_in_scene(folder, D.HELDOUT_NORTHING + 50)
+    saved = D.export_real_split(tmp_path / "train.npz", "train", path=folder)
+    with np.load(saved) as npz:
+        assert npz["dn"].shape == (4, 5, 6) and npz["dn"].dtype == np.uint16  # the 5 northern rows only
+    from_file, from_folder = D.load_real_scene("train", path=saved), D.load_real_scene("train", path=folder)
+    xr.testing.assert_identical(from_file.drop_vars("spatial_ref"), from_folder.drop_vars("spatial_ref"))
+    assert from_file.rio.transform() == from_folder.rio.transform() and from_file.rio.crs == from_folder.rio.crs
+    with pytest.raises(ValueError, match="holds the 'train' split"):
+        D.load_real_scene("heldout", path=saved)
+    pairs = D.training_pairs(D.DataConfig(real_path=str(saved), synthetic_weight=0, min_std=0.0, size=3), hr_size=4)
+    assert pairs[0][0].shape == (4, 4, 4)
+    with pytest.raises(FileNotFoundError, match="--export-real"):
+        D.real_scene_path(tmp_path / "missing.npz")
+    with pytest.raises(ValueError, match=".npz"):
+        D.export_real_split(tmp_path / "train.tif", path=folder)
+
+
 def test_real_pairs_tile_the_requested_split(tmp_path):
     folder = tmp_path / "scene"
     _stand_in_scene(folder, D.HELDOUT_NORTHING + 80, rows=16, cols=16)

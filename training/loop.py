@@ -161,14 +161,19 @@ class PairSampler:
     (4, H, W) and (4, H/4, W/4), numpy or torch.
     """
 
-    def __init__(self, dataset: Any, seed: int = 0, name: str = "data") -> None:
+    def __init__(self, dataset: Any, seed: int = 0, name: str = "data", workers: int = 0) -> None:
         self.dataset = dataset
         self.seed = seed
         self.name = name
         self.size = len(dataset)
         if self.size < 1:
             raise ValueError("the training dataset is empty")
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: make items in this process), got {workers}")
+        self.workers = int(workers)
         self._perms: dict[int, torch.Tensor] = {}
+        self._pool: Any = None
+        self._ahead: tuple[tuple[int, int], Any] | None = None  # (step, batch_size), pending result
 
     def indices(self, step: int, batch_size: int) -> list[int]:
         out = []
@@ -186,17 +191,68 @@ class PairSampler:
         return out
 
     def items(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        hrs, lrs = [], []
-        for i in indices:
-            item = self.dataset[i]
-            hr, lr = (item["hr"], item["lr"]) if isinstance(item, dict) else item[:2]
-            hrs.append(torch.as_tensor(np.asarray(hr, dtype=np.float32)))
-            lrs.append(torch.as_tensor(np.asarray(lr, dtype=np.float32)))
-        return torch.stack(hrs), torch.stack(lrs)
+        """Stacked (HR, LR) of ``dataset[i]`` for ``i`` in ``indices`` (made by the workers if any)."""
+        if self.workers:
+            return _stack_items(self._worker_pool().map(_make_item, indices))
+        return _stack_items([self.dataset[i] for i in indices])
 
     def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(HR (B, 4, H, W), LR (B, 4, H/4, W/4)) float32 reflectance for training step ``step``."""
-        return self.items(self.indices(step, batch_size))
+        """(HR (B, 4, H, W), LR (B, 4, H/4, W/4)) float32 reflectance for training step ``step``.
+
+        With ``workers`` the items are made in worker processes and the batch of ``step + 1`` is
+        prepared while the caller trains on this one; the batch is the same as without workers.
+        """
+        if not self.workers:
+            return self.items(self.indices(step, batch_size))
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == (step, batch_size):
+            items = ahead[1].get()
+        else:
+            items = self._worker_pool().map(_make_item, self.indices(step, batch_size))
+        self._ahead = ((step + 1, batch_size),
+                       self._worker_pool().map_async(_make_item, self.indices(step + 1, batch_size)))
+        return _stack_items(items)
+
+    def _worker_pool(self) -> Any:
+        """The worker processes (spawned once, on first use; each holds its own copy of the dataset)."""
+        if self._pool is None:
+            import multiprocessing
+            import weakref
+
+            ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads / CUDA
+            self._pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=(self.dataset,))
+            weakref.finalize(self, self._pool.terminate)
+            LOG.info("%s: %d data worker processes", self.name, self.workers)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker processes (a later batch starts them again)."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool, self._ahead = None, None
+
+
+_WORKER_DATASET: Any = None
+
+
+def _init_worker(dataset: Any) -> None:
+    global _WORKER_DATASET
+    _WORKER_DATASET = dataset
+    torch.set_num_threads(1)
+
+
+def _make_item(i: int) -> Any:
+    item = _WORKER_DATASET[i]
+    return (item["hr"], item["lr"]) if isinstance(item, dict) else tuple(item[:2])
+
+
+def _stack_items(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    hrs, lrs = [], []
+    for item in items:
+        hr, lr = (item["hr"], item["lr"]) if isinstance(item, dict) else item[:2]
+        hrs.append(torch.as_tensor(np.asarray(hr, dtype=np.float32)))
+        lrs.append(torch.as_tensor(np.asarray(lr, dtype=np.float32)))
+    return torch.stack(hrs), torch.stack(lrs)
 
 
 # --------------------------------------------------------------------------- data (training.data)
@@ -463,7 +519,7 @@ def prepare_stage(cfg, stage_dir: Path, resume: bool) -> tuple[torch.device, Pai
     if resume and saved.is_file() and json.loads(saved.read_text()) != json.loads(json.dumps(cfg.to_dict())):
         LOG.warning("%s: the config differs from the one this run started with (%s)", stage_dir.name, saved)
     cfg.to_json(saved)
-    sampler = PairSampler(training_dataset(cfg), seed=cfg.run.seed)
+    sampler = PairSampler(training_dataset(cfg), seed=cfg.run.seed, workers=cfg.run.data_workers)
     preview = synthetic_pairs(cfg, cfg.evaluate.validation_seed, cfg.run.preview_items)
     info = {"hardware": hardware_summary(device)}
     LOG.info("%s: device %s, %d torch threads, %d training pairs", stage_dir.name, device,
