@@ -230,10 +230,10 @@ class DiagonalGaussian:
         self.std = torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
-        return self.mean + self.std * noise
+        # drawn where the generator lives (a CPU generator gives the same noise on every device)
+        where = generator.device if generator is not None else self.mean.device
+        noise = torch.randn(self.mean.shape, generator=generator, device=where, dtype=self.mean.dtype)
+        return self.mean + self.std * noise.to(self.mean.device)
 
     def mode(self) -> torch.Tensor:
         return self.mean
