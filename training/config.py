@@ -152,6 +152,10 @@ class TrainConfig:
                 problems.append(f"{name}.steps and {name}.batch_size must be >= 1")
         if not 0 < self.evaluate.coverage_target < 1:
             problems.append("evaluate.coverage_target must be in (0, 1)")
+        consistency, psf = self.model.consistency, self.degradation_config().psf_sigma
+        if consistency.kernel == "psf" and abs(consistency.psf_sigma - psf) > 1e-9:
+            problems.append(f"model.consistency.psf_sigma ({consistency.psf_sigma}) must equal the training "
+                            f"degradation's psf_sigma ({psf}): the step inverts the sensor model the model learnt")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 

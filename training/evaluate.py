@@ -34,7 +34,9 @@ GOALS = {
     "synthetic_coverage_2std": "0.85 - 0.99",
     "synthetic_spearman_std_err": ">= 0.3 (and above the gradient baseline)",
     "synthetic_consistency_db": ">= 40 dB",
-    "real_psnr_gain_db": "reported (Wald: 40 m -> 10 m)",
+    "synthetic_lpips_sr": "< synthetic_lpips_bicubic",
+    "real_psnr_gain_db": "> 0 dB (Wald: 40 m -> 10 m)",
+    "real_lpips_sr": "< real_lpips_bicubic",
 }
 
 
@@ -46,8 +48,8 @@ def _load(model_dir: Path, cfg: TrainConfig):
 
 
 def draw_samples(net, lr: torch.Tensor, cfg: TrainConfig, first_seed: int = 0, progress: bool = False) -> np.ndarray:
-    """(N, S, C, H, W) samples for LR patches (N, C, h, w), ``evaluate.batch_size`` patches per call;
-    patch ``i`` uses seed ``first_seed + i``."""
+    """(N, S, C, H, W) raw samples (without the consistency step) for LR patches (N, C, h, w),
+    ``evaluate.batch_size`` patches per call; patch ``i`` uses seed ``first_seed + i``."""
     ev = cfg.evaluate
     from tqdm import tqdm
 
@@ -57,8 +59,13 @@ def draw_samples(net, lr: torch.Tensor, cfg: TrainConfig, first_seed: int = 0, p
         chunk = lr[a : a + ev.batch_size].numpy()
         seeds = [first_seed + a + i for i in range(chunk.shape[0])]
         parts.append(net.sample(chunk, samples=ev.samples, steps=ev.steps, eta=ev.eta, seed=seeds,
-                                histogram_matching=ev.histogram_matching))
+                                histogram_matching=ev.histogram_matching, consistency=False))
     return np.concatenate(parts)
+
+
+def with_consistency(net, raw: np.ndarray, lr: torch.Tensor) -> np.ndarray:
+    """The model's consistency step on raw samples: what ``net.sample`` returns by default."""
+    return net.apply_consistency(raw, lr.numpy())
 
 
 def fit_std_scale(samples: np.ndarray, hr: np.ndarray, coverage: float) -> float:
@@ -78,7 +85,7 @@ def calibrate(cfg: TrainConfig, run_dir: Path, model_dir: Path, progress: bool =
     ev = cfg.evaluate
     net = _load(model_dir, cfg)
     hr, lr = synthetic_pairs(cfg, ev.validation_seed, ev.validation_items)
-    samples = draw_samples(net, lr, cfg, first_seed=ev.validation_seed, progress=progress)
+    samples = with_consistency(net, draw_samples(net, lr, cfg, first_seed=ev.validation_seed, progress=progress), lr)
     scale = fit_std_scale(samples, hr.numpy(), ev.coverage_target)
     set_std_scale(model_dir, scale)
     (model_dir / METRICS_FILE).unlink(missing_ok=True)  # measured with the previous std_scale
@@ -95,9 +102,11 @@ def autoencoder_round_trip(net, hr: torch.Tensor) -> np.ndarray:
     return net.denormalize(net.autoencoder.decode(net.autoencoder.encode(x).mode())).cpu().numpy()
 
 
-def score(net, hr: torch.Tensor, lr: torch.Tensor, cfg: TrainConfig, samples: np.ndarray) -> dict[str, Any]:
+def score(net, hr: torch.Tensor, lr: torch.Tensor, cfg: TrainConfig, samples: np.ndarray,
+          raw: np.ndarray | None = None) -> dict[str, Any]:
     """All metrics of one set of patches: SR mean (of ``samples``, std with the model's std_scale) and
-    bicubic, each vs the HR reference (reflectance, PSNR peak 1.0)."""
+    bicubic, each vs the HR reference (reflectance, PSNR peak 1.0). With the ``raw`` samples (before
+    the consistency step) also their PSNR, and that of bicubic followed by the same step."""
     from xr_opensr import metrics as M
 
     hr_np, lr_np = hr.numpy(), lr.numpy()
@@ -125,6 +134,10 @@ def score(net, hr: torch.Tensor, lr: torch.Tensor, cfg: TrainConfig, samples: np
         "ae_round_trip_psnr": M.psnr(autoencoder_round_trip(net, hr), hr_np),
     }
     out["psnr_gain_db"] = out["psnr_sr"] - out["psnr_bicubic"]
+    if raw is not None and net.config.consistency.active:
+        out["psnr_sr_raw"] = M.psnr(raw.mean(axis=1), hr_np)
+        out["psnr_bicubic_consistency"] = M.psnr(with_consistency(net, bicubic[:, None], lr)[:, 0], hr_np)
+        out["consistency_sr_raw_db"] = M.reflectance_consistency(raw.mean(axis=1), lr_np, cfg.model.scale)
     if min(hr_np.shape[-2:]) >= 32:
         out["lpips_sr"], info = M.lpips(mean, hr_np, net=cfg.evaluate.lpips_net, return_info=True)
         out["lpips_bicubic"] = M.lpips(bicubic, hr_np, net=cfg.evaluate.lpips_net)
@@ -150,8 +163,9 @@ def evaluate(cfg: TrainConfig, run_dir: Path, model_dir: Path, *, calibrate_firs
     out_dir.mkdir(parents=True, exist_ok=True)
 
     hr, lr = synthetic_pairs(cfg, ev.test_seed, ev.test_items)
-    samples = draw_samples(net, lr, cfg, first_seed=ev.test_seed, progress=progress)
-    results["synthetic_heldout"] = score(net, hr, lr, cfg, samples)
+    raw = draw_samples(net, lr, cfg, first_seed=ev.test_seed, progress=progress)
+    samples = with_consistency(net, raw, lr)
+    results["synthetic_heldout"] = score(net, hr, lr, cfg, samples, raw)
     _grid(out_dir / "synthetic_heldout.png", net, hr, lr, samples, cfg)
 
     try:
@@ -160,8 +174,9 @@ def evaluate(cfg: TrainConfig, run_dir: Path, model_dir: Path, *, calibrate_firs
         LOG.warning("evaluate: no held-out real crops (%s)", err)
         results["real_heldout"] = {"unavailable": str(err)}
     else:
-        samples = draw_samples(net, lr, cfg, first_seed=0, progress=progress)
-        results["real_heldout"] = score(net, hr, lr, cfg, samples)
+        raw = draw_samples(net, lr, cfg, first_seed=0, progress=progress)
+        samples = with_consistency(net, raw, lr)
+        results["real_heldout"] = score(net, hr, lr, cfg, samples, raw)
         _grid(out_dir / "real_heldout.png", net, hr, lr, samples, cfg)
 
     syn, real = results["synthetic_heldout"], results["real_heldout"]
@@ -178,6 +193,8 @@ def evaluate(cfg: TrainConfig, run_dir: Path, model_dir: Path, *, calibrate_firs
         "synthetic_spearman_gradient_err": syn["spearman_gradient_err"],
         "synthetic_consistency_db": syn["consistency_sr_db"],
         "synthetic_ae_round_trip_psnr": syn["ae_round_trip_psnr"],
+        "synthetic_psnr_sr_raw": syn.get("psnr_sr_raw"),
+        "synthetic_psnr_bicubic_consistency": syn.get("psnr_bicubic_consistency"),
     }
     if "psnr_sr" in real:
         summary.update({
@@ -189,8 +206,12 @@ def evaluate(cfg: TrainConfig, run_dir: Path, model_dir: Path, *, calibrate_firs
             "real_coverage_2std": real["coverage_2std"],
             "real_spearman_std_err": real["spearman_std_err"],
             "real_consistency_db": real["consistency_sr_db"],
+            "real_ae_round_trip_psnr": real["ae_round_trip_psnr"],
+            "real_psnr_sr_raw": real.get("psnr_sr_raw"),
+            "real_psnr_bicubic_consistency": real.get("psnr_bicubic_consistency"),
         })
     summary["std_scale"] = net.config.std_scale
+    summary = {k: v for k, v in summary.items() if v is not None}
     results["summary"] = summary
     results["goals"] = GOALS
     results["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -52,18 +52,25 @@ def stage_config(run_dir: Path, stage: str, fallback: TrainConfig) -> TrainConfi
     return TrainConfig.from_json(path) if path.is_file() else fallback
 
 
+#: model config fields that only steer inference: taken from the export's config, not the run's
+INFERENCE_FIELDS = ("sampler", "consistency", "default_overlap", "name", "version")
+
+
 def export_model(cfg: TrainConfig, run_dir: Path, out: Path | None = None, *, overwrite: bool = False,
                  version: str | None = None) -> Path:
     """Build the SRModel of run ``run_dir`` (EMA UNet weights) and write it to ``out`` (default run_dir/model).
 
-    The model config is the one the diffusion stage ran with (``--set model.*`` included).
+    The networks' config is the one the diffusion stage ran with (``--set model.*`` included); the
+    inference settings (:data:`INFERENCE_FIELDS`: sampler, consistency step, overlap, name, version)
+    come from ``cfg``, so they can be changed without retraining.
     """
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "model"
     trained = stage_config(run_dir, "diffusion", cfg)
-    if trained.model != cfg.model:
+    inference = {name: getattr(cfg.model, name) for name in INFERENCE_FIELDS}
+    if trained.model.replace(**inference) != cfg.model:
         LOG.warning("export: using the model config the run was trained with, which differs from %s", cfg.name)
-    cfg = trained
+    cfg = trained.replace(model=trained.model.replace(**inference))
     ckpt_path = run_dir / "diffusion" / CHECKPOINT
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"no diffusion checkpoint at {ckpt_path}: run `python -m training diffusion` first")

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import ModelError
 from .autoencoder import AutoencoderConfig
+from .consistency import ConsistencyConfig
 from .diffusion import SamplerConfig, ScheduleConfig
 from .unet import UNetConfig
 
@@ -37,6 +38,8 @@ class ModelConfig:
         "mode" (use its mean).
     std_scale : factor applied to the per-pixel sample standard deviation (calibration, fitted on
         validation scenes; 1.0 = the raw sample spread).
+    consistency : back-projection of the LR into every sample after sampling (off by default;
+        :class:`~xr_opensr.models.consistency.ConsistencyConfig`).
     provenance : free-form metadata (source, training command, licence).
     """
 
@@ -54,6 +57,7 @@ class ModelConfig:
     denoiser: UNetConfig = field(default_factory=UNetConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     provenance: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     format_version: int = FORMAT_VERSION
 
@@ -103,6 +107,7 @@ class ModelConfig:
             "denoiser": UNetConfig,
             "schedule": ScheduleConfig,
             "sampler": SamplerConfig,
+            "consistency": ConsistencyConfig,
         }
         kwargs: dict[str, Any] = {}
         known = {f.name: f for f in dataclasses.fields(cls)}

@@ -172,6 +172,7 @@ class SRModel(nn.Module):
         histogram_matching: bool = True,
         memory_budget_mb: float | None = None,
         batch_invariant: bool = True,
+        consistency: bool = True,
     ) -> Any:
         """Draw super-resolved samples.
 
@@ -182,6 +183,8 @@ class SRModel(nn.Module):
         steps, eta, temperature : DDIM settings (defaults from ``config.sampler``).
         seed : int, or one int per input; the noise of input b depends only on ``seed[b]``.
         histogram_matching : match each band of each sample to the LR band's histogram.
+        consistency : then apply the model's consistency step (``config.consistency``: back-project
+            the LR into each sample; a no-op for models without one). False: the raw samples.
         memory_budget_mb : memory for one batch of latents through the UNet (default: half the free
             GPU memory, 2 GiB on the CPU); more samples than fit are split into equal batches.
         batch_invariant : run each input's samples as batches of their own fixed size, so an input's
@@ -227,7 +230,7 @@ class SRModel(nn.Module):
         if todo:
             hr = self._sample_valid(
                 x[todo], invalid[todo], samples, steps, eta, temperature,
-                [seeds[i] for i in todo], histogram_matching, memory_budget_mb, batch_invariant,
+                [seeds[i] for i in todo], histogram_matching, memory_budget_mb, batch_invariant, consistency,
             )
             out[todo] = hr
         return out.numpy() if is_numpy else out
@@ -244,6 +247,7 @@ class SRModel(nn.Module):
         histogram_matching: bool,
         memory_budget_mb: float | None,
         batch_invariant: bool,
+        consistency: bool = True,
     ) -> torch.Tensor:
         cfg = self.config
         b, c, h, w = x.shape
@@ -311,7 +315,30 @@ class SRModel(nn.Module):
                     for band in range(c):
                         hr_np[i, j, band] = match_histograms(hr_np[i, j, band], lr_np[i, band])
             hr = torch.from_numpy(hr_np)
+        if consistency and cfg.consistency.active:
+            hr = torch.from_numpy(self.apply_consistency(hr.numpy(), x_filled.numpy(), invalid.numpy()))
         return hr.clamp_min(0.0)
+
+    def apply_consistency(self, samples: np.ndarray, lr: np.ndarray, invalid: np.ndarray | None = None) -> np.ndarray:
+        """The model's consistency step (``config.consistency``) on samples (B, S, C, H, W) of the LR
+        (B, C, h, w); ``invalid`` (B, h, w) marks nodata LR pixels, whose HR pixels stay NaN (and
+        ``lr`` must be finite elsewhere). Returns a new float32 array; unchanged when the step is off."""
+        from ..metrics import bicubic_upsample
+        from .consistency import enforce_consistency
+
+        cfg = self.config
+        if not cfg.consistency.active:
+            return samples
+        lr = np.asarray(lr, dtype=np.float32)
+        if invalid is None:
+            invalid = ~np.isfinite(lr).all(axis=1)
+        if invalid.any():  # nodata: a plain bicubic stands in for the NaN pixels during the step
+            fill = np.nanmean(np.where(invalid[:, None], np.nan, lr), axis=(2, 3), keepdims=True)
+            lr = np.where(invalid[:, None], fill, lr)
+        hr_invalid = invalid.repeat(cfg.scale, axis=1).repeat(cfg.scale, axis=2)[:, None, None]
+        stand_in = np.asarray(bicubic_upsample(lr, cfg.scale), dtype=np.float32)[:, None]
+        out = enforce_consistency(np.where(hr_invalid, stand_in, samples), lr[:, None], cfg.scale, cfg.consistency)
+        return np.where(hr_invalid, np.float32(np.nan), out).astype(np.float32)
 
     def summarize(self, out: Any) -> tuple[Any, Any]:
         """Samples (B, S, C, H, W) -> (mean, std), each (B, C, H, W).
