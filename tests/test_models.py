@@ -237,6 +237,28 @@ def test_model_consistency_step_in_sample_and_config(tmp_path, lr):
         ModelConfig.from_json(tmp_path / "c.json")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_denoiser_runs_in_reduced_precision(tiny, dtype):
+    """What ``load_model(device="cuda", dtype=...)`` does to the UNet (cast, GroupNorm kept in fp32),
+    run on the CPU: it failed on a GPU before GroupNorm32 upcast its own parameters too."""
+    import copy
+
+    if dtype == torch.float16:
+        try:
+            torch.nn.functional.conv2d(torch.ones(1, 1, 3, 3, dtype=dtype), torch.ones(1, 1, 1, 1, dtype=dtype))
+        except RuntimeError:
+            pytest.skip("this torch build has no float16 convolution on the CPU")
+    unet = copy.deepcopy(tiny.denoiser).eval()
+    cfg = tiny.config.denoiser
+    x = torch.randn(2, cfg.in_channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 500])
+    with torch.no_grad():
+        ref = unet(x, t)
+        low = unet.to(dtype)(x.to(dtype), t).float()
+    assert torch.isfinite(low).all()
+    assert (low - ref).abs().mean() < 0.05 * ref.abs().mean() + 1e-3
+
+
 def test_linear_schedule_and_ddim_timesteps():
     sched = NoiseSchedule(ScheduleConfig(timesteps=1000, linear_start=1e-4, linear_end=1e-2))
     assert sched.betas[0] == pytest.approx(1e-4) and sched.betas[-1] == pytest.approx(1e-2)
