@@ -350,3 +350,17 @@ def test_crs_is_written_for_downstream_tools():
     ds = make_cube(6, 6).opensr.superresolve(2, **KW)
     assert ds.rio.crs.to_string() == CRS
     assert ds.sr.encoding["grid_mapping"] == "spatial_ref"
+
+
+def test_shipped_default_is_seamless_on_the_demo_cube():
+    """The trained default (with its per-patch consistency step) blends without seams on real data."""
+    from xr_opensr.testing import demo_cube
+
+    if "default" not in xr_opensr.registered_models():
+        pytest.skip("no trained default model is shipped in this checkout (xr_opensr/weights/default)")
+    cube = demo_cube()
+    sr = cube.opensr.superresolve(2, steps=4, seed=0).sr.values  # patch 32, overlap 8: stride 24
+    assert np.isfinite(sr).all()
+    assert seam_ratio(sr, 24, 32) <= 1.2
+    hard = cube.opensr.superresolve(2, steps=4, seed=0, overlap=0).sr.values
+    assert seam_ratio(hard, 32, 32) > 1.5
