@@ -72,7 +72,7 @@ def test_output_structure_coords_and_attrs():
     attrs = ds.attrs
     assert (attrs["model"], attrs["samples"], attrs["steps"], attrs["seed"]) == ("tiny", 3, 2, 4)
     assert attrs["model_version"] == "0.1.0" and attrs["patch"] == 16 and attrs["overlap"] == 4
-    assert "reflectance" in attrs["units"]
+    assert "reflectance" in attrs["units"] and attrs["consistency"] == "none"  # the tiny model has no step
     res = ds.compute()
     assert np.isfinite(res.sr).all() and (res.uncertainty >= 0).all()
     assert 0 < float(res.sr.mean()) < 1
@@ -359,7 +359,9 @@ def test_shipped_default_is_seamless_on_the_demo_cube():
     if "default" not in xr_opensr.registered_models():
         pytest.skip("no trained default model is shipped in this checkout (xr_opensr/weights/default)")
     cube = demo_cube()
-    sr = cube.opensr.superresolve(2, steps=4, seed=0).sr.values  # patch 32, overlap 8: stride 24
+    result = cube.opensr.superresolve(2, steps=4, seed=0)
+    assert result.attrs["consistency"].startswith("1 back-projection step(s), kernel psf")
+    sr = result.sr.values  # patch 32, overlap 8: stride 24
     assert np.isfinite(sr).all()
     assert seam_ratio(sr, 24, 32) <= 1.2
     hard = cube.opensr.superresolve(2, steps=4, seed=0, overlap=0).sr.values
