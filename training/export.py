@@ -149,7 +149,8 @@ def model_card(cfg: TrainConfig, run_dir: Path, std_scale: float, metrics: dict[
         f"sampling DDIM {m.sampler.steps} steps, eta {m.sampler.eta}.",
         f"- Uncertainty: `std_scale` = {std_scale:.4g} (sample std x std_scale; calibrated on validation "
         "scenes so that +-2 std covers the target share of |SR mean - HR| errors; 1.0 = uncalibrated).",
-        f"- Consistency step after sampling: {_consistency_text(cfg.model.consistency)}.",
+        f"- Consistency step after sampling: {cfg.model.consistency.describe()}"
+        f"{'; on every sample: sample += bicubic(LR - degrade(sample)), degrade = the PSF (if any) then the area mean' if cfg.model.consistency.active else ' (the raw network output)'}.",
         "",
         "## Data",
         f"- Pairs: `training.data.training_pairs` with `{json.dumps(_resolved(dm_cfg, 'data_config'))}`: "
@@ -224,13 +225,6 @@ def model_card(cfg: TrainConfig, run_dir: Path, std_scale: float, metrics: dict[
     lines.append("")
     return "\n".join(lines)
 
-
-def _consistency_text(config: Any) -> str:
-    if not config.active:
-        return "none (the raw network output)"
-    kernel = f"Gaussian PSF sigma {config.psf_sigma} HR px + area mean" if config.kernel == "psf" else "area mean"
-    return (f"{config.iterations} back-projection step(s) of the LR through the sensor model ({kernel}): "
-            "sample += bicubic(LR - degrade(sample)), on every sample")
 
 
 def _resolved(cfg: TrainConfig, getter: str) -> dict[str, Any]:

@@ -204,9 +204,7 @@ def superresolve(
         "scale": cfg.scale,
         "std_scale": float(cfg.std_scale),
         "histogram_matching": int(bool(histogram_matching)),
-        "consistency": (f"{cfg.consistency.iterations} back-projection step(s), kernel {cfg.consistency.kernel}"
-                        + (f" (psf_sigma {cfg.consistency.psf_sigma} HR px)" if cfg.consistency.kernel == "psf" else "")
-                        if cfg.consistency.active else "none"),
+        "consistency": cfg.consistency.describe(),
         "units": "1 (surface reflectance)",
         "resolution_m": _RESOLUTION_M / cfg.scale,
     }

@@ -49,6 +49,13 @@ class ConsistencyConfig:
     def active(self) -> bool:
         return self.kernel != "none" and self.iterations > 0
 
+    def describe(self) -> str:
+        """One line for output attributes and model cards, e.g. "1 back-projection step(s), kernel psf (...)"."""
+        if not self.active:
+            return "none"
+        psf = f" (psf_sigma {self.psf_sigma} HR px)" if self.kernel == "psf" else ""
+        return f"{self.iterations} back-projection step(s), kernel {self.kernel}{psf}"
+
 
 def degrade_to_lr(hr: np.ndarray, scale: int, config: ConsistencyConfig) -> np.ndarray:
     """(..., H, W) -> (..., H/scale, W/scale): the sensor model of ``config`` (no noise)."""
