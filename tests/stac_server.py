@@ -188,8 +188,8 @@ def scene_dn(scene: Scene) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 # COGs and STAC documents
 # --------------------------------------------------------------------------------------------
-def write_cog(path: Path, data: np.ndarray, res: float, x0: float, y0: float) -> None:
-    """Write a single-band tiled COG (DEFLATE, 32 x 32 blocks) with nodata 0."""
+def write_cog(path: Path, data: np.ndarray, res: float, x0: float, y0: float, epsg: int = EPSG) -> None:
+    """Write a single-band tiled COG (DEFLATE, 32 x 32 blocks) with nodata 0, in EPSG:``epsg``."""
     import rasterio
     from rasterio.transform import from_origin
 
@@ -199,7 +199,7 @@ def write_cog(path: Path, data: np.ndarray, res: float, x0: float, y0: float) ->
         "height": data.shape[0],
         "count": 1,
         "dtype": data.dtype.name,
-        "crs": f"EPSG:{EPSG}",
+        "crs": f"EPSG:{epsg}",
         "transform": from_origin(x0, y0, res, res),
         "nodata": 0,
         "blocksize": 32,

@@ -225,7 +225,16 @@ def test_stac_load_errors(items):
 
 def test_stac_bands_by_asset_key_and_one_band_table():
     assert stac._resolve_bands(["red", "b03", "B02", "nir", "nir"]) == ["B04", "B03", "B02", "B08"]
-    assert stac.S2_BANDS["B04"] == ("red", "B04") and stac.S2_BANDS["SCL"] == ("scl", "SCL")
+    assert stac.S2_BANDS["B04"] == ("red", "B04", "B04_10m")
+    assert stac.S2_BANDS["SCL"] == ("scl", "SCL", "SCL_20m")
+
+
+@pytest.mark.parametrize("text, parsed", [("05.00", (5, 0)), ("5.0", (5, 0)), ("5", (5, 0)),
+                                          ("N0500", (5, 0)), ("N05.11", (5, 11)), ("04.00", (4, 0)),
+                                          ("02.14", (2, 14)), ("", None), ("baseline", None),
+                                          (None, None), (True, None)])
+def test_stac_parse_baseline(text, parsed):
+    assert stac._parse_baseline(text) == parsed
 
 
 # --------------------------------------------------------------------------------- the server

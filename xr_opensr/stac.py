@@ -9,13 +9,18 @@ that ``ds.opensr.superresolve`` takes as is::
     ds = stac.load_s2(items[:1], bbox=(9.0, 45.0, 9.1, 45.1))   # B04, B03, B02, B08: float32
     sr = ds.opensr.superresolve(samples=4)
 
-Both Earth Search (asset keys ``red, green, blue, nir, scl``) and the Planetary Computer (``B04, ...,
-SCL``; pass ``modifier=planetary_computer.sign_inplace``) are understood; ``S2_BANDS`` is the one
-table of asset names. pystac-client and odc-stac are optional: ``pip install "xr-opensr[stac]"``.
+Items of Earth Search v0, v1 and Collection-1, the Planetary Computer (pass
+``modifier=planetary_computer.sign_inplace``), the Copernicus Data Space (CDSE), Sinergise's archive
+and stactools are understood: their asset names, where they put the processing baseline and the
+"offset already applied" flag live in one table, ``xr_opensr.stac_conventions``; any other naming
+works with ``load_s2(..., assets={"B04": "my_red_key", ...})``. Each item's offset rule is recorded
+in the output (``ds.attrs["offset_rules"]``). pystac-client and odc-stac are optional:
+``pip install "xr-opensr[stac]"``.
 """
 
 from __future__ import annotations
 
+import json
 import numbers
 import re
 import warnings
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from . import stac_conventions as _conv
 from .errors import BandError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,6 +45,7 @@ __all__ = [
     "S2_BANDS",
     "SCL_MASKED",
     "load_s2",
+    "offset_rule",
     "processing_offset",
     "search",
 ]
@@ -48,23 +55,9 @@ PLANETARY_COMPUTER = "https://planetarycomputer.microsoft.com/api/stac/v1"
 
 DEFAULT_BANDS = ("B04", "B03", "B02", "B08")
 
-#: The band table: band name -> asset keys that hold it, tried in order
-#: (Earth Search v1, then Planetary Computer / ESA names).
-S2_BANDS: dict[str, tuple[str, ...]] = {
-    "B01": ("coastal", "B01"),
-    "B02": ("blue", "B02"),
-    "B03": ("green", "B03"),
-    "B04": ("red", "B04"),
-    "B05": ("rededge1", "B05"),
-    "B06": ("rededge2", "B06"),
-    "B07": ("rededge3", "B07"),
-    "B08": ("nir", "B08"),
-    "B8A": ("nir08", "B8A"),
-    "B09": ("nir09", "B09"),
-    "B11": ("swir16", "B11"),
-    "B12": ("swir22", "B12"),
-    "SCL": ("scl", "SCL"),
-}
+#: The band table: band name -> asset keys that hold it, tried in order (one column per provider
+#: naming: Earth Search v1/c1 and stactools, Earth Search v0 and Planetary Computer, CDSE).
+S2_BANDS: dict[str, tuple[str, ...]] = _conv.ASSET_KEYS
 
 #: Scene classification (SCL) classes set to NaN by ``mask_clouds=True``.
 SCL_MASKED: dict[int, str] = {
@@ -77,9 +70,9 @@ SCL_MASKED: dict[int, str] = {
 }
 
 QUANTIFICATION = 10000  # L2A DN per unit reflectance
-BOA_OFFSET_DN = -1000  # added to DN from processing baseline 04.00 on
-BASELINE_WITH_OFFSET = (4, 0)
-OFFSET_SINCE = _datetime(2022, 1, 25, tzinfo=timezone.utc)  # baseline 04.00 went operational
+BOA_OFFSET_DN = _conv.BOA_OFFSET_DN  # added to DN from processing baseline 04.00 on
+BASELINE_WITH_OFFSET = _conv.BASELINE_WITH_OFFSET
+OFFSET_SINCE = _datetime.fromisoformat(_conv.OFFSET_SINCE)  # baseline 04.00 went operational
 _NODATA = 0
 _INSTALL = 'pip install "xr-opensr[stac]"'
 
@@ -192,33 +185,139 @@ def _as_items(items_or_search: Any) -> list[pystac.Item]:
 
 # ------------------------------------------------------------------------------------ offsets
 def _parse_baseline(value: Any) -> tuple[int, int] | None:
-    """'05.00', '5.0', 'N0500' -> (5, 0); None when it cannot be read."""
-    match = re.fullmatch(r"N?(\d{1,2})\.?(\d{2})", str(value).strip()) if value is not None else None
+    """'05.00', '5.0', '5', 'N0500', 'N05.00' -> (5, 0); None when it cannot be read."""
+    if value is None or isinstance(value, bool):
+        return None
+    text = str(value).strip().upper().removeprefix("N")
+    match = (re.fullmatch(r"(\d{1,2})\.(\d{1,2})", text) or re.fullmatch(r"(\d{2})(\d{2})", text)
+             or re.fullmatch(r"(\d{1,2})()", text))
+    return (int(match[1]), int(match[2] or 0)) if match else None
+
+
+def _product_id_baseline(text: Any) -> tuple[int, int] | None:
+    """The baseline of an ESA product/datastrip id: '..._N0511_...' or '..._N05.11' -> (5, 11)."""
+    match = re.search(r"_N(\d{2})\.?(\d{2})(?=_|\.SAFE|$)", str(text)) if text else None
     return (int(match[1]), int(match[2])) if match else None
 
 
-def processing_offset(item: pystac.Item) -> int:
-    """The offset (DN) to add to an L2A item's DN before dividing by 10000.
+def _flag(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return None
 
-    -1000 for processing baseline 04.00 and later (``s2:processing_baseline``) unless the provider
-    already removed it (Earth Search: ``earthsearch:boa_offset_applied: true``), else 0. Items
-    without a readable baseline get the offset when acquired on or after 2022-01-25.
+
+def _baseline_rule(baseline: tuple[int, int], source: str) -> tuple[int, str]:
+    with_offset = baseline >= BASELINE_WITH_OFFSET
+    text = f"baseline {baseline[0]:02d}.{baseline[1]:02d} from {source}"
+    return (BOA_OFFSET_DN, f"{text} (>= 04.00)") if with_offset else (0, f"{text} (< 04.00)")
+
+
+def offset_rule(item: pystac.Item) -> tuple[int, str]:
+    """The offset (DN) to add to an L2A item's DN before dividing by 10000, and why.
+
+    The first of these decides (the keys are in ``xr_opensr.stac_conventions``):
+
+    1. an "offset already applied" flag (``earthsearch:boa_offset_applied``,
+       ``sentinel:boa_offset_applied``, ...) that is true: 0;
+    2. the processing baseline (``s2:processing_baseline``, ``sentinel:processing_baseline``,
+       ``sentinel2:processing_baseline``, ``processing:version``), else the ``_Nxxyy_`` code of a
+       product id (``s2:product_uri``, ``sentinel:product_id``, ..., the item id): -1000 from 04.00 on;
+    3. the acquisition date: -1000 on or after 2022-01-25, else 0.
+
+    Returns
+    -------
+    (int, str)
+        The offset in DN (0 or -1000) and the rule that chose it, e.g.
+        ``(0, "sentinel:boa_offset_applied = true")``.
     """
     props = item.properties
-    if props.get("earthsearch:boa_offset_applied") is True:
-        return 0
-    baseline = _parse_baseline(props.get("s2:processing_baseline"))
-    if baseline is None:
-        when = item.datetime or item.common_metadata.start_datetime
-        if when is None:
-            return 0
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        return BOA_OFFSET_DN if when >= OFFSET_SINCE else 0
-    return BOA_OFFSET_DN if baseline >= BASELINE_WITH_OFFSET else 0
+    for key in _conv.OFFSET_APPLIED_KEYS:
+        if _flag(props.get(key)) is True:
+            return 0, f"{key} = true"
+    for key in _conv.BASELINE_KEYS:
+        baseline = _parse_baseline(props.get(key))
+        if baseline is not None:
+            return _baseline_rule(baseline, f"{key} = {props[key]!r}")
+    for key in (*_conv.PRODUCT_ID_KEYS, "id"):
+        text = item.id if key == "id" else props.get(key)
+        baseline = _product_id_baseline(text)
+        if baseline is not None:
+            return _baseline_rule(baseline, f"the product id in {key}")
+    when = item.datetime or item.common_metadata.start_datetime
+    if when is None:
+        return 0, "no baseline, flag or date: no offset"
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    after = when >= OFFSET_SINCE
+    return (BOA_OFFSET_DN if after else 0), (
+        f"no baseline published; acquired {when.date()} {'on or after' if after else 'before'} "
+        f"{OFFSET_SINCE.date()}"
+    )
+
+
+def processing_offset(item: pystac.Item) -> int:
+    """The offset (DN) to add to an L2A item's DN before dividing by 10000: ``offset_rule(item)[0]``."""
+    return offset_rule(item)[0]
+
+
+# ------------------------------------------------------------------------------------ duplicates
+_PRODUCT = re.compile(r"(S2[A-D])_MSIL2A_(\d{8}T\d{6})_N\d{2}\.?\d{2}_R\d{3}_T(\d{2}[A-Z]{3})")
+
+
+def _scene_key(item: pystac.Item) -> tuple[str, str, str] | None:
+    """(satellite, sensing start, MGRS tile) of the ESA product an item was made from, or None."""
+    for key in (*_conv.PRODUCT_ID_KEYS, "id"):
+        text = item.id if key == "id" else item.properties.get(key)
+        match = _PRODUCT.search(str(text)) if text else None
+        if match:
+            return match[1], match[2], match[3]
+    return None
+
+
+def _same_footprint(a: pystac.Item, b: pystac.Item, tol: float = 0.01) -> bool:
+    if not a.bbox or not b.bbox or len(a.bbox) != len(b.bbox):
+        return False
+    return all(abs(float(x) - float(y)) <= tol for x, y in zip(a.bbox, b.bbox))
+
+
+def _drop_duplicates(items: list[pystac.Item]) -> tuple[list[pystac.Item], list[str]]:
+    """Keep the first of each set of duplicate acquisitions, in the order given.
+
+    Two items are duplicates when they were made from the same ESA acquisition (satellite, sensing
+    start and MGRS tile read from a product id: the same scene in two collections or providers, a
+    ``_0_``/``_1_`` re-publication, two processing baselines) and cover the same footprint (bbox
+    within 0.01 degree). Partial granules of one acquisition (different footprints) are all kept.
+    """
+    kept: list[pystac.Item] = []
+    dropped: list[str] = []
+    for item in items:
+        key = _scene_key(item)
+        first = next((k for k in kept if key is not None and _scene_key(k) == key
+                      and _same_footprint(k, item)), None)
+        if first is None:
+            kept.append(item)
+        else:
+            dropped.append(f"{item.collection_id}/{item.id} (duplicate of {first.collection_id}/{first.id})")
+    return kept, dropped
 
 
 # ------------------------------------------------------------------------------------ search
+def _check_item_search(client: Any, url: str) -> None:
+    """InputError unless the API declares STAC API item search (``/item-search`` conformance)."""
+    if _conforms(client, "/item-search"):
+        return
+    declared = client.get_conforms_to() if hasattr(client, "get_conforms_to") else []
+    raise InputError(
+        f"the STAC API at {url} does not declare the STAC API item-search conformance class "
+        f"(its landing page conformsTo: {declared or 'missing'}), so it cannot be searched with "
+        "bbox/datetime/query. This is what an old (pre-1.0) STAC API such as Earth Search v0 "
+        f"returns. Use a STAC API 1.0 endpoint (e.g. url=stac.EARTH_SEARCH = {EARTH_SEARCH!r}), "
+        "or pass items you already have straight to load_s2"
+    )
+
+
 def _conforms(client: Any, fragment: str) -> bool:
     """Any STAC API version of a conformance class (pystac-client only knows v1.0.x)."""
     try:
@@ -286,7 +385,10 @@ def search(
     pystac_client = _import_pystac_client()
     from pystac_client.warnings import DoesNotConformTo
 
-    client = pystac_client.Client.open(url, modifier=modifier)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NoConformsTo: reported below, with the fix
+        client = pystac_client.Client.open(url, modifier=modifier)
+    _check_item_search(client, url)
 
     kwargs: dict[str, Any] = {
         "collections": collections,
@@ -326,34 +428,47 @@ def search(
 
 
 # ------------------------------------------------------------------------------------ loading
-def _asset_key(item: pystac.Item, band: str) -> str | None:
-    return next((key for key in S2_BANDS[band] if key in item.assets), None)
+def _asset_key(item: pystac.Item, band: str, assets: Mapping[str, str]) -> str | None:
+    keys = (assets[band],) if band in assets else S2_BANDS[band]
+    return next((key for key in keys if key in item.assets), None)
 
 
-def _normalise(item: pystac.Item, bands: list[str], mask_clouds: bool) -> pystac.Item:
+def _normalise(item: pystac.Item, bands: list[str], mask_clouds: bool,
+               assets: Mapping[str, str]) -> pystac.Item:
     """A copy of ``item`` whose assets are exactly ``bands``, keyed by band name (B04, SCL...)."""
     keys = {}
     for band in bands:
-        key = _asset_key(item, band)
+        key = _asset_key(item, band, assets)
         if key is None:
-            available = sorted(item.assets)
+            looked = [assets[band]] if band in assets else list(S2_BANDS[band])
+            where = f"item {item.id!r} (collection {item.collection_id!r})"
+            has = f"it has the assets {sorted(item.assets)}"
             if band == "SCL" and mask_clouds:
                 raise BandError(
-                    f"item {item.id!r} has no SCL asset (looked for {list(S2_BANDS['SCL'])}; it has "
-                    f"{available}), so clouds cannot be masked. Pass mask_clouds=False to load "
-                    f"without the cloud mask"
+                    f"{where} has no SCL asset (looked for {looked}; {has}), so clouds cannot be "
+                    f"masked. Name its SCL asset with assets={{'SCL': '<key>'}}, or pass "
+                    f"mask_clouds=False to load without the cloud mask"
                 )
             raise BandError(
-                f"item {item.id!r} has no asset for band {band} (looked for {list(S2_BANDS[band])}; it "
-                f"has {available}). Drop the band from bands=, or the item from the list"
+                f"{where} has no asset for band {band} (looked for {looked}; {has}). If one of "
+                f"them holds {band}, name it: load_s2(items, assets={{'{band}': '<key>', ...}}); "
+                f"else drop {band} from bands= or the item from the list"
             )
         keys[band] = key
     out = item.clone()
-    assets = {band: out.assets[key] for band, key in keys.items()}
+    chosen = {band: out.assets[key] for band, key in keys.items()}
     out.assets.clear()
-    for band, asset in assets.items():
+    for band, asset in chosen.items():
         out.add_asset(band, asset)
     return out
+
+
+def _check_assets(assets: Any) -> dict[str, str]:
+    if assets is None:
+        return {}
+    if not isinstance(assets, Mapping) or not all(isinstance(v, str) for v in assets.values()):
+        raise InputError(f"assets must map band names to asset keys, e.g. {{'B04': 'B04_10m'}}; got {assets!r}")
+    return {_canonical_band(band): key for band, key in assets.items()}
 
 
 def _group_key(groupby: Any) -> Callable[[Any, Any, int], Hashable]:
@@ -384,19 +499,25 @@ def load_s2(
     mask_clouds: bool = True,
     crs: Any = None,
     bbox: Sequence[float] | None = None,
+    assets: Mapping[str, str] | None = None,
 ) -> xr.Dataset:
     """Load Sentinel-2 L2A items lazily as a float32 reflectance cube.
 
-    Each item's DN get its processing-baseline offset (``processing_offset``: -1000 from baseline
+    Each item's DN get its processing-baseline offset (:func:`offset_rule`: -1000 from baseline
     04.00 on, unless the provider removed it) and are divided by 10000; DN 0 (nodata) becomes NaN
     and, with ``mask_clouds``, so do pixels whose SCL class is in ``SCL_MASKED`` (no data,
-    saturated, cloud shadow, medium/high probability cloud, cirrus). Items of one group (one solar
-    day by default) are mosaicked, the first valid pixel winning. Nothing is computed.
+    saturated, cloud shadow, medium/high probability cloud, cirrus). Nothing is computed.
+
+    Duplicate acquisitions (the same ESA product in two collections or providers, re-published
+    sequences, two processing baselines; same footprint) are dropped first, keeping the first one
+    in the order given. Items of one group (one solar day by default) are then mosaicked in the
+    order given, whatever their offsets: a pixel comes from the first item where it is valid (not
+    nodata, not masked). ``search()`` returns the least cloudy first, so that one wins.
 
     Parameters
     ----------
     items_or_search : pystac.Item, sequence of Items, ItemCollection or pystac_client.ItemSearch
-        E.g. the result of :func:`search`. Earth Search and Planetary Computer asset names both work.
+        E.g. the result of :func:`search`; the order is the mosaic priority.
     bands : sequence of str
         Band names (``S2_BANDS``: "B04"... or asset keys such as "red"); default the model's
         ("B04", "B03", "B02", "B08"). Add "SCL" to get the scene classification back (uint8).
@@ -412,18 +533,24 @@ def load_s2(
         Output CRS (e.g. "EPSG:32632", "utm"); default the items' most common CRS.
     bbox : (west, south, east, north), optional
         Crop to this box in degrees; default the union of the item footprints.
+    assets : dict, optional
+        Band name -> asset key, for catalogues whose naming ``S2_BANDS`` does not know, e.g.
+        ``{"B04": "red_10m", "SCL": "scene_class"}``; other bands keep the table's keys.
 
     Returns
     -------
     xarray.Dataset
         Variables named as in ``bands``: float32 reflectance, dims (time, y, x), NaN = nodata or
-        masked; CRS on the ``spatial_ref`` coordinate (``ds.rio.crs``, ``ds.odc.geobox``).
+        masked; CRS on the ``spatial_ref`` coordinate. ``attrs["offset_rules"]`` (JSON) lists,
+        per time step, each item used with its offset and the rule that chose it;
+        ``attrs["duplicates_dropped"]`` (JSON) the duplicates left out.
 
     Raises
     ------
     InputError
-        No items, bad bbox/resolution/groupby; BandError for an unknown band, an item without the
-        asset of a band, or without an SCL asset when ``mask_clouds=True``.
+        No items, bad bbox/resolution/groupby/assets; BandError for an unknown band, an item
+        without the asset of a band (the message lists the item's asset keys), or without an SCL
+        asset when ``mask_clouds=True``.
     """
     items = _as_items(items_or_search)
     if not items:
@@ -436,30 +563,55 @@ def load_s2(
     if not (_is_real(resolution) and resolution > 0):
         raise InputError(f"resolution must be a positive number (metres for UTM); got {resolution!r}")
     bbox = _check_bbox(bbox) if bbox is not None else None
+    asset_map = _check_assets(assets)
     base_key = _group_key(groupby)
     odc_stac = _import_odc_stac()
     import rioxarray  # noqa: F401  (registers ds.rio: the result's CRS is ds.rio.crs)
 
-    normalised = [_normalise(item, load_names, mask_clouds) for item in items]
-    offsets = [processing_offset(item) for item in items]
+    items, dropped = _drop_duplicates(items)
+    normalised = [_normalise(item, load_names, mask_clouds, asset_map) for item in items]
+    rules = [offset_rule(item) for item in items]
     keys: dict[int, tuple[Hashable, int]] = {}
 
     def group_key(item: Any, parsed: Any, idx: int) -> tuple[Hashable, int]:
-        # items of one group with different offsets load as separate slices, merged below
-        keys[idx] = (base_key(item, parsed, idx), offsets[idx])
+        # one time slice per item, ordered by group then by the caller's order; mosaicked below
+        keys[idx] = (base_key(item, parsed, idx), idx)
         return keys[idx]
 
-    # DN as written by ESA, whatever the catalogue says (or does not say) in raster:bands
-    assets = {b: {"data_type": "uint8" if b == "SCL" else "uint16", "nodata": _NODATA}
-              for b in load_names}
+    raw = _odc_load(odc_stac, normalised, load_names, group_key, resolution, chunks, crs, bbox)
+    slices = sorted(set(keys.values()))  # odc-stac orders time slices by group key
+    if len(slices) != raw.sizes["time"]:  # pragma: no cover - would mean odc-stac changed
+        raise RuntimeError(f"odc-stac returned {raw.sizes['time']} time slices for {len(slices)} items")
+
+    offset = xr.DataArray(np.array([rules[s[1]][0] for s in slices], np.float32), dims="time")
+    out = _reflectance(raw, names, offset, mask_clouds)
+    groups = [s[0] for s in slices]
+    log = _offset_log(out.time.values, groups, [items[s[1]] for s in slices], [rules[s[1]] for s in slices])
+    out = _merge_groups(out, groups)
+    out.attrs.update(
+        {
+            "reflectance": "(DN + processing-baseline offset) / 10000; DN 0 -> NaN",
+            "cloud_mask": ("SCL " + ",".join(map(str, SCL_MASKED)) + " -> NaN") if mask_clouds else "none",
+            "mosaic": "per time step, the first valid pixel in the order the items were given",
+            "offset_rules": json.dumps(log),
+            "duplicates_dropped": json.dumps(dropped),
+        }
+    )
+    return out
+
+
+def _odc_load(odc_stac: Any, items: list, bands: list[str], group_key: Callable, resolution: float,
+              chunks: Mapping[str, int] | None, crs: Any, bbox: Any) -> xr.Dataset:
+    """odc.stac.load of DN as written by ESA, whatever the catalogue says (or not) in raster:bands."""
+    assets = {b: {"data_type": "uint8" if b == "SCL" else "uint16", "nodata": _NODATA} for b in bands}
     extra: dict[str, Any] = {}
     if crs is not None:
         extra["crs"] = crs
     if bbox is not None:
         extra["bbox"] = bbox
-    raw = odc_stac.load(
-        normalised,
-        bands=load_names,
+    return odc_stac.load(
+        items,
+        bands=bands,
         groupby=group_key,
         resolution=resolution,
         chunks=dict(chunks) if chunks is not None else {"x": 512, "y": 512},
@@ -467,11 +619,10 @@ def load_s2(
         resampling="nearest",
         **extra,
     )
-    slices = sorted(set(keys.values()))  # odc-stac orders time slices by group key
-    if len(slices) != raw.sizes["time"]:  # pragma: no cover - would mean odc-stac changed
-        raise RuntimeError(f"odc-stac returned {raw.sizes['time']} time slices for {len(slices)} groups")
 
-    offset = xr.DataArray(np.array([s[1] for s in slices], np.float32), dims="time")
+
+def _reflectance(raw: xr.Dataset, names: list[str], offset: xr.DataArray, mask_clouds: bool) -> xr.Dataset:
+    """(DN + offset) / 10000 per time slice; nodata and (with mask_clouds) SCL classes -> NaN."""
     masked = raw["SCL"].isin(list(SCL_MASKED)) if mask_clouds else None
     variables = {}
     for band in names:
@@ -482,20 +633,23 @@ def load_s2(
         valid = da != _NODATA
         if masked is not None:
             valid = valid & ~masked
-        refl = (da.astype(np.float32) + offset) / np.float32(QUANTIFICATION)
-        refl = refl.where(valid)
+        refl = ((da.astype(np.float32) + offset) / np.float32(QUANTIFICATION)).where(valid)
         refl.attrs = {k: v for k, v in da.attrs.items() if k not in ("nodata", "_FillValue", "units")}
         refl.attrs.update(units="1", long_name=f"{band} surface reflectance")
         variables[band] = refl
-    out = xr.Dataset(variables, coords=raw.coords, attrs=raw.attrs)  # dims (time, y, x)
-    out = _merge_groups(out, [s[0] for s in slices])
-    out.attrs.update(
-        {
-            "reflectance": "(DN + processing-baseline offset) / 10000; DN 0 -> NaN",
-            "cloud_mask": ("SCL " + ",".join(map(str, SCL_MASKED)) + " -> NaN") if mask_clouds else "none",
-        }
-    )
-    return out
+    return xr.Dataset(variables, coords=raw.coords, attrs=raw.attrs)  # dims (time, y, x)
+
+
+def _offset_log(times: Any, groups: list[Hashable], items: list, rules: list) -> list[dict[str, Any]]:
+    """Per output time step: the items mosaicked into it (in priority order), offsets and rules."""
+    log: list[dict[str, Any]] = []
+    for i, (group, item, (dn, rule)) in enumerate(zip(groups, items, rules)):
+        entry = {"id": item.id, "collection": item.collection_id, "offset_dn": dn, "rule": rule}
+        if log and groups[i - 1] == group:
+            log[-1]["items"].append(entry)
+        else:
+            log.append({"time": str(np.datetime_as_string(times[i], unit="s")), "items": [entry]})
+    return log
 
 
 def _merge_groups(ds: xr.Dataset, group_of_slice: list[Hashable]) -> xr.Dataset:
