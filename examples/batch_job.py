@@ -11,6 +11,13 @@ resumed by running the same command again. The super-resolution settings are sto
 attribute ``xr_opensr_batch``; a re-run with other settings is refused (use ``--overwrite`` to start
 again from scratch).
 
+Safe against the unlucky: a job holds the store's lock (``xr_opensr._atomic``) for its whole run, so a
+second job on the same store exits 2 at once, naming it; a scene is marked complete only after its
+group is reopened and read in full (every chunk present and decodable); OS errors (full disk,
+read-only folder, ...) exit 2 with the cause. ``--overwrite`` builds the new store beside the old one
+and swaps them only when every scene is complete: until then (or if the run is interrupted or a scene
+fails) the old store is left as it was.
+
 Example::
 
     python examples/batch_job.py --bbox 9.00 45.148 9.016 45.153 --datetime 2024-06-01/2024-06-30 \\
@@ -27,7 +34,6 @@ import argparse
 import contextlib
 import json
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -38,7 +44,7 @@ from typing import Any
 import xarray as xr
 
 import xr_opensr.accessor  # noqa: F401  (registers .opensr)
-from xr_opensr import _io
+from xr_opensr import _atomic, _io
 from xr_opensr.errors import InputError, OpenSRError
 
 EARTH_SEARCH = "https://earth-search.aws.element84.com/v1"
@@ -99,10 +105,7 @@ def _mark_complete(store: Path, sid: str) -> None:
     zarr.consolidate_metadata(str(store))
 
 
-def _check_settings(store: Path, settings: dict[str, Any], overwrite: bool) -> None:
-    if store.exists() and overwrite:
-        log.info("--overwrite: removing %s", store)
-        shutil.rmtree(store)
+def _check_settings(store: Path, settings: dict[str, Any]) -> None:
     if store.exists() and not _io.is_zarr(store):
         raise InputError(f"{store} exists and is not a Zarr store; choose another --out")
     root = _root(store)
@@ -170,17 +173,38 @@ def run(
     The settings that shape the data (model, samples, steps, seed, bbox, collection) are fixed per
     store; the dates may change between runs (e.g. to add new scenes to the store).
     """
+    final = Path(out).expanduser().resolve()
+    if final.suffix != ".zarr":
+        raise InputError(f"--out {final} must end in .zarr (one Zarr store for all scenes)")
+    if not final.parent.is_dir():
+        raise InputError(f"the folder of --out {final} does not exist; create it first (mkdir -p {final.parent})")
+    run_id = _atomic.new_run_id()
+    # --overwrite: a new store beside the old one, swapped in only when every scene is in it
+    store = _atomic.temp_path(final, "batch", run_id) if overwrite and final.exists() else final
+    with _atomic.locked([final]), _atomic.temporaries(*([store] if store != final else [])):
+        report = _run_locked(store, bbox=bbox, datetime=datetime, client=client, url=url, collection=collection,
+                             max_cloud=max_cloud, limit=limit, model=model, samples=samples, steps=steps, seed=seed,
+                             chunks=chunks, max_scenes=max_scenes, progress=progress)
+        if store != final:
+            if report.failed or report.remaining:
+                log.error("--overwrite: not every scene is done; %s was left as it was (run again)", final)
+            else:
+                _atomic.commit([(store, final)], run_id)
+                log.info("--overwrite: %s replaced by the new store", final)
+        report.store = final
+    return report
+
+
+def _run_locked(store: Path, *, bbox, datetime, client, url, collection, max_cloud, limit, model, samples, steps,
+                seed, chunks, max_scenes, progress) -> BatchReport:
     from distributed import as_completed
 
     from xr_opensr import stac
 
     start = time.perf_counter()
-    store = Path(out).expanduser().resolve()
-    if store.suffix != ".zarr":
-        raise InputError(f"--out {store} must end in .zarr (one Zarr store for all scenes)")
     settings = {"model": str(model), "samples": int(samples), "steps": steps, "seed": int(seed),
                 "bbox": [float(v) for v in bbox], "collection": collection}
-    _check_settings(store, settings, overwrite)
+    _check_settings(store, settings)
 
     found = stac.search(tuple(bbox), datetime, url=url, collection=collection, max_cloud=max_cloud, limit=limit)
     items = sorted(found, key=lambda it: (str(it.datetime), it.id))
@@ -194,16 +218,17 @@ def run(
     log.info("%d scene(s) found, %d already complete, %d to process now%s", len(items), len(report.skipped),
              len(todo), f", {len(report.remaining)} left for later (--max-scenes)" if report.remaining else "")
 
-    futures = {}
+    futures, written = {}, {}
     for item in todo:
         ds = _load_scene(stac, item, bbox, chunks)
         result = ds.opensr.superresolve(samples, model=model, steps=steps, seed=seed)
         result.attrs.update(scene_id=item.id, stac_url=url, cloud_cover=float(item.properties.get("eo:cloud_cover", -1)))
         # mode "w" replaces a group left half-written by an interrupted run
-        delayed = _io.uniform_chunks(result).to_zarr(
-            store, group=item.id, mode="w", compute=False, consolidated=False, zarr_format=_io.ZARR_FORMAT
-        )
+        data = _io.uniform_chunks(result)
+        delayed = data.to_zarr(store, group=item.id, mode="w", compute=False, consolidated=False,
+                               zarr_format=_io.ZARR_FORMAT, write_empty_chunks=True)
         futures[client.compute(delayed)] = item.id
+        written[item.id] = data
         log.info("scene %s submitted: %s LR px -> sr %s", item.id, dict(ds.sizes), dict(result.sr.sizes))
     from tqdm.auto import tqdm
 
@@ -212,6 +237,7 @@ def run(
         sid = futures[future]
         try:
             future.result()
+            _io.verify_zarr(store, written[sid], group=sid)  # every chunk there and readable
         except Exception as err:  # one bad scene must not stop the others
             report.failed[sid] = f"{type(err).__name__}: {err}"
             log.error("scene %s failed, not marked complete (a re-run retries it): %s", sid, report.failed[sid])

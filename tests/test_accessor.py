@@ -39,10 +39,14 @@ class Evil:
 
 
 def test_import_registers_accessor_and_exports_superresolve():
+    """In a fresh process: .opensr and rioxarray's .rio registered, torch and training not imported."""
     code = (
-        "import xarray as xr, xr_opensr; "
+        "import sys, xarray as xr, xr_opensr; "
         "assert hasattr(xr.DataArray, 'opensr') and hasattr(xr.Dataset, 'opensr'); "
-        "assert xr_opensr.superresolve is xr_opensr.core.superresolve"
+        "assert hasattr(xr.DataArray, 'rio') and hasattr(xr.Dataset, 'rio'); "
+        "assert xr_opensr.superresolve is xr_opensr.core.superresolve; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'training')]; "
+        "assert not bad, bad"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -314,6 +318,10 @@ ERRORS = [
     (lambda: make_cube(6, 6).rename(x="col", y="row"), {}, errors.GridError, "no spatial dimensions"),
     (lambda: make_cube(6, 6), {"model": "nope"}, errors.ModelError, "unknown model name 'nope'"),
     (lambda: make_cube(6, 6), {"device": "cuda"}, errors.DeviceError, "no CUDA GPU.*device='cpu'"),
+    (lambda: make_cube(6, 6), {"device": "potato"}, errors.DeviceError, r"device='potato' is not a device.*'cuda:N'"),
+    (lambda: make_cube(6, 6).astype(np.uint8), {}, errors.InputError, "uint8 values without a declared scale"),
+    (lambda: make_cube(6, 6).rio.write_transform(Affine.rotation(5) * Affine(10, 0, X0, 0, -10, Y0)), {},
+     errors.GridError, r"rotated or sheared.*rio.reproject\("),
 ]
 
 

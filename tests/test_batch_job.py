@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -85,6 +86,13 @@ def test_batch_job_stac_one_store_and_resume_after_interruption(stac_api, cluste
     other = [("3" if a == "2" and argv[i - 1] == "--samples" else a) for i, a in enumerate(argv)]
     assert bj.main(other) == 2
 
+    # --overwrite that does not finish every scene leaves the old store exactly as it was
+    before = {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    partial = bj.main([*other, "--overwrite", "--max-scenes", "1"])
+    assert partial.processed == [SCENE_A] and partial.remaining == [SCENE_CLOUDY]
+    assert {p.relative_to(store): p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scenes.zarr"]  # the new store beside it is gone
+
 
 def test_batch_job_help_and_bad_store(tmp_path, capsys):
     bj = load_batch_job()
@@ -93,3 +101,24 @@ def test_batch_job_help_and_bad_store(tmp_path, capsys):
     assert exit_.value.code == 0 and "--scheduler" in capsys.readouterr().out
     assert bj.main(["--bbox", "1", "0", "0", "1", "--datetime", "2024", "--out", str(tmp_path / "x.zarr")]) == 2
     assert "WEST SOUTH EAST NORTH" in capsys.readouterr().err
+
+
+def test_batch_job_second_job_on_the_same_store_is_refused(tmp_path):
+    import subprocess
+
+    from xr_opensr.errors import OutputError
+
+    bj = load_batch_job()
+    store = tmp_path / "s.zarr"
+    code = ("import time; from pathlib import Path; from xr_opensr import _atomic\n"
+            f"with _atomic.locked([Path({str(store)!r})]):\n    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputError, match=f"another run is writing {store}"):
+            bj.run(out=store, bbox=(0, 0, 1, 1), datetime="2024", client=None, url="http://127.0.0.1:9")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not store.exists()

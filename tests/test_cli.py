@@ -71,6 +71,9 @@ def test_cli_console_script_is_registered():
     (["superresolve", "a.tif", "b.tif", "--seed", "-1"], "integer >= 0"),
     (["superresolve", "a.tif", "b.tif", "--chunks", "big"], "positive int"),
     (["superresolve", "a.tif", "b.tif", "--workers", "2", "--scheduler", "tcp://x:1"], "not allowed with"),
+    (["superresolve", "a.tif", "b.tif", "--device", "potato"], "expected auto, cpu, cuda or cuda:N"),
+    (["superresolve", "a.tif", "b.tif", "--dtype", "float64"], "invalid choice"),
+    (["search", "o.tif", "--bbox", "0", "0", "1", "1", "--datetime", "2024", "--max-cloud", "150"], "[0, 100]"),
     (["search", "o.tif", "--bbox", "1", "2", "3"], "--bbox"),
     (["search", "o.tif", "--bbox", "1", "2", "3", "4"], "--datetime"),
     (["frobnicate"], "invalid choice"),
@@ -127,6 +130,45 @@ def test_cli_superresolve_zarr_to_zarr_with_time(tmp_path, dataset_factory):
     assert main(["superresolve", str(src), str(tmp_path / "t1.tif"), "--time", "1", *FAST]) == 0
     one = _io.open_result(tmp_path / "t1.tif")
     np.testing.assert_array_equal(one.sr.values, expected.sr.isel(time=1).values)
+
+
+@pytest.fixture(scope="module")
+def time_zarr(tmp_path_factory):
+    from conftest import make_dataset
+
+    src = tmp_path_factory.mktemp("tz") / "cube.zarr"
+    make_dataset(12, 10, names=("B04", "B03", "B02", "B08"), extra=(), times=2).to_zarr(src, zarr_format=2)
+    return src
+
+
+@pytest.mark.parametrize(("when", "message"), [
+    ("99", "has 2 time step(s); give a position in 0..1"),
+    ("-3", "has 2 time step(s)"),
+    ("garbage", "'garbage' is not a time step of"),
+])
+def test_cli_bad_time_exit_2(when, message, time_zarr, tmp_path, capsys):
+    assert main(["superresolve", str(time_zarr), str(tmp_path / "o.zarr"), "--time", when, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_cli_time_on_a_single_scene_exit_2(geotiff, tmp_path, capsys):
+    assert main(["superresolve", str(geotiff[0]), str(tmp_path / "o.tif"), "--time", "0", *FAST]) == 2
+    assert "has no time dimension (one scene); drop --time" in capsys.readouterr().err
+
+
+def test_cli_dtype_uint16_half_the_bytes_lossless_to_1e4(geotiff, tmp_path):
+    src, cube = geotiff
+    out = tmp_path / "dn.tif"
+    assert main(["superresolve", str(src), str(out), "--dtype", "uint16", *FAST]) == 0
+    for path in (out, tmp_path / "dn_uncertainty.tif"):
+        with rasterio.open(path) as f:
+            assert f.dtypes == ("uint16",) * 4 and f.nodata == 0 and f.scales == (1e-4,) * 4
+    expected = cube.opensr.superresolve(2, **SR_KW).compute()
+    got = _io.open_result(out)
+    for name in ("sr", "uncertainty"):
+        assert np.abs(got[name].values - expected[name].values).max() <= 1e-4 + 1e-7
 
 
 def test_cli_superresolve_names_bands_of_plain_geotiffs(tmp_path, capsys):

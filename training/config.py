@@ -1,7 +1,8 @@
 """Training configuration: one JSON file holds the model, the data, each stage and the evaluation.
 
-``TrainConfig.from_json(path)`` reads a file such as ``training/configs/default.json``; missing keys
-take the defaults below, unknown keys raise. The model section is an
+``TrainConfig.from_json(path)`` reads a file such as ``training/configs/default.json`` with
+xr-opensr's one config loader (:func:`xr_opensr.models.config.load_config`): missing keys take the
+defaults below; unknown keys, wrong types and out-of-range sizes raise ``ConfigError``. The model section is an
 :class:`xr_opensr.models.ModelConfig` (the same object that ends up as the exported ``config.json``);
 ``data`` and ``degradation`` are passed as keyword arguments to :class:`training.data.DataConfig` and
 :class:`training.degradation.DegradationConfig`.
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from xr_opensr.models import ModelConfig
+from xr_opensr.models.config import load_config
 
 __all__ = [
     "AutoencoderStageConfig",
@@ -118,14 +120,6 @@ class EvalConfig:
     lpips_net: str = "auto"  # xr_opensr.metrics.lpips: lpips-alex if its trunk is cached, else stlpips-alex
 
 
-_SECTIONS = {
-    "autoencoder": AutoencoderStageConfig,
-    "diffusion": DiffusionStageConfig,
-    "run": RunConfig,
-    "evaluate": EvalConfig,
-}
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """A whole training recipe. ``name`` is the default run folder (``runs/<name>``)."""
@@ -185,19 +179,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown keys in training config: {unknown}; expected a subset of {sorted(known)}")
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key == "model":
-                kwargs[key] = ModelConfig.from_dict(value)
-            elif key in _SECTIONS:
-                kwargs[key] = _construct(_SECTIONS[key], value, key)
-            else:
-                kwargs[key] = value
-        return cls(**kwargs)
+        """Checked by xr-opensr's one config loader (types, unknown keys; missing keys take defaults)."""
+        return load_config(cls, data, "training config", defaults=True)
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -226,12 +209,3 @@ class TrainConfig:
                 kwargs[key] = value
         return dataclasses.replace(self, **kwargs)
 
-
-def _construct(kind: type, values: dict[str, Any], where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ValueError(f"training config section '{where}' must be an object, got {type(values).__name__}")
-    names = {f.name: f for f in dataclasses.fields(kind)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"unknown keys in '{where}': {unknown}; expected a subset of {sorted(names)}")
-    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

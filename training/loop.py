@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from xr_opensr.errors import CheckpointError
 from xr_opensr.models.pipeline import resolve_device
 
 __all__ = [
@@ -502,8 +503,45 @@ def save_checkpoint(path: Path, step: int, wall_s: float, stage_state: dict[str,
     tmp.replace(path)
 
 
+#: entries every training checkpoint holds (``save_checkpoint``)
+_CHECKPOINT_KEYS = ("step", "wall_s", "stage", "rng")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read a training checkpoint (tensors and plain data only: no pickled code runs).
+
+    Raises CheckpointError when the file is truncated, corrupt or not a checkpoint of this loop.
+    """
+    damaged = (f"A kill during a save never damages the previous checkpoint (it is written to a temporary "
+               f"file, then renamed), so this file was damaged otherwise (disk full, partial copy): restore it, "
+               f"or start the stage afresh in a new --out folder (or after deleting {path})")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError ... on a bad file
+        detail = (str(err).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"cannot resume from {path}: the checkpoint is truncated or corrupt ({type(err).__name__}: {detail}). "
+            + damaged
+        ) from err
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"cannot resume from {path}: it is not a training checkpoint (missing {missing}). "
+                              + damaged)
+    return ckpt
+
+
+def _resume(stage: Stage, ckpt: dict[str, Any], path: Path) -> None:
+    """Restore the stage and the random generators from a checkpoint; a mismatch is a CheckpointError."""
+    try:
+        stage.load_state_dict(ckpt["stage"])
+        _set_rng_state(ckpt["rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as err:
+        detail = (str(err).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"cannot resume from {path}: it does not fit this stage and config ({type(err).__name__}: {detail}); "
+            "resume with the config the run started with (train_config.json beside it), or start afresh "
+            "in a new --out folder"
+        ) from err
 
 
 # --------------------------------------------------------------------------- the loop
@@ -596,8 +634,7 @@ def train_stage(
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; run the stage without --resume first")
         ckpt = load_checkpoint(ckpt_path)
-        stage.load_state_dict(ckpt["stage"])
-        _set_rng_state(ckpt["rng"])
+        _resume(stage, ckpt, ckpt_path)
         start, wall_before = int(ckpt["step"]), float(ckpt["wall_s"])
         metrics.truncate(start)
         LOG.info("%s: resumed from %s at step %d (%.1f min of training so far)", stage.name, ckpt_path, start, wall_before / 60)

@@ -1,11 +1,14 @@
 """xr-opensr: lazy 4x super-resolution of Sentinel-2 with a latent diffusion model.
 
-``import xr_opensr`` registers the ``.opensr`` accessor on xarray objects. torch is imported only
+``import xr_opensr`` registers the ``.opensr`` accessor on xarray objects, and rioxarray's ``.rio``
+(which reads the CRS and transform of any input: GeoTIFF, Zarr, netCDF). torch is imported only
 when a model is first needed (``load_model``, ``SRModel`` or computing a result).
 """
 
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+import rioxarray as _rioxarray  # noqa: F401  (registers .rio on xarray objects)
 
 from . import accessor as _accessor  # noqa: F401  (registers .opensr on xarray objects)
 from . import errors

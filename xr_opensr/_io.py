@@ -10,25 +10,44 @@ the graph (both slices of the same kernel output), block by block:
   compressed Cloud Optimized GeoTIFF with averaged overviews.
 * Zarr (``.zarr``): the result Dataset, one dask block per Zarr chunk.
 
-An existing output is never replaced unless ``overwrite=True``; outputs are written under a temporary
-name and renamed at the end, so an interrupted run leaves the user's files as they were.
+Outputs are verified before they are published, and published atomically (the lock, the journal and
+the cleanup rules are in :mod:`xr_opensr._atomic`):
+
+* Everything is written under temporary names beside the output, then **reopened and read in full**
+  (a COG's every block and overview, a Zarr store's every chunk): a full disk, a file-size limit or a
+  GDAL error that GDAL only logged cannot slip through as a "written" file.
+* **sr and uncertainty together** (the COG pair, a two-phase rule readers can check): both COGs carry
+  the same ``xr_opensr_run`` tag; ``OUTPUT_uncertainty.tif`` is renamed into place first and
+  ``OUTPUT.tif`` last, after a commit journal ``.OUTPUT.tif.xr-opensr-journal`` is written. So a pair
+  is complete when both files exist with equal ``xr_opensr_run`` tags and no journal is beside them;
+  :func:`open_result`/:func:`open_cogs` check exactly that, and the next run to the same path (or
+  :func:`finish`) completes a publication whose writer died mid-way. A Zarr output is one folder:
+  ``sr`` and ``uncertainty`` always go together.
+* An existing output is replaced only with ``overwrite=True`` and only once the new one is complete
+  and verified (a Zarr folder by an atomic exchange of names). Without it, or when another run is
+  writing the same path, nothing is touched (InputError / OutputError).
+* OS errors while writing become :class:`~xr_opensr.errors.OutputError` naming the cause and the fix;
+  removing temporaries never raises over the real error.
+
+Inputs are read through a guard: a truncated GeoTIFF or a corrupt Zarr chunk raises InputError naming
+the file (when the graph runs), not a raw decoder traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import threading
 import uuid
-from collections.abc import Callable, Hashable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from .errors import InputError
+from . import _atomic
+from .errors import InputError, OpenSRError, OutputError
 
 __all__ = [
     "S2_BANDS",
@@ -36,6 +55,9 @@ __all__ = [
     "output_kind",
     "output_paths",
     "check_outputs",
+    "reserve",
+    "verify_zarr",
+    "finish",
     "write_result",
     "write_cog",
     "write_zarr",
@@ -52,6 +74,8 @@ S2_BANDS = ("B04", "B03", "B02", "B08")
 _COG_SUFFIXES = (".tif", ".tiff")
 _ZARR_SUFFIXES = (".zarr",)
 UNCERTAINTY_SUFFIX = "_uncertainty"
+#: tag/attribute naming the run that wrote a COG: the sr and uncertainty COGs of one run share it
+RUN_TAG = "xr_opensr_run"
 
 #: GDAL COG creation options: 256 px tiles, DEFLATE with the floating-point predictor, averaged
 #: overviews (GDAL makes them until the smallest fits one tile: cheap, about a third of the data).
@@ -159,9 +183,8 @@ def _open_geotiff_input(path: Path, *, chunks, bands) -> xr.DataArray:
     elif all(descriptions) and len(set(descriptions)) == count:
         names = list(descriptions)
     dims = ("band", "y", "x")
-    da = rioxarray.open_rasterio(
-        path, chunks=_chunk_dict(chunks, dims), mask_and_scale=False, lock=False
-    )
+    da = rioxarray.open_rasterio(path, chunks=None, cache=False, mask_and_scale=False, lock=False)
+    da = _guarded(da, path, _chunk_dict(chunks, dims))
     # rioxarray always records GDAL's scale/offset, 1 and 0 when the file declares none; taken at face
     # value they would turn DN into "reflectance" = DN. Keep them only when the file sets real ones.
     if da.attrs.get("scale_factor", 1.0) == 1.0 and da.attrs.get("add_offset", 0.0) == 0.0:
@@ -200,7 +223,46 @@ def _open_zarr_input(path: Path, *, chunks, variable) -> xr.DataArray | xr.Datas
             "(CLI: --variable)"
         )
     wanted = _chunk_dict(chunks, obj.dims)
-    return obj.chunk(wanted) if wanted is not None else obj
+    if isinstance(obj, xr.Dataset):
+        return obj.assign({name: _guarded(var, path / str(name), wanted) for name, var in obj.data_vars.items()})
+    return _guarded(obj, path / str(obj.name), wanted)
+
+
+class _GuardedArray:
+    """Reads blocks of a lazily indexed Variable; a failure (truncated file, corrupt chunk) is an InputError
+    naming the file, raised where the graph reads it."""
+
+    def __init__(self, variable: xr.Variable, source: Path) -> None:
+        self.variable, self.source = variable, source
+        self.shape, self.dtype, self.ndim = variable.shape, variable.dtype, variable.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.variable[key].values)
+        except Exception as err:  # GDAL, zarr and the codecs raise many types for damaged data
+            raise InputError(
+                f"cannot read {self.source} ({type(err).__name__}: {err}); the file is truncated or corrupt: "
+                "re-create or re-download it"
+            ) from err
+
+    def __dask_tokenize__(self) -> tuple:
+        try:
+            stat = os.stat(self.source if self.source.exists() else self.source.parent)
+            stamp: tuple = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = ()
+        return ("xr-opensr-read", str(self.source), stamp, self.shape, str(self.dtype))
+
+
+def _guarded(obj: xr.DataArray, source: Path, chunks: dict | None) -> xr.DataArray:
+    """``obj`` (lazily indexed, not dask) as a dask array read through :class:`_GuardedArray`."""
+    if chunks is None:
+        return obj
+    import dask.array as dsa
+
+    spec = tuple(chunks.get(dim, -1) for dim in obj.dims)
+    meta = np.empty((0,) * obj.ndim, dtype=obj.dtype)
+    return obj.copy(data=dsa.from_array(_GuardedArray(obj.variable, source), chunks=spec, meta=meta))
 
 
 # --------------------------------------------------------------------------- outputs
@@ -231,42 +293,148 @@ def output_paths(path: str | os.PathLike) -> list[Path]:
     return [path, uncertainty_path(path)] if output_kind(path) == "cog" else [path]
 
 
-def check_outputs(path: str | os.PathLike, *, overwrite: bool = False) -> list[Path]:
-    """Refuse early (before any work) when an output exists and ``overwrite`` is False."""
-    paths = output_paths(path)
-    for p in paths:
-        if not p.parent.exists():
-            raise InputError(f"the folder of output {p} does not exist; create it first (mkdir -p {p.parent})")
+def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
     existing = [p for p in paths if p.exists() or p.is_symlink()]
     if existing and not overwrite:
         raise InputError(
             f"output {', '.join(map(str, existing))} already exists and was left untouched; "
             "choose another output path or pass --overwrite (overwrite=True) to replace it"
         )
+
+
+def check_outputs(
+    path: str | os.PathLike, *, overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()
+) -> list[Path]:
+    """Refuse early (before any work): a missing folder, an output that is one of ``inputs`` (or inside
+    one), a folder that cannot be written, another run writing the output, an existing output without
+    ``overwrite``. Takes the output's lock for a moment (see :func:`reserve`), so an interrupted
+    publication is finished and stale temporaries are removed even when the run is then refused."""
+    paths = output_paths(path)
+    for p in paths:
+        if not p.parent.is_dir():
+            raise InputError(f"the folder of output {p} does not exist; create it first (mkdir -p {p.parent})")
+    for src in inputs:
+        src = Path(src).expanduser().resolve()
+        for p in paths:
+            out = p.resolve()
+            if out == src or out in src.parents or (src in out.parents and is_zarr(src)):
+                raise InputError(
+                    f"output {p} is the input {src} (or inside it); write to another path: the input is "
+                    "read while the output is written"
+                )
+    with reserve(paths, overwrite=overwrite):
+        pass
     return paths
 
 
-def _tmp_sibling(path: Path, tag: str = "partial") -> Path:
-    return path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}")
+@contextlib.contextmanager
+def reserve(paths: Sequence[str | os.PathLike], *, overwrite: bool = False) -> Iterator[list[Path]]:
+    """Hold the write lock of ``paths`` (see :mod:`xr_opensr._atomic`) and check them under it.
+
+    Finishes an interrupted publication and removes stale temporaries of dead runs first; then an
+    existing output without ``overwrite`` raises InputError. Re-entrant: the CLI reserves its output
+    before reading the input, and the writers reserve it again.
+    """
+    finals = [Path(p).expanduser() for p in paths]
+    with _atomic.locked(finals):
+        _refuse_existing(finals, overwrite)
+        yield finals
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with suppress(FileNotFoundError):
-            path.unlink()
+def _single_time(da: xr.DataArray, what: str) -> xr.DataArray:
+    extra = [d for d in da.dims if d not in ("band", "y", "x")]
+    for dim in extra:
+        if da.sizes[dim] != 1:
+            raise InputError(
+                f"{what} has {da.sizes[dim]} steps along {dim!r}, a GeoTIFF holds one; write a .zarr output, "
+                f"or select one step first (e.g. obj.isel({dim}=0))"
+            )
+        da = da.isel({dim: 0})
+    if "band" not in da.dims:
+        da = da.expand_dims("band")
+    return da.transpose("band", "y", "x")
 
 
-def _replace(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` onto ``final`` (files atomically; a folder replaces the old one after it is ready)."""
-    if final.is_dir() and not final.is_symlink():
-        old = _tmp_sibling(final, "old")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+_CF_KEYS = ("_FillValue", "scale_factor", "add_offset", "nodata")
+
+
+def _prepare_raster(da: xr.DataArray, what: str, run: str) -> xr.DataArray:
+    """float32 with NaN nodata, or integer DN (``_encode``) with its nodata, scale and offset."""
+    da = _single_time(da, what)
+    encoded = np.issubdtype(da.dtype, np.integer)
+    nodata = da.attrs.get("_FillValue", da.attrs.get("nodata", 0)) if encoded else np.nan
+    da = da if encoded else da.astype("float32")
+    names = tuple(str(b) for b in da["band"].values) if "band" in da.coords else None
+    keep = ("scale_factor", "add_offset") if encoded else ()
+    attrs = {k: v for k, v in da.attrs.items()
+             if isinstance(v, str | int | float | np.number) and (k not in _CF_KEYS or k in keep)}
+    if "long_name" in attrs:
+        attrs["description"] = attrs.pop("long_name")
+    attrs["long_name"] = names if names and len(names) == da.sizes["band"] else what
+    attrs[RUN_TAG] = run
+    da.attrs = attrs
+    da.encoding = {}
+    return da.rio.write_nodata(nodata, encoded=False)
+
+
+def _check_raster(path: Path, *, count: int, shape: tuple[int, int], dtype: str, run: str | None) -> None:
+    """Reopen a GeoTIFF and read all of it (every block, every overview): raise if any of it is missing."""
+    import rasterio
+
+    size = path.stat().st_size
+    with rasterio.open(path) as src:
+        if (src.count, src.height, src.width, src.dtypes[0]) != (count, *shape, dtype):
+            raise OutputError(
+                f"{path} reads back as {src.count} x {src.height} x {src.width} {src.dtypes[0]}, expected "
+                f"{count} x {shape[0]} x {shape[1]} {dtype}"
+            )
+        if run is not None and src.tags().get(RUN_TAG) != run:
+            raise OutputError(f"{path} lacks the tags it was written with")
+        bands = [1] if src.interleaving is not None and src.interleaving.value == "PIXEL" else range(1, count + 1)
+        for b in bands:
+            for (i, j), window in src.block_windows(b):
+                offset = src.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=b)
+                nbytes = src.get_tag_item(f"BLOCK_SIZE_{j}_{i}", "TIFF", bidx=b)
+                if not offset or not nbytes or int(offset) + int(nbytes) > size:
+                    raise OutputError(f"{path}: block ({i}, {j}) of band {b} was not written completely")
+                src.read(b, window=window)
+        levels = len(src.overviews(1))
+    for level in range(levels):  # block by block: memory stays at one block whatever the size
+        with rasterio.open(path, overview_level=level) as ovr:
+            for _, window in ovr.block_windows(1):
+                ovr.read(window=window)
+
+
+def _verify_raster(path: Path, final: Path, **expected: Any) -> None:
+    try:
+        _check_raster(path, **expected)
+    except OSError as err:  # RasterioIOError included
+        raise OutputError(
+            f"writing {final} failed: the file written does not read back ({err}); nothing was published "
+            f"(an existing output is unchanged); {_atomic.hint(err, final.parent)}"
+        ) from err
+
+
+def _write_error(err: Exception, finals: Sequence[Path], existed: Sequence[Path]) -> OutputError:
+    """The OutputError for an OS error during a write: the cause, what became of the outputs, the fix."""
+    kept = f"; the existing {', '.join(map(str, existed))} is unchanged" if existed else ""
+    where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+    return OutputError(
+        f"writing {', '.join(map(str, finals))} failed: {getattr(err, 'strerror', None) or err}{where}; nothing was "
+        f"published{kept}; "
+        f"{_atomic.hint(err, finals[0].parent)}"
+    )
+
+
+@contextlib.contextmanager
+def _mapped_os_errors(finals: Sequence[Path]) -> Iterator[None]:
+    existed = [p for p in finals if p.exists()]
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as err:
+        raise _write_error(err, finals, existed) from err
 
 
 def _default_compute(*collections: Any) -> Any:
@@ -287,32 +455,32 @@ def _write_lock() -> Any:
     return Lock(f"xr-opensr-write-{uuid.uuid4().hex}")
 
 
-def _single_time(da: xr.DataArray, what: str) -> xr.DataArray:
-    extra = [d for d in da.dims if d not in ("band", "y", "x")]
-    for dim in extra:
-        if da.sizes[dim] != 1:
-            raise InputError(
-                f"{what} has {da.sizes[dim]} steps along {dim!r}, a GeoTIFF holds one; write a .zarr output, "
-                f"or select one step first (e.g. obj.isel({dim}=0))"
-            )
-        da = da.isel({dim: 0})
-    if "band" not in da.dims:
-        da = da.expand_dims("band")
-    return da.transpose("band", "y", "x")
-
-
-def _prepare_raster(da: xr.DataArray, what: str) -> xr.DataArray:
-    da = _single_time(da, what)
-    da = da.astype("float32")
-    names = tuple(str(b) for b in da["band"].values) if "band" in da.coords else None
-    attrs = {k: v for k, v in da.attrs.items() if isinstance(v, str | int | float) and k not in ("_FillValue",)}
-    if "long_name" in attrs:
-        attrs["description"] = attrs.pop("long_name")
-    attrs["long_name"] = names if names and len(names) == da.sizes["band"] else what
-    da.attrs = attrs
-    da.encoding = {}
-    da = da.rio.write_nodata(np.nan, encoded=False)
-    return da
+def _stream(finals: Sequence[Path], arrays: Sequence[xr.DataArray], run: str, compute: ComputeFn) -> list[Path]:
+    """Write every array into a tiled GeoTIFF beside its output, all in one pass over the graphs."""
+    lock = _write_lock()
+    raws, pending = [], []
+    for final, da in zip(finals, arrays, strict=True):
+        raw = _atomic.temp_path(final, "stream", run)
+        raws.append(raw)
+        side = min(da.sizes["y"], da.sizes["x"])
+        tile = 256 if side >= 256 else 16 * max(1, side // 16)  # GeoTIFF tiles: multiples of 16
+        delayed = da.rio.to_raster(
+            raw, driver="GTiff", tiled=True, blockxsize=tile, blockysize=tile,
+            lock=lock if da.chunks is not None else None, compute=False, BIGTIFF="IF_SAFER",
+        )
+        if delayed is not None:
+            pending.append(delayed)
+    _atomic.stage("streaming")
+    try:
+        if pending:
+            compute(*pending)
+    except (OSError, OpenSRError):
+        raise
+    except Exception as err:  # GDAL reports a stream cut short (full disk, size limit) as an unreadable format
+        if not any(raw.name in str(err) for raw in raws):
+            raise
+        raise _write_error(err, finals, [p for p in finals if p.exists()]) from err
+    return raws
 
 
 def write_cog(
@@ -323,49 +491,52 @@ def write_cog(
 ) -> list[Path]:
     """Write DataArrays ``(band, y, x)`` to Cloud Optimized GeoTIFFs, computing all in one pass.
 
+    Each is streamed into a tiled GeoTIFF beside its output, checked, copied into a COG, and the COG
+    reopened and read in full; only when every one is complete are they published together (see
+    :mod:`xr_opensr._atomic`): the first path is renamed last, and all carry the same ``xr_opensr_run``
+    tag, so a reader can check that they belong together (:func:`open_cogs` does).
+
     Parameters
     ----------
-    arrays : output path -> DataArray with a CRS (float32 is written; NaN is nodata). Dask arrays are
-        streamed block by block; the shared parts of their graphs are computed once.
-    overwrite : replace existing files; without it an existing file raises InputError, untouched.
+    arrays : output path -> DataArray with a CRS: float (written as float32, NaN nodata) or integer
+        DN from ``output_dtype="uint16"`` (nodata, scale and offset kept). Dask arrays are streamed
+        block by block; the shared parts of their graphs are computed once.
+    overwrite : replace existing files (only after the new ones are complete); without it an existing
+        file raises InputError, untouched.
     compute : ``compute(*delayed)``, e.g. to run with a progress bar; default ``dask.compute``.
+
+    Raises
+    ------
+    InputError : an output exists (without ``overwrite``), no CRS, several time steps.
+    OutputError : the folder is missing or not writable, the disk is full, a file-size limit, another
+        run writing the same path, or a written file that does not read back. Nothing is published then.
     """
     from rasterio.shutil import copy as rio_copy
 
     compute = compute or _default_compute
     finals = [Path(p).expanduser() for p in arrays]
-    for p in finals:
-        if p.exists() and not overwrite:
-            raise InputError(f"output {p} already exists and was left untouched; pass --overwrite (overwrite=True)")
-    lock = _write_lock()
-    staged: list[tuple[Path, Path]] = []  # (streamed GeoTIFF, COG) per output
-    pending = []
-    try:
+    run = _atomic.new_run_id()
+    with reserve(finals, overwrite=overwrite):
+        prepared = []
         for final, da in zip(finals, arrays.values(), strict=True):
             if da.rio.crs is None:
                 raise InputError(f"the data for {final} has no CRS; set one with obj.rio.write_crs(...)")
-            da = _prepare_raster(da, final.stem)
-            raw, cog = _tmp_sibling(final, "stream"), _tmp_sibling(final, "cog")
-            staged.append((raw, cog))
-            side = min(da.sizes["y"], da.sizes["x"])
-            tile = 256 if side >= 256 else 16 * max(1, side // 16)  # GeoTIFF tiles: multiples of 16
-            delayed = da.rio.to_raster(
-                raw, driver="GTiff", tiled=True, blockxsize=tile, blockysize=tile,
-                lock=lock if da.chunks is not None else None, compute=False, BIGTIFF="IF_SAFER",
-            )
-            if delayed is not None:
-                pending.append(delayed)
-        if pending:
-            compute(*pending)
-        for raw, cog in staged:
-            rio_copy(str(raw), str(cog), driver="COG", **COG_OPTIONS)
-            _remove(raw)
-        for (_, cog), final in zip(staged, finals, strict=True):
-            _replace(cog, final)
-    finally:
-        for raw, cog in staged:
-            _remove(raw)
-            _remove(cog)
+            prepared.append(_prepare_raster(da, final.stem, run))
+        raws = [_atomic.temp_path(f, "stream", run) for f in finals]
+        cogs = [_atomic.temp_path(f, "cog", run) for f in finals]
+        with _atomic.temporaries(*raws, *cogs), _mapped_os_errors(finals):
+            _stream(finals, prepared, run, compute)
+            _atomic.stage("streamed")
+            for final, da, raw, cog in zip(finals, prepared, raws, cogs, strict=True):
+                expected = {"count": da.sizes["band"], "shape": (da.sizes["y"], da.sizes["x"]),
+                            "dtype": str(da.dtype), "run": run}
+                _verify_raster(raw, final, **expected)
+                rio_copy(str(raw), str(cog), driver="COG", **COG_OPTIONS)
+                _verify_raster(cog, final, **expected)  # before the stream goes: the disk as the copy left it
+                _atomic.remove_quietly(raw)
+                _atomic.stage("copied")
+            _atomic.stage("verified")
+            _atomic.commit(list(zip(cogs, finals, strict=True))[::-1], run)
     return finals
 
 
@@ -382,6 +553,40 @@ def uniform_chunks(obj: xr.Dataset) -> xr.Dataset:
     return out
 
 
+def verify_zarr(store: str | os.PathLike, expected: xr.Dataset, *, group: str | None = None) -> int:
+    """Reopen a Zarr store written from ``expected`` and read all of it; raise OutputError if any is missing.
+
+    Every data variable must be there with its shape and every chunk present (stores are written with
+    ``write_empty_chunks=True``, so a missing chunk is a lost write, not a fill value). Returns the
+    number of finite values of ``sr`` (0: an all-NaN result), or -1 when there is no ``sr``.
+    """
+    import dask
+    import zarr
+
+    store = Path(store)
+    try:
+        root = zarr.open_group(str(store), mode="r", path=group or "", use_consolidated=False)
+        arrays = {}
+        for name, var in expected.data_vars.items():
+            arr = root[str(name)]
+            if tuple(arr.shape) != tuple(var.shape) or arr.nchunks_initialized != arr.nchunks:
+                raise OutputError(
+                    f"{store}: variable {name!r} has shape {arr.shape} and {arr.nchunks_initialized} of "
+                    f"{arr.nchunks} chunks, expected {var.shape} and all chunks"
+                )
+            arrays[name] = arr
+        # the consolidated view readers use (a batch store consolidates after its groups are checked)
+        opened = xr.open_zarr(store, group=group, decode_coords="all", consolidated=group is None)
+        reads = [np.isfinite(opened[name].data).sum() for name in arrays]
+        counts = dask.compute(*reads, scheduler="threads")
+    except OutputError:
+        raise
+    except Exception as err:  # zarr/numcodecs raise several types for a damaged store
+        raise OutputError(f"{store} does not read back ({type(err).__name__}: {err})") from err
+    names = list(arrays)
+    return int(counts[names.index("sr")]) if "sr" in names else -1
+
+
 def write_zarr(
     result: xr.Dataset,
     path: str | os.PathLike,
@@ -392,22 +597,35 @@ def write_zarr(
 ) -> Path:
     """Write a Dataset to a new Zarr store (one dask block per Zarr chunk), in one pass.
 
-    The store is written under a temporary name beside ``path`` and renamed when complete.
+    The store is written under a temporary name beside ``path``, reopened and read in full
+    (:func:`verify_zarr`), and only then published: renamed to ``path``, or, with ``overwrite``,
+    atomically exchanged with the existing store (see :mod:`xr_opensr._atomic`). Raises like
+    :func:`write_cog`.
     """
     compute = compute or _default_compute
     final = Path(path).expanduser()
-    if final.exists() and not overwrite:
-        raise InputError(f"output {final} already exists and was left untouched; pass --overwrite (overwrite=True)")
-    tmp = _tmp_sibling(final)
-    try:
-        delayed = uniform_chunks(result).to_zarr(
-            tmp, mode="w-", group=group, compute=False, consolidated=True, zarr_format=ZARR_FORMAT
-        )
-        compute(delayed)
-        _replace(tmp, final)
-    finally:
-        _remove(tmp)
+    run = _atomic.new_run_id()
+    with reserve([final], overwrite=overwrite):
+        tmp = _atomic.temp_path(final, "zarr", run)
+        with _atomic.temporaries(tmp), _mapped_os_errors([final]):
+            data = uniform_chunks(result)
+            delayed = data.to_zarr(tmp, mode="w-", group=group, compute=False, consolidated=True,
+                                   zarr_format=ZARR_FORMAT, write_empty_chunks=True)
+            _atomic.stage("streaming")
+            compute(delayed)
+            _atomic.stage("streamed")
+            if verify_zarr(tmp, data, group=group) == 0:
+                _warn_all_nan(final)
+            _atomic.stage("verified")
+            _atomic.commit([(tmp, final)], run)
     return final
+
+
+def _warn_all_nan(final: Path) -> None:
+    import warnings
+
+    warnings.warn(f"{final}: every sr value is NaN (nodata); check the input's nodata and values",
+                  RuntimeWarning, stacklevel=3)
 
 
 def write_result(
@@ -420,8 +638,8 @@ def write_result(
     """Write the Dataset of ``superresolve`` to ``path`` (``.tif`` -> COGs, ``.zarr`` -> Zarr).
 
     A ``.tif`` output gets ``sr`` (4 bands, reflectance) in ``path`` and ``uncertainty`` (per-band
-    standard deviation, reflectance) in ``<stem>_uncertainty.tif``; both are computed in one pass.
-    Returns the paths written.
+    standard deviation, reflectance) in ``<stem>_uncertainty.tif``; both are computed in one pass,
+    verified, and published together (``path`` last). Returns the paths written.
     """
     kind = output_kind(path)
     check_outputs(path, overwrite=overwrite)
@@ -441,17 +659,44 @@ def with_attrs(result: xr.Dataset, name: str) -> xr.DataArray:
     return da.assign_attrs({**result.attrs, **da.attrs})
 
 
+def _check_unfinished(paths: Sequence[Path]) -> None:
+    for p in paths:
+        if _atomic.journal_path(p).exists():
+            raise OutputError(
+                f"the publication of {p} was interrupted (journal {_atomic.journal_path(p)}); run the same "
+                "command again (it finishes the publication first), or call xr_opensr._io.finish(path)"
+            )
+
+
+def finish(path: str | os.PathLike) -> None:
+    """Finish publishing an output whose writer died after committing, and remove stale temporaries."""
+    with _atomic.locked(output_paths(path)):
+        pass  # taking the lock rolls journals forward and removes what dead runs left
+
+
 def open_cogs(sr_path: str | os.PathLike, uncertainty_path: str | os.PathLike, *, chunks: Any = None) -> xr.Dataset:
-    """Read an ``sr`` COG and an ``uncertainty`` COG (as written by :func:`write_cog`) into one Dataset."""
+    """Read an ``sr`` COG and an ``uncertainty`` COG (as written by :func:`write_cog`) into one Dataset.
+
+    Refuses a pair whose publication is unfinished or whose ``xr_opensr_run`` tags differ (files of
+    two different runs).
+    """
     import rioxarray
 
-    out = {}
-    for name, p in (("sr", sr_path), ("uncertainty", uncertainty_path)):
+    paths = [Path(sr_path).expanduser(), Path(uncertainty_path).expanduser()]
+    _check_unfinished(paths)
+    out, runs = {}, {}
+    for name, p in zip(("sr", "uncertainty"), paths, strict=True):
         da = rioxarray.open_rasterio(p, chunks=chunks, mask_and_scale=True)
+        runs[name] = da.attrs.pop(RUN_TAG, None)
         names = da.attrs.pop("long_name", None)
         if isinstance(names, tuple | list) and len(names) == da.sizes["band"]:
             da = da.assign_coords(band=[str(n) for n in names])
         out[name] = da
+    if runs["sr"] != runs["uncertainty"]:
+        raise InputError(
+            f"{paths[0]} and {paths[1]} come from different runs (xr_opensr_run {runs['sr']} vs "
+            f"{runs['uncertainty']}); they do not belong together: write both again"
+        )
     return xr.Dataset(out)
 
 
@@ -459,5 +704,6 @@ def open_result(path: str | os.PathLike, *, chunks: Any = None) -> xr.Dataset:
     """Read back what :func:`write_result` wrote: a Dataset with ``sr`` and ``uncertainty``."""
     path = Path(path).expanduser()
     if output_kind(path) == "zarr":
+        _check_unfinished([path])
         return xr.open_zarr(path, chunks=chunks, decode_coords="all")
     return open_cogs(*output_paths(path), chunks=chunks)

@@ -36,10 +36,12 @@ class OpenSRAccessor:
         patch: int | None = None,
         overlap: int | None = None,
         batch_size: int | None = None,
+        threads: int = 1,
         device: str = "auto",
         dtype: Any = None,
         histogram_matching: bool = True,
         return_samples: bool = False,
+        output_dtype: Any = None,
     ) -> xr.Dataset:
         """Lazy 4x super-resolution (10 m -> 2.5 m) with per-pixel uncertainty.
 
@@ -48,8 +50,8 @@ class OpenSRAccessor:
         """
         return superresolve(
             self._obj, samples, model=model, steps=steps, eta=eta, seed=seed, bands=bands, patch=patch,
-            overlap=overlap, batch_size=batch_size, device=device, dtype=dtype,
-            histogram_matching=histogram_matching, return_samples=return_samples,
+            overlap=overlap, batch_size=batch_size, threads=threads, device=device, dtype=dtype,
+            histogram_matching=histogram_matching, return_samples=return_samples, output_dtype=output_dtype,
         )
 
 

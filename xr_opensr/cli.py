@@ -1,7 +1,9 @@
 """The ``xr-opensr`` command line. Each sub-command is a function ``cmd_<name>(args) -> int``.
 
-Exit codes: 0 success; 2 bad input, option or path, or a search that found no scene (the message on
-stderr names the fix); 130 interrupted.
+Exit codes: 0 success; 2 bad input, option or path, an OS error (missing or read-only folder, no
+permission, no space, file-size limit), another run writing the same output, or a search that found
+no scene (the message on stderr names the cause and the fix, never a traceback); 130 interrupted.
+Outputs are verified and published atomically, or not at all (see ``xr_opensr._io``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ def _warn(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _atomic_hint(err: BaseException, folder: Path) -> str:
+    from ._atomic import hint
+
+    return hint(err, folder)
+
+
 def _require(module: str, extra: str) -> Any:
     import importlib
 
@@ -69,6 +77,24 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def _cloud_percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100], got {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100], got {text!r}")
     return value
 
 
@@ -173,7 +199,8 @@ def _superresolve(obj: Any, args: argparse.Namespace) -> tuple[Any, bool]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = obj.opensr.superresolve(
-            args.samples, model=args.model, steps=args.steps, seed=args.seed, device=args.device
+            args.samples, model=args.model, steps=args.steps, seed=args.seed, device=args.device,
+            output_dtype=args.dtype,
         )
     return result, _model_report(result, args.model, caught)
 
@@ -185,12 +212,37 @@ def _describe_written(paths: Sequence[Path], seconds: float) -> None:
     _say(f"wall time: {seconds:.1f} s")
 
 
-def _select_time(obj: Any, when: str | None) -> Any:
-    if when is None or "time" not in obj.dims:
+def _select_time(obj: Any, when: str | None, source: str) -> Any:
+    """``--time``: an integer position (negative counts from the end) or an ISO date (the nearest step)."""
+    if when is None:
         return obj
+    if "time" not in obj.dims:
+        raise CLIError(f"--time {when}: {source} has no time dimension (one scene); drop --time")
+    n = obj.sizes["time"]
     if when.lstrip("-").isdigit():
+        if not -n <= int(when) < n:
+            raise CLIError(f"--time {when}: {source} has {n} time step(s); give a position in 0..{n - 1} or a date")
         return obj.isel(time=[int(when)])
-    return obj.sel(time=[obj.time.sel(time=when, method="nearest").values])
+    import pandas as pd
+
+    try:
+        stamp = pd.Timestamp(when)
+    except ValueError:
+        stamp = None
+    if stamp is None or pd.isna(stamp) or not _is_datetime(obj.time):
+        raise CLIError(
+            f"--time {when!r} is not a time step of {source}: give an integer position (0..{n - 1}) or an ISO "
+            f"date such as {str(obj.time.values[0])[:10]}"
+        )
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return obj.sel(time=[obj.time.sel(time=stamp, method="nearest").values])
+
+
+def _is_datetime(coord: Any) -> bool:
+    import numpy as np
+
+    return np.issubdtype(coord.dtype, np.datetime64)
 
 
 # --------------------------------------------------------------------------- commands
@@ -226,7 +278,7 @@ def _superresolve_and_write(obj: Any, args: argparse.Namespace) -> int:
     from . import _io
 
     start = time.perf_counter()
-    with _dask_runner(args) as compute:
+    with _io.reserve(_io.output_paths(args.output), overwrite=args.overwrite), _dask_runner(args) as compute:
         result, _ = _superresolve(obj, args)
         written = _io.write_result(result, args.output, overwrite=args.overwrite, compute=compute)
     _describe_written(written, time.perf_counter() - start)
@@ -236,11 +288,12 @@ def _superresolve_and_write(obj: Any, args: argparse.Namespace) -> int:
 def cmd_superresolve(args: argparse.Namespace) -> int:
     from . import _io
 
-    _io.check_outputs(args.output, overwrite=args.overwrite)
-    obj = _io.open_input(args.input, chunks=args.chunks, bands=args.bands, variable=args.variable)
-    obj = _select_time(obj, args.time)
-    _say(f"input: {args.input} {dict(obj.sizes)}")
-    return _superresolve_and_write(obj, args)
+    _io.check_outputs(args.output, overwrite=args.overwrite, inputs=[args.input])
+    with _io.reserve(_io.output_paths(args.output), overwrite=args.overwrite):  # before any work: exit 2 at once
+        obj = _io.open_input(args.input, chunks=args.chunks, bands=args.bands, variable=args.variable)
+        obj = _select_time(obj, args.time, args.input)
+        _say(f"input: {args.input} {dict(obj.sizes)}")
+        return _superresolve_and_write(obj, args)
 
 
 def _parse_bbox(values: Sequence[float]) -> tuple[float, float, float, float]:
@@ -331,7 +384,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     testing = _require("xr_opensr.testing", "all")
     lr = testing.demo_cube(chunks={"y": args.chunks, "x": args.chunks})
     _say(f"demo cube: {dict(lr.sizes)} at 10 m, {lr.rio.crs} (built in, no network)")
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"cannot create the --output folder {outdir}: {err.strerror or err}; "
+                       f"{_atomic_hint(err, outdir.parent)}") from err
     start = time.perf_counter()
     with _dask_runner(args) as compute:
         result, untrained = _superresolve(lr, args)
@@ -376,7 +433,10 @@ def _add_sr_options(p: argparse.ArgumentParser, *, chunks: int = 256) -> None:
                    help="diffusion samples per pixel; sr is their mean, uncertainty their std (default: %(default)s)")
     g.add_argument("--steps", type=_positive(int), default=None, help="DDIM steps (default: the model's)")
     g.add_argument("--seed", type=_non_negative_int, default=0, help="base seed (default: %(default)s)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    g.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    g.add_argument("--dtype", choices=("float32", "uint16"), default="float32",
+                   help="output values: float32 reflectance, or uint16 DN = round(reflectance x 10000) with nodata 0 "
+                   "and scale 1e-4 (half the bytes, lossless to 1e-4) (default: %(default)s)")
     g.add_argument("--chunks", type=_chunks, default=chunks,
                    help="LR pixels per dask block side, or 'auto' (default: %(default)s)")
     g = p.add_argument_group("execution")
@@ -438,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=os.environ.get("XR_OPENSR_STAC_URL", EARTH_SEARCH),
                    help="STAC API (default: $XR_OPENSR_STAC_URL or %(default)s)")
     p.add_argument("--collection", default="sentinel-2-l2a", help="collection id (default: %(default)s)")
-    p.add_argument("--max-cloud", type=float, default=20, help="largest eo:cloud_cover in %% (default: %(default)s)")
+    p.add_argument("--max-cloud", type=_cloud_percent, default=20, help="largest eo:cloud_cover in %% (default: %(default)s)")
     p.add_argument("--limit", type=_positive(int), default=None, help="at most this many items from the search")
     p.add_argument("--all", action="store_true", help="super-resolve every scene found (needs a .zarr OUTPUT)")
     _add_sr_options(p)
@@ -463,6 +523,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except OpenSRError as err:
         print(f"xr-opensr {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # one the library did not already explain: the cause, the path, the fix
+        where = f" ({err.filename})" if err.filename else ""
+        folder = Path(err.filename).parent if err.filename else Path.cwd()
+        print(f"xr-opensr {args.command}: error: {err.strerror or err}{where}; {_atomic_hint(err, folder)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

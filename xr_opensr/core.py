@@ -7,9 +7,11 @@ the geometry comes from an odc-geo ``GeoBox`` and the data from a dask graph (se
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import numbers
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from . import _graph, _kernel, _runtime
-from .errors import BandError, GridError, InputError
+from . import _encode, _graph, _kernel, _runtime
+from .errors import BandError, GridError, InputError, ModelError, OpenSRWarning
 
 __all__ = ["superresolve", "BAND_ALIASES"]
 
@@ -33,6 +35,9 @@ BAND_ALIASES: dict[str, tuple[str, ...]] = {
 _BAND_DIM_NAMES = ("band", "bands", "channel", "channels", "variable", "wavelength")
 _RESOLUTION_M = 10.0
 _DEFAULT_DN_SCALE = 1e-4  # Sentinel-2 L2A: reflectance = DN / 10000
+#: plausible surface reflectance after scaling: slightly negative over dark targets (noise, the L2A
+#: offset), above 1 over bright clouds and snow; values outside are wrong scaling or fill values
+REFLECTANCE_RANGE = (-0.1, 2.0)
 
 
 def superresolve(
@@ -47,25 +52,34 @@ def superresolve(
     patch: int | None = None,
     overlap: int | None = None,
     batch_size: int | None = None,
+    threads: int = 1,
     device: str = "auto",
     dtype: Any = None,
     histogram_matching: bool = True,
     return_samples: bool = False,
+    output_dtype: Any = None,
 ) -> xr.Dataset:
     """Super-resolve Sentinel-2 10 m bands 4x (to 2.5 m), lazily, with per-pixel uncertainty.
 
     Parameters
     ----------
     obj : DataArray with a band dimension (any dim order; optional ``time`` and other leading
-        dims), or Dataset with one variable per band (the odc-stac layout). Regular 10 m grid in a
+        dims), or Dataset with one variable per band (the odc-stac layout) or with one such
+        DataArray as its only spatial variable (a cube saved to Zarr). Regular 10 m grid in a
         projected CRS (rioxarray ``.rio.crs``), metres.
         Values: float reflectance (used as is), or integer DN converted as
         ``DN * scale_factor + add_offset`` from the attrs (``scale_factor``/``add_offset``, or
         per-band ``scales``/``offsets``), else ``DN / 10000`` (also when the attrs are the
-        identity 1/0 that rioxarray writes for any GeoTIFF). A non-identity ``scale_factor``/
-        ``add_offset`` on float data is applied too. Pixels equal to the declared nodata (``nodata``,
-        ``_FillValue``, ``.rio.nodata``) and non-finite values are nodata (NaN); a pixel is nodata
-        when any of its bands is.
+        identity 1/0 that rioxarray writes for any GeoTIFF, and for floats that CF decoding made
+        from integers on disk without a scale, e.g. a Zarr/netCDF of uint16 DN with a
+        ``_FillValue``: ``encoding["dtype"]`` tells). 8-bit integers need a declared scale. A
+        non-identity ``scale_factor``/``add_offset`` on float data is applied too. Pixels equal to
+        the declared nodata (``nodata``, ``_FillValue``, ``.rio.nodata``) and non-finite values are
+        nodata (NaN); a pixel is nodata when any of its bands is. The CRS comes from ``.rio.crs``,
+        else from a grid-mapping variable or a ``crs``/``spatial_ref``/``crs_wkt`` attribute.
+        Checked when computed (the data are only known then): reflectance outside
+        ``REFLECTANCE_RANGE`` (-0.1, 2) after scaling raises InputError; results are clipped at 0,
+        and a band that comes out all 0 from input <= 0 warns (OpenSRWarning).
     samples : diffusion samples per patch (>= 1); ``sr`` is their mean, ``uncertainty`` their std.
     model : registered name (``"default"``, ``"tiny"``) or path of a model folder / ``.ckpt``.
     steps, eta : DDIM steps and eta (None = the model's defaults).
@@ -76,11 +90,19 @@ def superresolve(
         case-insensitive (``B04``/``B4``/``red`` ...), extra bands ignored.
     patch, overlap : LR pixels per patch side and of overlap between neighbours (default: the
         model's ``patch_size`` and ``default_overlap``; ``0 <= overlap <= patch/2``).
-    batch_size : patches per model call (None: as many as fit in ~64 MiB of outputs).
+    batch_size : (patch, sample) latents per network call, the same in every call (None: the
+        model's choice for the device). Results are bit-identical for a given batch size whatever the
+        chunking (on the CPU; see the README for GPUs).
+    threads : torch intra-op threads per task on the CPU (default 1: dask runs a task per core). Raise
+        it when a process has more cores than concurrent tasks (a one-block cube; a dask worker with
+        ``nthreads=1`` on several cores). Part of the result: CPU results may differ across thread counts.
     device : "auto" (CUDA if the computing process sees a GPU, else CPU), "cpu", "cuda", "cuda:1".
-    dtype : denoiser dtype: None (float32), "bfloat16"/"float16" (GPU only), or a torch dtype.
+    dtype : denoiser and decoder dtype: None (float32), "bfloat16" (GPU, or a CPU with AMX/AVX512-BF16),
+        "float16" (GPU only), or a torch dtype.
     histogram_matching : match each sample's bands to the LR patch's histograms.
     return_samples : also return the samples (variable ``samples``, extra leading dim ``sample``).
+    output_dtype : None/"float32" (reflectance) or "uint16": DN = round(reflectance x 10000), nodata 0,
+        CF ``scale_factor``/``_FillValue`` attrs (lossless to 1e-4; see ``xr_opensr._encode``).
 
     Returns
     -------
@@ -96,7 +118,8 @@ def superresolve(
     Raises
     ------
     InputError, BandError, GridError, ModelError, CheckpointError, DeviceError
-        Before anything is computed, naming the fix.
+        Before anything is computed, naming the fix; when computed: InputError for implausible
+        reflectance, ModelError for NaN/inf results of valid pixels.
     """
     # ---- options (cheap, first)
     samples = _positive_int("samples", samples)
@@ -109,12 +132,15 @@ def superresolve(
         raise InputError(f"seed must be a non-negative integer, got {seed!r}; e.g. seed=0")
     seed = int(seed)
     batch_size = None if batch_size is None else _positive_int("batch_size", batch_size)
+    threads = _positive_int("threads", threads)
     patch = None if patch is None else _positive_int("patch", patch)
     if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral) or overlap < 0):
         raise InputError(f"overlap must be an integer >= 0 (LR pixels), got {overlap!r}")
     for flag, value in (("histogram_matching", histogram_matching), ("return_samples", return_samples)):
         if not isinstance(value, bool | np.bool_):
             raise InputError(f"{flag} must be True or False, got {value!r}")
+
+    output_dtype = _encode.check_output_dtype(output_dtype)
 
     # ---- input structure and grid (no model needed)
     if not isinstance(obj, xr.DataArray | xr.Dataset):
@@ -123,13 +149,14 @@ def superresolve(
             "wrap arrays with xr.DataArray(..., dims=('band', 'y', 'x')) and write a CRS with .rio.write_crs"
         )
     y_dim, x_dim = _spatial_dims(obj)
+    obj = _with_crs(obj)
     geobox = _lr_geobox(obj, y_dim, x_dim)
 
     # ---- model (eager, once: cached for the computing threads of this process)
     spec = _runtime.ModelSpec(
         model=_model_id(model), device=_device_id(device), dtype=_dtype_id(dtype), samples=samples,
         steps=steps, eta=eta, histogram_matching=bool(histogram_matching), return_samples=bool(return_samples),
-        batch_size=batch_size,
+        batch_size=batch_size, cpu_threads=threads,
     )
     net = _runtime.get_model(spec)
     cfg = net.config
@@ -209,7 +236,7 @@ def superresolve(
         "resolution_m": _RESOLUTION_M / cfg.scale,
     }
     ds = ds.rio.write_crs(obj.rio.crs).rio.write_transform(hr.affine)
-    return ds
+    return _encode.encode(ds, output_dtype)
 
 
 # --------------------------------------------------------------------------- options
@@ -256,7 +283,71 @@ def _dtype_id(dtype: Any) -> str | None:
 def _kernel_for(spec: _runtime.ModelSpec):
     import functools
 
-    return functools.partial(_kernel.run_patches, spec)
+    return functools.partial(_checked_kernel, spec)
+
+
+def _checked_kernel(spec: _runtime.ModelSpec, patches: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """:func:`_kernel.run_patches` between the value checks of its input and its output.
+
+    Runs inside the graph's tasks (the data are only known there): an implausible input raises
+    InputError, NaN/inf results for valid pixels raise ModelError, all-zero bands warn.
+    """
+    _check_reflectance(spec, patches)
+    out = _kernel.run_patches(spec, patches, seeds)
+    _check_result(spec, patches, out)
+    return out
+
+
+def _check_reflectance(spec: _runtime.ModelSpec, patches: np.ndarray) -> None:
+    """(N, C, P, P) reflectance (NaN = nodata) must lie in :data:`REFLECTANCE_RANGE`."""
+    lo, hi = REFLECTANCE_RANGE
+    low = np.fmin.reduce(patches, axis=(0, 2, 3))  # per band, NaN ignored
+    high = np.fmax.reduce(patches, axis=(0, 2, 3))
+    if not (np.nanmin(low, initial=lo) < lo or np.nanmax(high, initial=hi) > hi):
+        return
+    bands = _runtime.get_model(spec).config.bands
+    ranges = ", ".join(f"{b} {a:.4g} to {z:.4g}" for b, a, z in zip(bands, low, high) if a < lo or z > hi)
+    outside = int(np.count_nonzero((patches < lo) | (patches > hi)))
+    if 100 < np.nanmax(high) <= 70_000 and np.nanmin(low) >= lo:
+        fix = ("the values are DN (reflectance x 10000) in a float array: declare the scaling, "
+               "obj.attrs['scale_factor'] = 1e-4, or convert, obj / 10000")
+    else:
+        fix = ("an undeclared fill value (declare it: obj.rio.write_nodata(value)), saturated pixels (mask them, "
+               "e.g. with the SCL band: xr_opensr.stac.load_s2(..., mask_clouds=True)) or a wrong offset; "
+               f"mask such pixels first, e.g. obj.where((refl >= {lo:g}) & (refl <= {hi:g}))")
+    raise InputError(
+        f"implausible surface reflectance after scaling: {outside} values outside [{lo:g}, {hi:g}] "
+        f"({ranges}); likely {fix}"
+    )
+
+
+def _check_result(spec: _runtime.ModelSpec, patches: np.ndarray, out: np.ndarray) -> None:
+    """NaN/inf in the mean or std of a valid pixel is a ModelError; an all-zero band warns."""
+    valid = np.isfinite(patches).all(axis=1)  # (N, P, P): the kernel's nodata rule
+    s = out.shape[-1] // patches.shape[-1]
+    hr_valid = valid.repeat(s, axis=1).repeat(s, axis=2)[:, None, None]  # (N, 1, 1, sP, sP)
+    broken = hr_valid & ~np.isfinite(out[:, :2])
+    if broken.any():
+        fix = ("use dtype=None (float32)" if spec.dtype not in (None, "float32")
+               else "its weights make the networks overflow: re-export or retrain the model")
+        raise ModelError(
+            f"model {spec.model!r} returned NaN or infinite values for {int(broken.sum())} values of valid "
+            f"pixels (device {spec.device!r}, dtype {spec.dtype or 'float32'}); {fix}"
+        )
+    weight = hr_valid[:, 0]  # (N, 1, sP, sP)
+    mean = np.where(weight, out[:, 0], 0.0)  # (N, C, sP, sP)
+    zero = weight.any(axis=(-2, -1)) & ~mean.any(axis=(-2, -1))  # (N, C): valid pixels, all 0
+    inputs = np.where(valid[:, None], patches, 0.0)
+    hidden = zero & inputs.any(axis=(-2, -1))  # ... though their input was not all 0
+    if hidden.any():
+        warnings.warn(
+            f"super-resolved reflectance is 0 everywhere in {int(hidden.sum())} band(s) of patches whose input "
+            "reflectance is <= 0 there: results are clipped at 0 (reflectance is not negative). If the "
+            "input should not be negative, check its offset (Sentinel-2 L2A from processing baseline "
+            "04.00: reflectance = (DN - 1000) / 10000, which xr_opensr.stac.load_s2 applies)",
+            OpenSRWarning,
+            stacklevel=2,
+        )
 
 
 # --------------------------------------------------------------------------- grid
@@ -278,6 +369,12 @@ def _axis(obj: xr.DataArray | xr.Dataset, dim: Hashable, which: str) -> tuple[fl
     n = obj.sizes[dim]
     if n == 0:
         raise InputError(f"dimension {dim!r} is empty")
+    if dim not in obj.coords and any(c.ndim == 2 and dim in c.dims for c in obj.coords.values()):
+        raise GridError(
+            f"dimension {dim!r} has only 2-D coordinates ({[k for k, c in obj.coords.items() if c.ndim == 2]}): "
+            "a curvilinear, rotated or sheared grid; reproject it to a north-up 10 m grid first, e.g. "
+            "obj.rio.reproject(obj.rio.crs, resolution=10)"
+        )
     if dim not in obj.coords:
         raise GridError(
             f"dimension {dim!r} has no coordinates: assign the pixel-centre coordinates in metres, "
@@ -312,6 +409,61 @@ def _axis(obj: xr.DataArray | xr.Dataset, dim: Hashable, which: str) -> tuple[fl
     return float(values[0]), step
 
 
+#: attributes that may hold a CRS (WKT, PROJ string, "EPSG:n" or an EPSG code), most specific first
+_CRS_ATTRS = ("crs_wkt", "spatial_ref", "crs", "proj:epsg", "epsg_code", "epsg")
+
+
+def _with_crs(obj: xr.DataArray | xr.Dataset) -> xr.DataArray | xr.Dataset:
+    """``obj`` with its CRS readable by rioxarray: where ``obj.rio.crs`` does not find it, the CRS is
+    taken from a grid-mapping variable (``grid_mapping`` attr/encoding, a ``spatial_ref``/``crs``
+    variable: WKT or CF attributes) or from a CRS attribute of the object or its variables."""
+    try:
+        if obj.rio.crs is not None:
+            return obj
+    except Exception as err:  # rioxarray parses attrs["crs"]: pyproj/rasterio CRSError
+        raise GridError(
+            f"the 'crs' attribute {str(obj.attrs.get('crs'))[:80]!r} is not a CRS ({err}); write the right one, "
+            "e.g. obj.rio.write_crs('EPSG:326NN') (its UTM zone)"
+        ) from err
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    holders = [obj.encoding.get("grid_mapping"), obj.attrs.get("grid_mapping"), "spatial_ref", "crs"]
+    if isinstance(obj, xr.Dataset):
+        holders += [v.encoding.get("grid_mapping", v.attrs.get("grid_mapping")) for v in obj.data_vars.values()]
+    names = obj.variables if isinstance(obj, xr.Dataset) else obj.coords
+    sources = [obj[h].attrs for h in holders if isinstance(h, str) and h in names and obj[h].ndim == 0]
+    sources += [obj.attrs] + ([v.attrs for v in obj.data_vars.values()] if isinstance(obj, xr.Dataset) else [])
+    for attrs in sources:
+        for key in _CRS_ATTRS:
+            if isinstance(attrs.get(key), str | int) and not isinstance(attrs[key], bool):
+                try:
+                    return obj.rio.write_crs(CRS.from_user_input(attrs[key]).to_wkt())
+                except CRSError as err:
+                    raise GridError(
+                        f"the {key!r} attribute {str(attrs[key])[:80]!r} is not a CRS ({err}); write the "
+                        "right one, e.g. obj.rio.write_crs('EPSG:326NN') (its UTM zone)"
+                    ) from err
+        if "grid_mapping_name" in attrs:
+            with contextlib.suppress(CRSError):
+                return obj.rio.write_crs(CRS.from_cf(dict(attrs)).to_wkt())
+    return obj
+
+
+def _check_north_up(obj: xr.DataArray | xr.Dataset) -> None:
+    """A rotated or sheared grid (rioxarray keeps it in the transform, with 2-D coordinates) is refused."""
+    try:
+        transform = obj.rio.transform(recalc=False)
+    except Exception:  # no transform at all: the coordinates decide
+        return
+    if transform.b != 0 or transform.d != 0:
+        raise GridError(
+            f"the grid is rotated or sheared (transform a={transform.a:g} b={transform.b:g} d={transform.d:g} "
+            f"e={transform.e:g}); xr-opensr needs a north-up 10 m grid: reproject it first, e.g. "
+            "obj.rio.reproject(obj.rio.crs, resolution=10)"
+        )
+
+
 def _lr_geobox(obj: xr.DataArray | xr.Dataset, y_dim: Hashable, x_dim: Hashable):
     from affine import Affine
     from odc.geo.geobox import GeoBox
@@ -330,6 +482,7 @@ def _lr_geobox(obj: xr.DataArray | xr.Dataset, y_dim: Hashable, x_dim: Hashable)
     units = (crs.linear_units or "").lower()
     if units not in ("metre", "meter", "m", "metres", "meters"):
         raise GridError(f"the CRS {crs.to_string()} has units {units!r}; expected metres (e.g. UTM)")
+    _check_north_up(obj)
     y0, dy = _axis(obj, y_dim, "y")
     x0, dx = _axis(obj, x_dim, "x")
     affine = Affine(dx, 0.0, x0 - dx / 2, 0.0, dy, y0 - dy / 2)
@@ -421,9 +574,29 @@ def _per_band(value: Any, picks: Sequence[int], n: int, name: str) -> np.ndarray
     return arr[list(picks)]
 
 
+def _cf_decoded(obj: xr.DataArray) -> tuple[np.dtype | None, bool]:
+    """(on-disk integer dtype, whether a scale/offset was applied) of float data that xarray decoded
+    by CF conventions from integers (Zarr, netCDF, ``mask_and_scale=True``); (None, False) otherwise."""
+    enc = obj.encoding
+    disk = enc.get("dtype")
+    try:
+        disk = None if disk is None else np.dtype(disk)
+    except TypeError:
+        disk = None
+    if disk is None or disk.kind not in "iu" or np.dtype(obj.dtype).kind != "f":
+        return None, False
+    scale, offset = enc.get("scale_factor", 1.0), enc.get("add_offset", 0.0)
+    scaled = bool(np.any(np.asarray(scale, dtype=float) != 1.0) or np.any(np.asarray(offset, dtype=float) != 0.0))
+    return disk, scaled
+
+
 def _nodata_of(obj: xr.DataArray) -> float | None:
+    disk, scaled = _cf_decoded(obj)
+    if scaled:  # CF decoding made the fill values NaN; attrs would be in on-disk units
+        return None
+    # CF-decoded: the encoding's _FillValue is already NaN (and in on-disk units)
     for key in ("nodata", "_FillValue", "missing_value"):
-        for source in (obj.attrs, obj.encoding):
+        for source in (obj.attrs,) if disk is not None else (obj.attrs, obj.encoding):
             if key in source and source[key] is not None:
                 return float(np.asarray(source[key]).reshape(-1)[0])
     try:
@@ -433,28 +606,43 @@ def _nodata_of(obj: xr.DataArray) -> float | None:
     return None if value is None else float(value)
 
 
-def _conversion(attrs: Mapping, dtype: np.dtype, picks: Sequence[int], n: int):
+def _conversion(obj: xr.DataArray, picks: Sequence[int], n: int):
     """Per-band (scale, offset) of the raw -> reflectance conversion, None = identity.
 
     Integer data whose attrs declare no conversion, or only the identity (rioxarray writes
     ``scale_factor=1.0, add_offset=0.0`` for every GeoTIFF), are DN: reflectance = DN / 10000.
+    So are floats that CF decoding made from integers without a scale (Zarr/netCDF ``_FillValue``):
+    their encoding names the integer dtype on disk. 8-bit integers need a declared scale.
     """
+    attrs, dtype = obj.attrs, obj.dtype
     scale = attrs.get("scale_factor", attrs.get("scales"))
     offset = attrs.get("add_offset", attrs.get("offsets"))
     s = None if scale is None else _per_band(scale, picks, n, "scale_factor")
     o = None if offset is None else _per_band(offset, picks, n, "add_offset")
     identity = (s is None or np.all(s == 1.0)) and (o is None or np.all(o == 0.0))
     if identity:
-        if np.dtype(dtype).kind in "iu":
-            return np.full(len(picks), _DEFAULT_DN_SCALE), None
-        return None, None
+        disk, scaled = _cf_decoded(obj)
+        raw = np.dtype(dtype) if disk is None else disk
+        if raw.kind not in "iu" or scaled:
+            return None, None
+        if raw.itemsize == 1:
+            raise InputError(
+                f"{obj.name or 'the data'!r} holds {raw} values without a declared scale: Sentinel-2 L2A DN "
+                "are 16-bit (reflectance x 10000), and 8-bit images are usually true-colour renderings "
+                "(TCI), which are not reflectance. Use the L2A bands (e.g. xr_opensr.stac.load_s2), or "
+                "declare the scale if these are reflectance x N: obj.attrs['scale_factor'] = 1 / N"
+            )
+        return np.full(len(picks), _DEFAULT_DN_SCALE), None
     return (np.ones(len(picks)) if s is None else s), (np.zeros(len(picks)) if o is None else o)
 
 
 def _select_bands(obj, y_dim, x_dim, model_bands: tuple[str, ...], bands: Any) -> _Selection:
     wanted = _wanted(model_bands, bands)
     if isinstance(obj, xr.Dataset):
-        return _select_from_dataset(obj, y_dim, x_dim, model_bands, wanted, bands)
+        spatial = [k for k, v in obj.data_vars.items() if y_dim in v.dims and x_dim in v.dims]
+        if len(spatial) != 1 or obj[spatial[0]].ndim < 3:
+            return _select_from_dataset(obj, y_dim, x_dim, model_bands, wanted, bands)
+        obj = obj[spatial[0]]  # one cube variable with a band dim (e.g. a DataArray saved to Zarr)
     others = [d for d in obj.dims if d not in (y_dim, x_dim)]
     candidates = []
     for d in others:
@@ -484,7 +672,7 @@ def _select_bands(obj, y_dim, x_dim, model_bands: tuple[str, ...], bands: Any) -
     axis = obj.dims.index(band_dim)
     data = data[(slice(None),) * axis + (list(picks),)]
     n = obj.sizes[band_dim]
-    scale, offset = _conversion(obj.attrs, obj.dtype, picks, n)
+    scale, offset = _conversion(obj, picks, n)
     nodata = _nodata_of(obj)
     coords = {k: v for k, v in obj.coords.items()}
     return _Selection(
@@ -532,7 +720,7 @@ def _select_from_dataset(ds, y_dim, x_dim, model_bands, wanted, bands) -> _Selec
     all_dims = [*dims[:axis], "band", *dims[axis:]]
     scales, offsets, nodatas = [], [], []
     for var in chosen:
-        s, o = _conversion(var.attrs, var.dtype, [0], 1)
+        s, o = _conversion(var, [0], 1)
         scales.append(None if s is None else float(s[0]))
         offsets.append(None if o is None else float(o[0]))
         nd = _nodata_of(var)

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, ModelError
+from ..errors import CheckpointError, ConfigError, DeviceError, ModelError
+from . import baselines as _baselines
 from .autoencoder import AutoencoderConfig
 from .config import ModelConfig
 from .diffusion import SamplerConfig, ScheduleConfig
-from .pipeline import SRModel
+from .pipeline import SRModel, resolve_device, resolve_dtype
 from .unet import UNetConfig
 
 __all__ = [
@@ -129,7 +130,8 @@ def load_model(
 
     Parameters
     ----------
-    model : a registered name (``"default"``, ``"tiny"``; see :func:`registered_models`), a model
+    model : a registered name (``"default"``, ``"tiny"``; see :func:`registered_models`), a baseline
+        (``"bicubic"``, ``"bicubic+consistency"``; :mod:`~xr_opensr.models.baselines`), a model
         folder (``config.json`` + ``model.safetensors``), a ``.safetensors`` file beside its
         ``config.json``, or an LDSR-S2 v1 checkpoint (``.ckpt``, read with ``weights_only=True``).
     device : "auto" (CUDA if available), "cpu", "cuda", "cuda:1" ...
@@ -137,6 +139,9 @@ def load_model(
     ema : for ``.ckpt`` files, use the EMA UNet weights (True) or the raw ones (False); None means
         what the published opensr-model package does (raw weights).
     """
+    if isinstance(model, str) and model in _baselines.BASELINES:  # "bicubic", "bicubic+consistency"
+        return _baselines.load_baseline(model)
+    _check_placement(device, dtype)  # before anything is read or built
     if isinstance(model, SRModel):
         return model.place(device, dtype)
     path = _resolve(model)
@@ -147,6 +152,20 @@ def load_model(
     else:
         net = _from_state_dict(ldsr_s2_v1_config(), read_checkpoint(path), ema=ema, source=path)
     return net.place(device, dtype)
+
+
+def _check_placement(device: object, dtype: object) -> None:
+    """Unknown device strings and dtypes are typed errors naming the valid values."""
+    try:
+        dev = resolve_device(device)
+    except DeviceError:
+        raise
+    except (RuntimeError, TypeError, ValueError) as err:  # torch.device("potato")
+        raise DeviceError(
+            f"device={device!r} is not a device: use 'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N' "
+            f"(N = GPU index), or a torch.device ({str(err).splitlines()[0][:120]})"
+        ) from err
+    resolve_dtype(dtype, dev)
 
 
 def _resolve(model: str | Path) -> Path:
@@ -185,6 +204,8 @@ def _load_folder(folder: Path, weights: Path | None = None) -> SRModel:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    # the config against the weights' header (shapes only, no tensor read) before building anything
+    _check_shapes(config, _network_shapes(config, cfg_path), _header_shapes(weights), weights)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
@@ -192,20 +213,58 @@ def _load_folder(folder: Path, weights: Path | None = None) -> SRModel:
     return _load_state(SRModel(config), state, source=weights)
 
 
+def _header_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, from the safetensors header alone (the tensors stay on disk)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read weights {weights}: {err}; the file is corrupt or not safetensors") from err
+
+
+def _network_shapes(config: ModelConfig, source: Path | str) -> dict[str, tuple[int, ...]]:
+    """State-dict key -> shape of the network ``config`` describes, built on the meta device (no memory)."""
+    try:
+        with torch.device("meta"):
+            net = SRModel(config)
+    except (ValueError, RuntimeError, TypeError, ZeroDivisionError, AssertionError) as err:
+        raise ConfigError(f"model config {source} describes no network that can be built: {err}") from err
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def _check_shapes(
+    config: ModelConfig, expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], source: Path | str
+) -> None:
+    """Raise CheckpointError, naming the keys, unless ``found`` has exactly the keys and shapes of ``expected``."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if keys:
+            shown = ", ".join(
+                f"{k} {tuple(found[k])} != config {tuple(expected[k])}" if label == "wrong shape" else k for k in keys[:5]
+            )
+            parts.append(f"{len(keys)} {label} keys: {shown}" + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""))
+    raise CheckpointError(
+        f"weights {source} do not fit the config of model {config.name!r}: " + "; ".join(parts)
+        + ". Use the config.json written with these weights."
+    )
+
+
 def _load_state(net: SRModel, state: Mapping[str, torch.Tensor], source: Path | str) -> SRModel:
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong_shape:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
-            if keys:
-                shown = ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-                parts.append(f"{len(keys)} {label} keys: {shown}")
+    _check_shapes(net.config, {k: tuple(v.shape) for k, v in net.state_dict().items()},
+                  {k: tuple(v.shape) for k, v in state.items()}, source)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
         raise CheckpointError(
-            f"weights {source} do not fit the config of model {net.config.name!r}: " + "; ".join(parts)
-            + ". Use the config.json written with these weights."
+            f"weights {source} hold NaN or infinite values in {len(bad)} tensors ({shown}): every output would "
+            "be NaN. The file is corrupt or comes from a diverged training run; export or download it again"
         )
     net.load_state_dict(dict(state), strict=True)
     return net.eval()
@@ -307,12 +366,13 @@ def _from_state_dict(
     config: ModelConfig, state: Mapping[str, torch.Tensor], *, ema: bool | None, source: Path | str
 ) -> SRModel:
     config = config.replace(schedule=_schedule_from_checkpoint(state, config.schedule))
-    net = SRModel(config)
-    denoiser_keys = [k[len("denoiser."):] for k in net.state_dict() if k.startswith("denoiser.")]
-    mapped = checkpoint_to_state(state, denoiser_keys, ema=ema)
     prov = dict(config.provenance, checkpoint=str(Path(source).name), unet_weights="ema" if ema else "raw")
-    net.config = config.replace(provenance=prov)
-    return _load_state(net, mapped, source)
+    config = config.replace(provenance=prov)
+    expected = _network_shapes(config, source)
+    denoiser_keys = [k[len("denoiser."):] for k in expected if k.startswith("denoiser.")]
+    mapped = checkpoint_to_state(state, denoiser_keys, ema=ema)
+    _check_shapes(config, expected, {k: tuple(v.shape) for k, v in mapped.items()}, source)
+    return _load_state(SRModel(config), mapped, source)
 
 
 def convert_checkpoint(
