@@ -283,7 +283,8 @@ def test_lpips_shipped_shift_tolerant_weights(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- layering
 
 
-@pytest.mark.parametrize("module", ["metrics.py", "testing.py"])
+@pytest.mark.parametrize("module", ["metrics.py", "testing.py", "sensor.py", "_layout.py", "_lpips.py",
+                                    "_opensrtest.py"])
 def test_library_modules_import_neither_torch_nor_training_at_module_level(module):
     tree = ast.parse((ROOT / "xr_opensr" / module).read_text())
     names = set()
@@ -293,3 +294,13 @@ def test_library_modules_import_neither_torch_nor_training_at_module_level(modul
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             names.add(node.module.split(".")[0])
     assert not names & {"torch", "training", "lpips", "stlpips_pytorch", "scipy"}
+
+
+def test_every_name_of_the_split_modules_is_still_a_metrics_name():
+    from xr_opensr import _lpips, _opensrtest, sensor
+
+    for module in (sensor, _opensrtest):
+        for name in module.__all__:
+            assert getattr(M, name) is getattr(module, name) and name in M.__all__
+    for name in ("LPIPS_BANDS", "LPIPS_NETS", "lpips_network", "_lpips_model"):
+        assert getattr(M, name) is getattr(_lpips, name)

@@ -1,0 +1,249 @@
+"""Resampling between the Sentinel-2 10 m grid and the 2.5 m SR grid: area mean, bicubic, Gaussian PSF.
+
+Numpy arrays ``(..., y, x)`` or DataArrays with spatial dims (coordinates and a rioxarray transform
+follow the new grid). NaN marks nodata and neither spreads nor shrinks. Used by the consistency
+step, the synthetic scenes, training's degradation and the metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import numpy as np
+import xarray as xr
+
+from ._layout import ArrayLike, _float_array, _spatial_dims
+
+__all__ = ["area_downsample", "bicubic_upsample", "gaussian_filter"]
+
+
+def area_downsample(hr: ArrayLike, factor: int = 4) -> ArrayLike:
+    """Mean over non-overlapping ``factor x factor`` blocks of the last two axes.
+
+    This is the plain box (area) average that relates a 2.5 m SR image to its 10 m pixels. An LR
+    pixel is NaN if any HR pixel it covers is NaN.
+
+    Parameters
+    ----------
+    hr : array (..., H, W) with H and W multiples of ``factor``, or a DataArray with spatial dims
+        (its coordinates become the block centres; a CRS written with rioxarray gets the coarser
+        transform).
+    factor : block size in pixels (4 for 2.5 m -> 10 m).
+
+    Returns
+    -------
+    array (..., H / factor, W / factor), float32 for float32/integer input (float64 stays float64);
+    a DataArray for a DataArray.
+    """
+    factor = _positive_factor(factor)
+    if isinstance(hr, xr.DataArray):
+        y, x = _spatial_dims(hr)
+        moved = hr.transpose(..., y, x)
+        values = area_downsample(moved.values, factor)
+        coords = {k: v for k, v in moved.coords.items() if y not in v.dims and x not in v.dims}
+        for dim in (y, x):
+            if dim in moved.coords:
+                coords[dim] = np.asarray(moved[dim].values, np.float64).reshape(-1, factor).mean(axis=1)
+        out = xr.DataArray(values, dims=moved.dims, coords=coords, attrs=hr.attrs, name=hr.name)
+        return _rewrite_transform(out.transpose(*hr.dims), hr)
+    arr = _float_array(hr)
+    h, w = arr.shape[-2:]
+    _check_divisible(h, w, factor)
+    blocks = arr.reshape(*arr.shape[:-2], h // factor, factor, w // factor, factor)
+    return blocks.mean(axis=(-3, -1), dtype=np.float64).astype(arr.dtype)
+
+
+def bicubic_upsample(lr: ArrayLike, factor: int = 4, *, a: float = -0.5) -> ArrayLike:
+    """Cubic-convolution (Keys 1981) upsampling of the last two axes by an integer ``factor``.
+
+    Pixel centres are aligned as in ``torch.nn.functional.interpolate(..., align_corners=False)``
+    (half-pixel offsets) and edges are replicated. ``a=-0.5`` is Keys' kernel (PIL, Matlab);
+    ``a=-0.75`` reproduces torch's ``mode="bicubic"``. NaN pixels are filled from their valid
+    neighbours before interpolating and the ``factor x factor`` block of each NaN LR pixel is NaN in
+    the output, so nodata neither spreads nor shrinks.
+
+    Parameters
+    ----------
+    lr : array (..., h, w) reflectance, or a DataArray with spatial dims (coordinates of the finer
+        grid are computed; a rioxarray CRS gets the finer transform).
+
+    Returns
+    -------
+    array (..., factor * h, factor * w) float32 (float64 input stays float64).
+    """
+    factor = _positive_factor(factor)
+    if isinstance(lr, xr.DataArray):
+        y, x = _spatial_dims(lr)
+        moved = lr.transpose(..., y, x)
+        values = bicubic_upsample(moved.values, factor, a=a)
+        coords = {k: v for k, v in moved.coords.items() if y not in v.dims and x not in v.dims}
+        coords[y] = _finer_axis(moved, y, factor)
+        coords[x] = _finer_axis(moved, x, factor)
+        out = xr.DataArray(values, dims=moved.dims, coords=coords, attrs=lr.attrs, name=lr.name)
+        return _rewrite_transform(out.transpose(*lr.dims), lr)
+    arr = _float_array(lr)
+    nan = np.isnan(arr)
+    filled = _fill_nan(arr) if nan.any() else arr
+    out = _cubic_axis(_cubic_axis(filled, factor, a, axis=-2), factor, a, axis=-1)
+    if nan.any():
+        out[np.repeat(np.repeat(nan, factor, axis=-2), factor, axis=-1)] = np.nan
+    return out.astype(arr.dtype, copy=False)
+
+
+def gaussian_filter(img: ArrayLike, sigma: float, *, truncate: float = 4.0) -> np.ndarray:
+    """Separable Gaussian filter over the last two axes, NaN-aware (normalised convolution).
+
+    The kernel has radius ``int(truncate * sigma + 0.5)`` and edges are mirrored, as
+    ``scipy.ndimage.gaussian_filter(mode="reflect")`` (identical results on finite input). NaN
+    pixels are left out of every weighted mean (the weights of the valid pixels are renormalised)
+    and stay NaN in the output.
+
+    Parameters
+    ----------
+    img : array (..., H, W).
+    sigma : standard deviation of the kernel in pixels (0: no filtering).
+
+    Returns
+    -------
+    array (..., H, W), float32 for float32/integer input (float64 stays float64).
+    """
+    arr = _float_array(img)
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    if sigma == 0:
+        return arr.copy()
+    nan = np.isnan(arr)
+    if not nan.any():
+        return _separable(arr, _gauss1d(sigma, truncate))
+    valid = (~nan).astype(arr.dtype)
+    kernel = _gauss1d(sigma, truncate)
+    num = _separable(np.where(nan, 0, arr), kernel)
+    den = _separable(valid, kernel)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    out[nan] = np.nan
+    return out
+
+
+def _positive_factor(factor: int) -> int:
+    if int(factor) != factor or factor < 1:
+        raise ValueError(f"factor must be a positive integer, got {factor!r}")
+    return int(factor)
+
+
+def _check_divisible(h: int, w: int, factor: int) -> None:
+    if h % factor or w % factor:
+        raise ValueError(f"image of {h} x {w} pixels is not a multiple of factor {factor}; crop it first "
+                         f"(e.g. img[..., :{h - h % factor}, :{w - w % factor}])")
+
+
+def _gauss1d(sigma: float, truncate: float) -> np.ndarray:
+    radius = int(truncate * sigma + 0.5)
+    xs = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (xs / sigma) ** 2)
+    return k / k.sum()
+
+
+def _separable(arr: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Correlate the last two axes with ``kernel`` (odd length), mirrored edges ('dcba|abcd')."""
+    r = kernel.size // 2
+    kernel = kernel.astype(arr.dtype)
+    out = arr
+    for axis in (-2, -1):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (r, r)
+        padded = np.pad(out, pad, mode="symmetric")
+        n = out.shape[axis]
+        index = [slice(None)] * out.ndim
+        acc = np.zeros_like(out)
+        for i, w in enumerate(kernel):
+            index[axis] = slice(i, i + n)
+            acc += w * padded[tuple(index)]
+        out = acc
+    return out
+
+
+def _cubic_weights(t: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution weights of the 4 taps at offsets -1, 0, 1, 2 for fractions t."""
+    d = np.stack([1 + t, t, 1 - t, 2 - t])
+
+    def near(x):
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return np.where(d <= 1, near(d), far(d))
+
+
+def _cubic_axis(arr: np.ndarray, factor: int, a: float, axis: int) -> np.ndarray:
+    n = arr.shape[axis]
+    src = (np.arange(n * factor) + 0.5) / factor - 0.5
+    base = np.floor(src).astype(int)
+    weights = _cubic_weights(src - base, a).astype(arr.dtype)
+    out = None
+    for tap in range(4):
+        idx = np.clip(base + tap - 1, 0, n - 1)
+        shape = [1] * arr.ndim
+        shape[axis] = -1
+        term = np.take(arr, idx, axis=axis) * weights[tap].reshape(shape)
+        out = term if out is None else out + term
+    return out
+
+
+def _fill_nan(arr: np.ndarray) -> np.ndarray:
+    """Fill NaN pixels (last two axes) with the mean of their valid 4-neighbours, ring by ring."""
+    out = arr.copy()
+    nan = np.isnan(out)
+    while nan.any():
+        vals = np.where(nan, 0.0, out)
+        ok = (~nan).astype(out.dtype)
+        total = np.zeros_like(out)
+        count = np.zeros_like(out)
+        for axis, shift in ((-2, 1), (-2, -1), (-1, 1), (-1, -1)):
+            sl_to = [slice(None)] * out.ndim
+            sl_from = [slice(None)] * out.ndim
+            sl_to[axis] = slice(shift, None) if shift > 0 else slice(None, shift)
+            sl_from[axis] = slice(None, -shift) if shift > 0 else slice(-shift, None)
+            total[tuple(sl_to)] += vals[tuple(sl_from)]
+            count[tuple(sl_to)] += ok[tuple(sl_from)]
+        fill = nan & (count > 0)
+        if not fill.any():
+            break  # only all-NaN images are left
+        out[fill] = total[fill] / count[fill]
+        nan &= ~fill
+    return out
+
+
+def _finer_axis(obj: xr.DataArray, dim: Hashable, factor: int) -> np.ndarray:
+    values = np.asarray(obj[dim].values, dtype=np.float64) if dim in obj.coords else None
+    if values is None:
+        return np.arange(obj.sizes[dim] * factor)
+    if values.size >= 2:
+        step = (values[-1] - values[0]) / (values.size - 1)
+    else:
+        res = obj.rio.resolution() if obj.rio.crs is not None else (1.0, -1.0)
+        step = res[1] if dim == _spatial_dims(obj)[0] else res[0]
+    edge = values[0] - step / 2
+    return edge + (np.arange(values.size * factor) + 0.5) * step / factor
+
+
+def _rewrite_transform(out: xr.DataArray, source: xr.DataArray) -> xr.DataArray:
+    """Give ``out`` the CRS of ``source`` and a transform derived from its own coordinates."""
+    try:
+        crs = source.rio.crs
+    except Exception:  # rioxarray missing, or coords it cannot read
+        crs = None
+    if crs is None:
+        return out
+    from affine import Affine
+
+    y, x = _spatial_dims(out)
+    if "spatial_ref" in out.coords:
+        out = out.drop_vars("spatial_ref")
+    out = out.rio.set_spatial_dims(x_dim=x, y_dim=y, inplace=False).rio.write_crs(crs)
+    xs, ys = out[x].values, out[y].values
+    if xs.size < 2 or ys.size < 2:
+        return out
+    dx, dy = (xs[-1] - xs[0]) / (xs.size - 1), (ys[-1] - ys[0]) / (ys.size - 1)
+    return out.rio.write_transform(Affine(dx, 0.0, xs[0] - dx / 2, 0.0, dy, ys[0] - dy / 2))
