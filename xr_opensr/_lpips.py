@@ -12,8 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .sentinel2 import RGB_BANDS
+
 #: the RGB bands LPIPS sees, in R, G, B order
-LPIPS_BANDS = ("B04", "B03", "B02")
+LPIPS_BANDS = RGB_BANDS
 #: LPIPS networks this module builds (none of them downloads anything)
 LPIPS_NETS = {
     "auto": "lpips-alex if the ImageNet AlexNet is in $TORCH_HOME/hub/checkpoints, else stlpips-alex",

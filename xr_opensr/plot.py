@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from . import sentinel2
 from .errors import BandError, InputError
 
 __all__ = ["quicklook", "to_reflectance"]
@@ -48,13 +49,11 @@ def _as_band_array(obj: xr.DataArray | xr.Dataset, what: str) -> xr.DataArray:
 
 
 def _pick_bands(da: xr.DataArray, bands: Sequence[str], what: str) -> xr.DataArray:
-    from .core import BAND_ALIASES
-
     labels = _band_labels(da)
     lower = {lab.lower(): lab for lab in labels}
     chosen = []
     for band in bands:
-        names = (band, *BAND_ALIASES.get(str(band).upper(), ()))
+        names = (band, *sentinel2.BAND_ALIASES.get(str(band).upper(), ()))
         found = next((lower[n.lower()] for n in names if n.lower() in lower), None)
         if found is None:
             raise BandError(
@@ -86,31 +85,13 @@ def _select_time(da: xr.DataArray, time: Any, what: str) -> xr.DataArray:
 def to_reflectance(da: xr.DataArray) -> xr.DataArray:
     """Float reflectance from stored values, with nodata as NaN (the convention of ``superresolve``).
 
-    The rule of ``superresolve``: ``value * scale_factor + add_offset`` when the attrs declare a
-    conversion other than the identity; otherwise integer data are DN, reflectance = DN / 10000 (the
-    identity 1/0 that rioxarray records for every GeoTIFF counts as no conversion). The declared
-    nodata (``nodata``, ``_FillValue``, ``.rio.nodata``) becomes NaN.
+    The rule of ``superresolve`` (:func:`xr_opensr.sentinel2.to_reflectance`):
+    ``value * scale_factor + add_offset`` when the attrs declare a conversion other than the identity;
+    otherwise integer data are DN, reflectance = DN / 10000 (the identity 1/0 that rioxarray records
+    for every GeoTIFF counts as no conversion). The declared nodata (``nodata``, ``_FillValue``,
+    ``missing_value``, ``.rio.nodata``) and non-finite values become NaN.
     """
-    nodata = None
-    for key in ("nodata", "_FillValue"):
-        if key in da.attrs:
-            nodata = da.attrs[key]
-            break
-    if nodata is None:
-        try:
-            nodata = da.rio.nodata
-        except Exception:  # no rioxarray metadata
-            nodata = None
-    out = da.astype("float32")
-    if nodata is not None and np.isfinite(nodata):
-        out = out.where(da != nodata)
-    scale = float(da.attrs.get("scale_factor", 1.0))
-    offset = float(da.attrs.get("add_offset", 0.0))
-    if scale != 1.0 or offset != 0.0:
-        out = out * scale + offset
-    elif np.issubdtype(da.dtype, np.integer):  # no conversion declared, or rioxarray's identity 1/0
-        out = out * 1e-4
-    return out
+    return sentinel2.to_reflectance(da)
 
 
 def _edges(coord: xr.DataArray) -> tuple[float, float]:
@@ -141,7 +122,7 @@ def quicklook(
     lr: xr.DataArray | xr.Dataset,
     result: xr.Dataset,
     *,
-    bands: Sequence[Hashable] = ("B04", "B03", "B02"),
+    bands: Sequence[Hashable] = sentinel2.RGB_BANDS,
     time: Any = None,
     ax: Sequence[Any] | None = None,
     figsize: tuple[float, float] = (15.0, 5.2),

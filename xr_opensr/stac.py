@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from . import sentinel2 as _s2
 from . import stac_conventions as _conv
 from .errors import BandError, InputError
 
@@ -53,27 +54,21 @@ __all__ = [
 EARTH_SEARCH = "https://earth-search.aws.element84.com/v1"
 PLANETARY_COMPUTER = "https://planetarycomputer.microsoft.com/api/stac/v1"
 
-DEFAULT_BANDS = ("B04", "B03", "B02", "B08")
+#: The bands of the shipped models (the default of ``load_s2``).
+DEFAULT_BANDS = _s2.MODEL_BANDS
 
 #: The band table: band name -> asset keys that hold it, tried in order (one column per provider
 #: naming: Earth Search v1/c1 and stactools, Earth Search v0 and Planetary Computer, CDSE).
-S2_BANDS: dict[str, tuple[str, ...]] = _conv.ASSET_KEYS
+S2_BANDS: dict[str, tuple[str, ...]] = _s2.ASSET_KEYS
 
 #: Scene classification (SCL) classes set to NaN by ``mask_clouds=True``.
-SCL_MASKED: dict[int, str] = {
-    0: "no data",
-    1: "saturated or defective",
-    3: "cloud shadow",
-    8: "cloud, medium probability",
-    9: "cloud, high probability",
-    10: "thin cirrus",
-}
+SCL_MASKED: dict[int, str] = _s2.SCL_MASKED
 
-QUANTIFICATION = 10000  # L2A DN per unit reflectance
-BOA_OFFSET_DN = _conv.BOA_OFFSET_DN  # added to DN from processing baseline 04.00 on
-BASELINE_WITH_OFFSET = _conv.BASELINE_WITH_OFFSET
-OFFSET_SINCE = _datetime.fromisoformat(_conv.OFFSET_SINCE)  # baseline 04.00 went operational
-_NODATA = 0
+QUANTIFICATION = _s2.QUANTIFICATION  # L2A DN per unit reflectance
+BOA_OFFSET_DN = _s2.BOA_OFFSET_DN  # added to DN from processing baseline 04.00 on
+BASELINE_WITH_OFFSET = _s2.BASELINE_WITH_OFFSET
+OFFSET_SINCE = _datetime.fromisoformat(_s2.OFFSET_SINCE)  # baseline 04.00 went operational
+_NODATA = _s2.NODATA_DN
 _INSTALL = 'pip install "xr-opensr[stac]"'
 
 
@@ -134,14 +129,11 @@ def _check_bbox(bbox: Any, arg: str = "bbox") -> tuple[float, float, float, floa
 
 
 def _canonical_band(name: Any) -> str:
-    """'B04', 'b04', 'red' (an asset key of S2_BANDS) -> 'B04'; BandError for anything else."""
-    if isinstance(name, str):
-        upper = name.upper()
-        if upper in S2_BANDS:
-            return upper
-        for band, keys in S2_BANDS.items():
-            if name in keys or name.lower() in keys:
-                return band
+    """'B04', 'b4', 'red', 'B04_10m' (a label or asset key of a band in S2_BANDS) -> 'B04'; BandError
+    for anything else."""
+    band = _s2.canonical_band(name)
+    if band in S2_BANDS:
+        return band
     raise BandError(
         f"unknown Sentinel-2 band {name!r}; expected one of {list(S2_BANDS)} (or an asset key such "
         f"as 'red', 'nir', 'scl'). The model needs bands={DEFAULT_BANDS}"
@@ -633,8 +625,8 @@ def _reflectance(raw: xr.Dataset, names: list[str], offset: xr.DataArray, mask_c
         valid = da != _NODATA
         if masked is not None:
             valid = valid & ~masked
-        refl = ((da.astype(np.float32) + offset) / np.float32(QUANTIFICATION)).where(valid)
-        refl.attrs = {k: v for k, v in da.attrs.items() if k not in ("nodata", "_FillValue", "units")}
+        refl = _s2.l2a_reflectance(da, offset).where(valid)
+        refl.attrs = {k: v for k, v in da.attrs.items() if k not in (*_s2.NODATA_KEYS, "units")}
         refl.attrs.update(units="1", long_name=f"{band} surface reflectance")
         variables[band] = refl
     return xr.Dataset(variables, coords=raw.coords, attrs=raw.attrs)  # dims (time, y, x)

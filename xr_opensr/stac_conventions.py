@@ -1,7 +1,10 @@
 """How each published Sentinel-2 L2A STAC catalogue names things: data only, no code.
 
 ``xr_opensr.stac`` reads this table; nothing else does. Every row was checked against real items
-published by the provider (``tests/data/stac_items/``, sources in its README).
+published by the provider (``tests/data/stac_items/``, sources in its README). The band -> asset key
+table (``ASSET_KEYS``) and the offset constants (``BOA_OFFSET_DN``, ``BASELINE_WITH_OFFSET``,
+``OFFSET_SINCE``) are Sentinel-2 facts and live in :mod:`xr_opensr.sentinel2` (re-exported here): a
+band's asset keys sit in the same row as its other names, so adding a band is one line there.
 
 Rules that use it (``xr_opensr.stac.offset_rule``), in this order:
 
@@ -19,24 +22,12 @@ need the offset although they were acquired before 2022: rule 2 catches them, ru
 
 from __future__ import annotations
 
-#: Band name -> asset keys that hold it at its native resolution, tried in order:
-#: Earth Search v1/c1, stactools and Sinergise names ("red"), then Earth Search v0 and Planetary
-#: Computer ("B04"), then CDSE ("B04_10m").
-ASSET_KEYS: dict[str, tuple[str, ...]] = {
-    "B01": ("coastal", "B01", "B01_60m"),
-    "B02": ("blue", "B02", "B02_10m"),
-    "B03": ("green", "B03", "B03_10m"),
-    "B04": ("red", "B04", "B04_10m"),
-    "B05": ("rededge1", "B05", "B05_20m"),
-    "B06": ("rededge2", "B06", "B06_20m"),
-    "B07": ("rededge3", "B07", "B07_20m"),
-    "B08": ("nir", "B08", "B08_10m"),
-    "B8A": ("nir08", "B8A", "B8A_20m"),
-    "B09": ("nir09", "B09", "B09_60m"),
-    "B11": ("swir16", "B11", "B11_20m"),
-    "B12": ("swir22", "B12", "B12_20m"),
-    "SCL": ("scl", "SCL", "SCL_20m"),
-}
+from .sentinel2 import ASSET_KEYS, BASELINE_WITH_OFFSET, BOA_OFFSET_DN, OFFSET_SINCE
+
+__all__ = [
+    "ASSET_KEYS", "BASELINE_KEYS", "BASELINE_WITH_OFFSET", "BOA_OFFSET_DN", "OFFSET_APPLIED_KEYS", "OFFSET_SINCE",
+    "PRODUCT_ID_KEYS", "PROVIDERS",
+]
 
 #: Properties that say whether the provider already removed the -1000 DN offset (a bool).
 OFFSET_APPLIED_KEYS: tuple[str, ...] = (
@@ -64,12 +55,7 @@ PRODUCT_ID_KEYS: tuple[str, ...] = (
     "eopf:datastrip_id",  # CDSE: "..._N05.11"
 )
 
-#: Offset (DN) added from processing baseline 04.00 on; DN per unit reflectance.
-BOA_OFFSET_DN = -1000
-BASELINE_WITH_OFFSET = (4, 0)
-OFFSET_SINCE = "2022-01-25T00:00:00+00:00"
-
-#: Each provider as published: the collections, the asset naming (a column of ASSET_KEYS), where
+#: Each provider as published: the collections, the asset naming (a column of ``sentinel2.ASSET_KEYS``), where
 #: the baseline and the applied flag are, and whether its ``raster:bands`` scale/offset can be
 #: trusted. ``load_s2`` never uses ``raster:bands``: it reads DN and applies the rules above; the
 #: "raster_bands" column records why.

@@ -23,12 +23,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .metrics import area_downsample, gaussian_filter
+from . import sensor
+from .sentinel2 import MODEL_BANDS, QUANTIFICATION
 
 __all__ = ["BANDS", "LAND_COVER", "demo_cube", "s2_cube", "synthetic_scene"]
 
 #: band order of every array made here (and of the model): red, green, blue, NIR
-BANDS = ("B04", "B03", "B02", "B08")
+BANDS = MODEL_BANDS
 #: reflectance ranges (low, high) per land-cover class, in the order of :data:`BANDS`
 LAND_COVER: dict[str, tuple[tuple[float, float], ...]] = {
     "cropland": ((0.03, 0.06), (0.06, 0.09), (0.03, 0.05), (0.25, 0.45)),
@@ -52,7 +53,7 @@ HR_PIXEL_M = 2.5
 LR_PIXEL_M = 10.0
 #: Gaussian PSF (sigma, in 2.5 m pixels) used to bring scenes to 10 m here; together with the
 #: 4 x 4 area mean its MTF at the 10 m Nyquist frequency is ~0.27 (Sentinel-2 10 m bands: 0.2-0.3)
-PSF_SIGMA_HR = 1.7
+PSF_SIGMA_HR = sensor.PSF_SIGMA_HR
 DEFAULT_ORIGIN = (500_000.0, 4_400_000.0)  # top-left corner (m) of s2_cube's grid in its UTM zone
 
 Seed = int | Sequence[int]
@@ -337,10 +338,10 @@ def s2_cube(ny: int = 64, nx: int = 64, *, times: int | Sequence[Any] | None = N
             _add_clouds(hr, cloud_rng, hr_px)
         if nodata_fraction > 0:
             _add_nodata(hr, nodata_rng, nodata_fraction)
-        layers.append(area_downsample(gaussian_filter(np.clip(hr, 0.0, 1.0), PSF_SIGMA_HR), 4))
+        layers.append(sensor.degrade(np.clip(hr, 0.0, 1.0), 4, psf_sigma=PSF_SIGMA_HR))
     data = layers[0] if stamps is None else np.stack(layers)
     if dtype == "uint16":
-        dn = np.clip(np.round(np.nan_to_num(data, nan=0.0) * 10_000), 1, 65_535).astype(np.uint16)
+        dn = np.clip(np.round(np.nan_to_num(data, nan=0.0) * QUANTIFICATION), 1, 65_535).astype(np.uint16)
         dn[dn == nodata] = nodata + 1 if nodata < 65_535 else nodata - 1  # valid pixels never read as nodata
         data = np.where(np.isnan(data), np.uint16(nodata), dn)
     else:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ModelError
+from ..sentinel2 import MODEL_BANDS
 from .autoencoder import AutoencoderConfig
 from .consistency import ConsistencyConfig
 from .diffusion import SamplerConfig, ScheduleConfig
@@ -55,7 +56,7 @@ class ModelConfig:
 
     name: str = "unnamed"
     version: str = "0"
-    bands: tuple[str, ...] = ("B04", "B03", "B02", "B08")
+    bands: tuple[str, ...] = MODEL_BANDS
     scale: int = 4
     patch_size: int = 128
     default_overlap: int = 16

@@ -5,7 +5,7 @@ is the sensor model the network was trained with (a Gaussian PSF of ``psf_sigma`
 the ``scale x scale`` area mean; or the area mean alone). It corrects the low frequencies of the
 result (colour and brightness offsets of the networks) from the measured 10 m reflectance and keeps
 the detail they added; the result degraded back to 10 m is closer to the input.
-Pure numpy (the same filters as :mod:`xr_opensr.metrics`).
+Pure numpy (the sensor model of :mod:`xr_opensr.sensor`).
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ class ConsistencyConfig:
 
 def degrade_to_lr(hr: np.ndarray, scale: int, config: ConsistencyConfig) -> np.ndarray:
     """(..., H, W) -> (..., H/scale, W/scale): the sensor model of ``config`` (no noise)."""
-    from ..metrics import area_downsample, gaussian_filter
+    from ..sensor import degrade
 
-    blurred = gaussian_filter(hr, config.psf_sigma) if config.kernel == "psf" else hr
-    return np.asarray(area_downsample(blurred, scale), dtype=np.float32)
+    return np.asarray(degrade(hr, scale, psf_sigma=config.psf_sigma if config.kernel == "psf" else 0.0),
+                      dtype=np.float32)
 
 
 def enforce_consistency(hr: np.ndarray, lr: np.ndarray, scale: int, config: ConsistencyConfig) -> np.ndarray:
@@ -81,7 +81,7 @@ def enforce_consistency(hr: np.ndarray, lr: np.ndarray, scale: int, config: Cons
     """
     if not config.active:
         return hr
-    from ..metrics import bicubic_upsample
+    from ..sensor import bicubic_upsample
 
     out = np.asarray(hr, dtype=np.float32)
     lr = np.asarray(lr, dtype=np.float32)

@@ -1,0 +1,485 @@
+"""Input preparation for :func:`xr_opensr.superresolve`: everything before the dask graph.
+
+* the grid: spatial dims, the CRS (also from CF grid mappings and attributes), checks (regular,
+  north-up, 10 m, projected in metres) and the LR ``GeoBox``;
+* the bands: the model bands picked out of a DataArray or a Dataset of band variables, as one raw
+  dask array, with the per-band DN -> reflectance rule of :mod:`xr_opensr.sentinel2`;
+* the seed keys of the leading elements (time stamps ...);
+* the value checks that run inside the graph's tasks, around the kernel.
+
+Only xarray, dask.array and numpy here; the model is touched through ``_runtime``/``_kernel`` in the
+checked kernel, which runs when the graph is computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import numbers
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from . import _graph, _kernel, _runtime
+from .errors import BandError, GridError, InputError, ModelError, OpenSRWarning
+from .sentinel2 import (
+    BAND_ALIASES,
+    BAND_DIM_NAMES,
+    GRID_RESOLUTION_M,
+    ReflectanceRule,
+    reflectance_rule,
+)
+
+#: plausible surface reflectance after scaling: slightly negative over dark targets (noise, the L2A
+#: offset), above 1 over bright clouds and snow; values outside are wrong scaling or fill values
+REFLECTANCE_RANGE = (-0.1, 2.0)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+class ModelInput(NamedTuple):
+    """The model bands as the graph reads them."""
+
+    selection: Selection  # labels, coords, output dims and per-band conversion
+    lead_dims: list[Hashable]  # dims before (band, y, x), e.g. ["time"]
+    data: da.Array  # (*lead, band, y, x) raw values
+    keys: np.ndarray  # (*lead) uint64 seed keys
+
+
+def grid(obj: Any) -> tuple[xr.DataArray | xr.Dataset, Hashable, Hashable, Any]:
+    """(obj with a readable CRS, y dim, x dim, LR ``GeoBox``): the checks that need no model."""
+    if not isinstance(obj, xr.DataArray | xr.Dataset):
+        raise InputError(
+            f"superresolve needs an xarray DataArray or Dataset, got {type(obj).__name__}; "
+            "wrap arrays with xr.DataArray(..., dims=('band', 'y', 'x')) and write a CRS with .rio.write_crs"
+        )
+    y_dim, x_dim = spatial_dims(obj)
+    obj = with_crs(obj)
+    return obj, y_dim, x_dim, lr_geobox(obj, y_dim, x_dim)
+
+
+def model_input(obj: xr.DataArray | xr.Dataset, y_dim: Hashable, x_dim: Hashable,
+                model_bands: tuple[str, ...], bands: Any) -> ModelInput:
+    """The model bands of ``obj`` (see ``superresolve(bands=...)``) as a (*lead, band, y, x) dask array."""
+    sel = select_bands(obj, y_dim, x_dim, model_bands, bands)
+    lead_dims = [d for d in sel.dims if d not in (sel.band_dim, y_dim, x_dim)]
+    order = [sel.dims.index(d) for d in (*lead_dims, sel.band_dim, y_dim, x_dim)]
+    data = sel.data.transpose(order)
+    keys = lead_keys(obj, lead_dims, [data.shape[i] for i in range(len(lead_dims))])
+    return ModelInput(sel, lead_dims, data, keys)
+
+
+# --------------------------------------------------------------------------- grid
+
+
+def spatial_dims(obj: xr.DataArray | xr.Dataset) -> tuple[Hashable, Hashable]:
+    try:
+        return obj.rio.y_dim, obj.rio.x_dim
+    except Exception as err:  # rioxarray.exceptions.MissingSpatialDimensionError
+        raise GridError(
+            f"no spatial dimensions found in dims {tuple(obj.dims)}: expected 'y'/'x' (or "
+            "'latitude'/'longitude'); rename them, e.g. obj.rename({'row': 'y', 'col': 'x'}), "
+            "or call obj.rio.set_spatial_dims(x_dim=..., y_dim=...)"
+        ) from err
+
+
+def _axis(obj: xr.DataArray | xr.Dataset, dim: Hashable, which: str) -> tuple[float, float]:
+    """(first centre, step) of a spatial axis in metres, checked regular."""
+    n = obj.sizes[dim]
+    if n == 0:
+        raise InputError(f"dimension {dim!r} is empty")
+    if dim not in obj.coords and any(c.ndim == 2 and dim in c.dims for c in obj.coords.values()):
+        raise GridError(
+            f"dimension {dim!r} has only 2-D coordinates ({[k for k, c in obj.coords.items() if c.ndim == 2]}): "
+            "a curvilinear, rotated or sheared grid; reproject it to a north-up 10 m grid first, e.g. "
+            "obj.rio.reproject(obj.rio.crs, resolution=10)"
+        )
+    if dim not in obj.coords:
+        raise GridError(
+            f"dimension {dim!r} has no coordinates: assign the pixel-centre coordinates in metres, "
+            f"e.g. obj.assign_coords({dim}=...) or load with rioxarray/odc-stac"
+        )
+    values = np.asarray(obj[dim].values)
+    if not np.issubdtype(values.dtype, np.number):
+        raise GridError(f"coordinate {dim!r} must be numeric (metres), got dtype {values.dtype}")
+    values = values.astype(np.float64)
+    if n >= 2:
+        diffs = np.diff(values)
+        step = float(diffs.mean())
+        if not np.allclose(diffs, step, rtol=0, atol=1e-4 * max(1.0, abs(step))):
+            raise GridError(
+                f"the {dim!r} coordinate is irregular (spacing from {diffs.min():g} to {diffs.max():g} m); "
+                "expected a regular 10 m grid: regrid first, e.g. obj.rio.reproject(obj.rio.crs, resolution=10)"
+            )
+    else:
+        transform = obj.rio.transform(recalc=False)
+        step = float(transform.a if which == "x" else transform.e)
+        if transform.is_identity or step == 0:
+            raise GridError(
+                f"cannot tell the pixel size of {dim!r} from one pixel: write the transform, e.g. "
+                "obj.rio.write_transform(Affine(10, 0, x0, 0, -10, y0))"
+            )
+    if abs(abs(step) - GRID_RESOLUTION_M) > 1e-3:
+        raise GridError(
+            f"the {dim!r} pixel size is {abs(step):g} m; expected {GRID_RESOLUTION_M:g} m (the Sentinel-2 10 m "
+            "bands B02/B03/B04/B08): resample first, e.g. obj.rio.reproject(obj.rio.crs, resolution=10) "
+            "or odc.stac.load(..., resolution=10)"
+        )
+    return float(values[0]), step
+
+
+#: attributes that may hold a CRS (WKT, PROJ string, "EPSG:n" or an EPSG code), most specific first
+_CRS_ATTRS = ("crs_wkt", "spatial_ref", "crs", "proj:epsg", "epsg_code", "epsg")
+
+
+def with_crs(obj: xr.DataArray | xr.Dataset) -> xr.DataArray | xr.Dataset:
+    """``obj`` with its CRS readable by rioxarray: where ``obj.rio.crs`` does not find it, the CRS is
+    taken from a grid-mapping variable (``grid_mapping`` attr/encoding, a ``spatial_ref``/``crs``
+    variable: WKT or CF attributes) or from a CRS attribute of the object or its variables."""
+    try:
+        if obj.rio.crs is not None:
+            return obj
+    except Exception as err:  # rioxarray parses attrs["crs"]: pyproj/rasterio CRSError
+        raise GridError(
+            f"the 'crs' attribute {str(obj.attrs.get('crs'))[:80]!r} is not a CRS ({err}); write the right one, "
+            "e.g. obj.rio.write_crs('EPSG:326NN') (its UTM zone)"
+        ) from err
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    holders = [obj.encoding.get("grid_mapping"), obj.attrs.get("grid_mapping"), "spatial_ref", "crs"]
+    if isinstance(obj, xr.Dataset):
+        holders += [v.encoding.get("grid_mapping", v.attrs.get("grid_mapping")) for v in obj.data_vars.values()]
+    names = obj.variables if isinstance(obj, xr.Dataset) else obj.coords
+    sources = [obj[h].attrs for h in holders if isinstance(h, str) and h in names and obj[h].ndim == 0]
+    sources += [obj.attrs] + ([v.attrs for v in obj.data_vars.values()] if isinstance(obj, xr.Dataset) else [])
+    for attrs in sources:
+        for key in _CRS_ATTRS:
+            if isinstance(attrs.get(key), str | int) and not isinstance(attrs[key], bool):
+                try:
+                    return obj.rio.write_crs(CRS.from_user_input(attrs[key]).to_wkt())
+                except CRSError as err:
+                    raise GridError(
+                        f"the {key!r} attribute {str(attrs[key])[:80]!r} is not a CRS ({err}); write the "
+                        "right one, e.g. obj.rio.write_crs('EPSG:326NN') (its UTM zone)"
+                    ) from err
+        if "grid_mapping_name" in attrs:
+            with contextlib.suppress(CRSError):
+                return obj.rio.write_crs(CRS.from_cf(dict(attrs)).to_wkt())
+    return obj
+
+
+def _check_north_up(obj: xr.DataArray | xr.Dataset) -> None:
+    """A rotated or sheared grid (rioxarray keeps it in the transform, with 2-D coordinates) is refused."""
+    try:
+        transform = obj.rio.transform(recalc=False)
+    except Exception:  # no transform at all: the coordinates decide
+        return
+    if transform.b != 0 or transform.d != 0:
+        raise GridError(
+            f"the grid is rotated or sheared (transform a={transform.a:g} b={transform.b:g} d={transform.d:g} "
+            f"e={transform.e:g}); xr-opensr needs a north-up 10 m grid: reproject it first, e.g. "
+            "obj.rio.reproject(obj.rio.crs, resolution=10)"
+        )
+
+
+def lr_geobox(obj: xr.DataArray | xr.Dataset, y_dim: Hashable, x_dim: Hashable):
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    crs = obj.rio.crs
+    if crs is None:
+        raise GridError(
+            "the input has no CRS: write it with obj.rio.write_crs('EPSG:326NN') (its UTM zone), "
+            "or load with odc-stac/rioxarray which set it"
+        )
+    if not crs.is_projected:
+        raise GridError(
+            f"the CRS {crs.to_string()} is geographic (degrees); expected a projected CRS in metres: "
+            "reproject, e.g. obj.rio.reproject(obj.rio.estimate_utm_crs(), resolution=10)"
+        )
+    units = (crs.linear_units or "").lower()
+    if units not in ("metre", "meter", "m", "metres", "meters"):
+        raise GridError(f"the CRS {crs.to_string()} has units {units!r}; expected metres (e.g. UTM)")
+    _check_north_up(obj)
+    y0, dy = _axis(obj, y_dim, "y")
+    x0, dx = _axis(obj, x_dim, "x")
+    affine = Affine(dx, 0.0, x0 - dx / 2, 0.0, dy, y0 - dy / 2)
+    return GeoBox((obj.sizes[y_dim], obj.sizes[x_dim]), affine, crs.to_wkt())
+
+
+# --------------------------------------------------------------------------- bands
+
+
+class Selection:
+    """Model bands picked out of the input: raw data (any dims order, incl. ``band_dim``)."""
+
+    def __init__(self, data: da.Array, dims: list[Hashable], band_dim: Hashable, labels: list,
+                 coords: Mapping, out_dims: list[Hashable], scale, offset, nodata) -> None:
+        self.data, self.dims, self.band_dim, self.labels = data, dims, band_dim, labels
+        self.coords, self.out_dims = coords, out_dims
+        self.scale, self.offset, self.nodata = scale, offset, nodata
+
+
+def _norm(label: Any) -> str:
+    return str(label).strip().lower()
+
+
+def _wanted(model_bands: tuple[str, ...], bands: Any) -> list[tuple[str, list[str]]]:
+    """[(model band, accepted normalised labels in priority order)]."""
+    if bands is None:
+        return [(b, [_norm(a) for a in BAND_ALIASES.get(b.upper(), (b,))]) for b in model_bands]
+    if isinstance(bands, Mapping):
+        unknown = sorted(set(map(str, bands)) - set(model_bands))
+        missing = [b for b in model_bands if b not in bands]
+        if unknown or missing:
+            raise BandError(
+                f"bands mapping must have exactly the model bands {list(model_bands)} as keys; "
+                f"unknown {unknown}, missing {missing}"
+            )
+        return [(b, [_norm(bands[b])]) for b in model_bands]
+    if isinstance(bands, str) or not isinstance(bands, Sequence) or len(bands) != len(model_bands):
+        raise BandError(
+            f"bands must list {len(model_bands)} input labels for the model bands {list(model_bands)} in that "
+            f"order (e.g. bands=['red', 'green', 'blue', 'nir']) or map them, got {bands!r}"
+        )
+    return [(b, [_norm(v)]) for b, v in zip(model_bands, bands)]
+
+
+def _match(labels: Sequence[Any], wanted: list[tuple[str, list[str]]]) -> tuple[list[int], list[str]]:
+    """Indices of the wanted bands in ``labels`` and the model bands not found."""
+    normed = [_norm(v) for v in labels]
+    found, missing = [], []
+    for band, accepted in wanted:
+        hit = next((normed.index(a) for a in accepted if a in normed), None)
+        if hit is None:
+            missing.append(band)
+        else:
+            found.append(hit)
+    return found, missing
+
+
+def _describe(missing: list[str], bands: Any) -> str:
+    if bands is not None:
+        return ", ".join(missing)
+    return ", ".join(f"{b} ({'/'.join(BAND_ALIASES.get(b, (b,))[1:])})" for b in missing)
+
+
+def _check_real(dtype: np.dtype, what: str) -> None:
+    if np.dtype(dtype).kind not in "iuf":
+        raise InputError(
+            f"{what} has dtype {np.dtype(dtype)}; expected real numbers (float reflectance or integer DN): "
+            "convert first, e.g. obj.astype('float32') (complex data: take obj.real or abs(obj))"
+        )
+
+
+def _as_dask(data: Any, dims: Sequence[Hashable], whole: Sequence[Hashable]) -> da.Array:
+    """Dask view of the data; numpy data get chunks of one leading element and whole ``whole`` dims
+    (band), spatial chunks of ``TARGET_BLOCK_LR`` pixels (the graph re-chunks to whole tiles)."""
+    if isinstance(data, da.Array):
+        return data
+    chunks = tuple(-1 if d in whole else 1 for d in dims[:-2]) + (_graph.TARGET_BLOCK_LR,) * 2
+    return da.from_array(np.asarray(data), chunks=chunks)
+
+
+def select_bands(obj, y_dim, x_dim, model_bands: tuple[str, ...], bands: Any) -> Selection:
+    wanted = _wanted(model_bands, bands)
+    if isinstance(obj, xr.Dataset):
+        spatial = [k for k, v in obj.data_vars.items() if y_dim in v.dims and x_dim in v.dims]
+        if len(spatial) != 1 or obj[spatial[0]].ndim < 3:
+            return _select_from_dataset(obj, y_dim, x_dim, model_bands, wanted, bands)
+        obj = obj[spatial[0]]  # one cube variable with a band dim (e.g. a DataArray saved to Zarr)
+    others = [d for d in obj.dims if d not in (y_dim, x_dim)]
+    candidates = []
+    for d in others:
+        labels = _dim_labels(obj, d)
+        found, missing = _match(labels, wanted)
+        candidates.append((d, labels, found, missing))
+    full = [c for c in candidates if not c[3]]
+    if not full:
+        named = [c for c in candidates if str(c[0]).lower() in BAND_DIM_NAMES]
+        if not named:
+            raise BandError(
+                f"no band dimension in dims {tuple(obj.dims)}: expected a dim such as 'band' whose labels "
+                f"name the bands {list(model_bands)}; e.g. ds.to_dataarray('band') for a Dataset, or "
+                "obj.expand_dims(band=[...])"
+            )
+        d, labels, _, missing = named[0]
+        raise BandError(
+            f"missing bands {_describe(missing, bands)} in dim {d!r} with labels {list(labels)}; "
+            f"pass bands=[...] naming the input labels of {list(model_bands)} in that order, "
+            f"or label the dim: obj.assign_coords({d}=[...])"
+        )
+    band_dim, labels, picks, _ = full[0]
+    _check_real(obj.dtype, f"DataArray {obj.name!r}" if obj.name is not None else "the DataArray")
+    spatial_last = obj.transpose(..., y_dim, x_dim).dims
+    data = _as_dask(obj.transpose(*spatial_last).data, spatial_last, (band_dim,))
+    data = data.transpose([spatial_last.index(d) for d in obj.dims])
+    axis = obj.dims.index(band_dim)
+    data = data[(slice(None),) * axis + (list(picks),)]
+    rule = reflectance_rule(obj, band_dim, picks)
+    coords = {k: v for k, v in obj.coords.items()}
+    return Selection(
+        data, list(obj.dims), band_dim, [labels[i] for i in picks], coords, list(obj.dims),
+        rule.scale, rule.offset, rule.nodata,
+    )
+
+
+def _dim_labels(obj: xr.DataArray, dim: Hashable) -> list:
+    n = obj.sizes[dim]
+    if dim in obj.coords:
+        labels = list(obj[dim].values)
+        if all(isinstance(v, numbers.Integral | np.integer) for v in labels):
+            names = obj.attrs.get("long_name")  # rioxarray: band descriptions of a GeoTIFF
+            if isinstance(names, list | tuple) and len(names) == n:
+                return list(names)
+        return labels
+    return list(range(n))
+
+
+def _select_from_dataset(ds, y_dim, x_dim, model_bands, wanted, bands) -> Selection:
+    names = [k for k, v in ds.data_vars.items() if y_dim in v.dims and x_dim in v.dims]
+    picks, missing = _match(names, wanted)
+    if missing:
+        raise BandError(
+            f"missing bands {_describe(missing, bands)} among the Dataset variables {names}; "
+            f"pass bands=[...] naming the variables of {list(model_bands)} in that order, "
+            "or rename them, e.g. ds.rename({'b4': 'red'})"
+        )
+    chosen = [ds[names[i]] for i in picks]
+    dims = list(chosen[0].dims)
+    for var in chosen:
+        _check_real(var.dtype, f"variable {var.name!r}")
+        if set(var.dims) != set(dims):
+            raise InputError(
+                f"band variables have different dims ({var.name!r}: {var.dims}, {chosen[0].name!r}: "
+                f"{tuple(dims)}); align them first, e.g. ds[...].broadcast_like(...)"
+            )
+    spatial_last = list(chosen[0].transpose(..., y_dim, x_dim).dims)
+    back = [spatial_last.index(d) for d in dims]
+    arrays = [_as_dask(v.transpose(*spatial_last).data, spatial_last, ()).transpose(back) for v in chosen]
+    dtype = np.result_type(*[v.dtype for v in chosen])
+    axis = dims.index(y_dim)
+    data = da.stack([a.astype(dtype) for a in arrays], axis=axis)
+    all_dims = [*dims[:axis], "band", *dims[axis:]]
+    rule = ReflectanceRule.stack([reflectance_rule(var) for var in chosen])
+    return Selection(
+        data, all_dims, "band", [names[i] for i in picks], dict(ds.coords), all_dims,
+        rule.scale, rule.offset, rule.nodata,
+    )
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def _normalise(value: Any) -> str:
+    if isinstance(value, np.datetime64):
+        return "t" + str(int(value.astype("datetime64[ns]").astype(np.int64)))
+    if isinstance(value, float | np.floating):
+        return "f" + float(value).hex()
+    if isinstance(value, numbers.Integral | np.integer):
+        return "i" + str(int(value))
+    return "s" + str(value)
+
+
+def lead_keys(obj, lead_dims: list[Hashable], shape: list[int]) -> np.ndarray:
+    """(*lead) uint64 seed keys: a stable hash of each element's leading coordinates.
+
+    A leading dim without a coordinate contributes its index. A scalar ``time`` coordinate counts
+    as a ``time`` dim of size 1, so ``cube.isel(time=k)`` draws the same noise as ``cube`` at k.
+    """
+    per_dim = []
+    for d, n in zip(lead_dims, shape):
+        values = obj[d].values if d in obj.coords else np.arange(n)
+        per_dim.append([f"{d}={_normalise(v)}" for v in values])
+    extra = ""
+    if "time" not in lead_dims and "time" in obj.coords and obj["time"].ndim == 0:
+        extra = f"time={_normalise(obj['time'].values[()])}"
+    keys = np.empty(tuple(shape), dtype=np.uint64)
+    for idx in np.ndindex(*shape):
+        parts = sorted([extra] * bool(extra) + [per_dim[a][i] for a, i in enumerate(idx)])
+        if not parts:
+            keys[idx] = 0
+            continue
+        digest = hashlib.blake2b("|".join(parts).encode(), digest_size=8).digest()
+        keys[idx] = int.from_bytes(digest, "little")
+    return keys
+
+
+# --------------------------------------------------------------------------- value checks (in the tasks)
+
+
+def kernel_for(spec: _runtime.ModelSpec):
+    """The kernel the graph runs: :func:`_kernel.run_patches` for ``spec`` between the value checks."""
+    return functools.partial(_checked_kernel, spec)
+
+
+def _checked_kernel(spec: _runtime.ModelSpec, patches: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """:func:`_kernel.run_patches` between the value checks of its input and its output.
+
+    Runs inside the graph's tasks (the data are only known there): an implausible input raises
+    InputError, NaN/inf results for valid pixels raise ModelError, all-zero bands warn.
+    """
+    _check_reflectance(spec, patches)
+    out = _kernel.run_patches(spec, patches, seeds)
+    _check_result(spec, patches, out)
+    return out
+
+
+def _check_reflectance(spec: _runtime.ModelSpec, patches: np.ndarray) -> None:
+    """(N, C, P, P) reflectance (NaN = nodata) must lie in :data:`REFLECTANCE_RANGE`."""
+    lo, hi = REFLECTANCE_RANGE
+    low = np.fmin.reduce(patches, axis=(0, 2, 3))  # per band, NaN ignored
+    high = np.fmax.reduce(patches, axis=(0, 2, 3))
+    if not (np.nanmin(low, initial=lo) < lo or np.nanmax(high, initial=hi) > hi):
+        return
+    bands = _runtime.get_model(spec).config.bands
+    ranges = ", ".join(f"{b} {a:.4g} to {z:.4g}" for b, a, z in zip(bands, low, high) if a < lo or z > hi)
+    outside = int(np.count_nonzero((patches < lo) | (patches > hi)))
+    if 100 < np.nanmax(high) <= 70_000 and np.nanmin(low) >= lo:
+        fix = ("the values are DN (reflectance x 10000) in a float array: declare the scaling, "
+               "obj.attrs['scale_factor'] = 1e-4, or convert, obj / 10000")
+    else:
+        fix = ("an undeclared fill value (declare it: obj.rio.write_nodata(value)), saturated pixels (mask them, "
+               "e.g. with the SCL band: xr_opensr.stac.load_s2(..., mask_clouds=True)) or a wrong offset; "
+               f"mask such pixels first, e.g. obj.where((refl >= {lo:g}) & (refl <= {hi:g}))")
+    raise InputError(
+        f"implausible surface reflectance after scaling: {outside} values outside [{lo:g}, {hi:g}] "
+        f"({ranges}); likely {fix}"
+    )
+
+
+def _check_result(spec: _runtime.ModelSpec, patches: np.ndarray, out: np.ndarray) -> None:
+    """NaN/inf in the mean or std of a valid pixel is a ModelError; an all-zero band warns."""
+    valid = np.isfinite(patches).all(axis=1)  # (N, P, P): the kernel's nodata rule
+    s = out.shape[-1] // patches.shape[-1]
+    hr_valid = valid.repeat(s, axis=1).repeat(s, axis=2)[:, None, None]  # (N, 1, 1, sP, sP)
+    broken = hr_valid & ~np.isfinite(out[:, :2])
+    if broken.any():
+        fix = ("use dtype=None (float32)" if spec.dtype not in (None, "float32")
+               else "its weights make the networks overflow: re-export or retrain the model")
+        raise ModelError(
+            f"model {spec.model!r} returned NaN or infinite values for {int(broken.sum())} values of valid "
+            f"pixels (device {spec.device!r}, dtype {spec.dtype or 'float32'}); {fix}"
+        )
+    weight = hr_valid[:, 0]  # (N, 1, sP, sP)
+    mean = np.where(weight, out[:, 0], 0.0)  # (N, C, sP, sP)
+    zero = weight.any(axis=(-2, -1)) & ~mean.any(axis=(-2, -1))  # (N, C): valid pixels, all 0
+    inputs = np.where(valid[:, None], patches, 0.0)
+    hidden = zero & inputs.any(axis=(-2, -1))  # ... though their input was not all 0
+    if hidden.any():
+        warnings.warn(
+            f"super-resolved reflectance is 0 everywhere in {int(hidden.sum())} band(s) of patches whose input "
+            "reflectance is <= 0 there: results are clipped at 0 (reflectance is not negative). If the "
+            "input should not be negative, check its offset (Sentinel-2 L2A from processing baseline "
+            "04.00: reflectance = (DN - 1000) / 10000, which xr_opensr.stac.load_s2 applies)",
+            OpenSRWarning,
+            stacklevel=2,
+        )
+
