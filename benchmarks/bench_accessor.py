@@ -17,7 +17,12 @@
 (d) cluster    threaded scheduler vs ``LocalCluster(processes=True)`` (models already loaded).
 
 All timings use the seeded ``tiny`` model unless ``--model`` says otherwise; they measure the
-machinery, not super-resolution quality.
+machinery, not super-resolution quality. With ``--model bicubic`` (a numpy baseline through the same
+pipeline, :mod:`xr_opensr.models.baselines`) the kernel is cheap and (a) and (b) measure the dask
+layer's own cost (issue 13, item 6: goals (a) <= 1.5, (b) >= 3x at 1024^2):
+
+    python benchmarks/bench_accessor.py --only a --model bicubic --size 512 --repeats 3
+    python benchmarks/bench_accessor.py --only b --model bicubic --utils-size 1024
 """
 
 from __future__ import annotations

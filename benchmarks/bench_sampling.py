@@ -1,86 +1,107 @@
-"""Sampling speed of the engine: time per DDIM step, and batching samples vs looping.
+"""CPU/GPU sampling speed: today's per-patch path vs the batched engine path, in the same run.
 
-    python benchmarks/bench_sampling.py                 # tiny + LDSR-S2 v1 configs, CPU or GPU
-    python benchmarks/bench_sampling.py --models tiny   # quick
+    python benchmarks/bench_sampling.py                          # default model, 8 patches, samples=10
+    python benchmarks/bench_sampling.py --patches 4 --repeats 1  # quicker
+    python benchmarks/bench_sampling.py --model tiny --steps 4   # smoke run
 
-Prints (1) seconds per DDIM step (one UNet call + update) for each config at 32x32 and 128x128
-latents, and (2) the ratio  time(sample(samples=10)) / time(10 x sample(samples=1))  on one LR
-patch (goal: <= 0.9 on CPU, <= 0.3 on GPU). Weights are seeded random: speed does not depend on them.
+Prints seconds per 32x32 LR patch (samples=10, the model's 10 steps) of
+(1) the per-patch path the kernel used before the batched kernel: every patch's samples as a
+    batch of their own, contiguous (NCHW) weights, ``torch.no_grad`` (re-implemented here from the
+    pieces of the model, so that both paths run on the same machine in the same process);
+(2) the engine's path, ``SRModel.sample_summary`` (what ``_kernel.run_patches`` calls): all the
+    block's (patch, sample) latents through the networks in fixed-size batches, channels_last,
+    ``torch.inference_mode``, samples reduced as they are drawn;
+(3) the engine's path with ``dtype="bfloat16"`` (denoiser and decoder; fast on CPUs with AMX);
+and the largest |difference| of the first two paths' SR means (same seeds: the same noise, so only float
+rounding differs) beside the mean sample std, and the PSNR of both against the synthetic HR scenes.
+Threads: ``--threads`` (default 1, as a dask task runs). Note the machine load beside the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
 import torch
 
-from xr_opensr.models import SRModel, ldsr_s2_v1_config, tiny_config
+import xr_opensr
+from xr_opensr import metrics as M
 from xr_opensr.models.diffusion import DDIMSampler
-from xr_opensr.models.pipeline import resolve_device
+from xr_opensr.models.pipeline import item_generator, match_histograms
+from xr_opensr.testing import synthetic_scene
 
-CONFIGS = {"tiny": tiny_config, "v1": ldsr_s2_v1_config}
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def scenes(n: int, size: int = 128, first_seed: int = 3_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """(HR (n, 4, size, size), LR (n, 4, size/4, size/4)) synthetic reflectance pairs (area-mean LR)."""
+    hr = np.stack([synthetic_scene((size, size), seed=first_seed + i) for i in range(n)]).astype(np.float32)
+    lr = np.asarray(M.area_downsample(M.gaussian_filter(hr, 1.7), 4), dtype=np.float32)
+    return hr, lr
 
 
 @torch.no_grad()
-def time_per_step(net: SRModel, size: int, repeats: int) -> float:
-    device = net.device
-    x = torch.randn(1, 4, size, size, device=device)
-    cond = torch.randn_like(x)
-    sampler = DDIMSampler(net.schedule, 100, 0.95)
-    t = torch.full((1,), 501, device=device, dtype=torch.long)
-    noise = torch.randn_like(x)
-    sampler.step(x, net.denoise(x, t, cond), 50, noise)  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        sampler.step(x, net.denoise(x, t, cond), 50, noise)
-    _sync(device)
-    return (time.perf_counter() - start) / repeats
-
-
-def batching_ratio(net: SRModel, lr_size: int, steps: int, samples: int = 10) -> tuple[float, float, float]:
-    lr = np.random.default_rng(0).uniform(0.02, 0.3, (1, 4, lr_size, lr_size)).astype(np.float32)
-    net.sample(lr, samples=1, steps=1)  # warm-up
-    _sync(net.device)
-    start = time.perf_counter()
-    net.sample(lr, samples=samples, steps=steps)
-    _sync(net.device)
-    batched = time.perf_counter() - start
-    start = time.perf_counter()
-    for s in range(samples):
-        net.sample(lr, samples=1, steps=steps, seed=s)
-    _sync(net.device)
-    looped = time.perf_counter() - start
-    return batched, looped, batched / looped
+def per_patch(net, lr: np.ndarray, samples: int, steps: int, seeds: list[int]) -> np.ndarray:
+    """The previous kernel path: (N, 2, C, H, W) mean and std, one patch at a time."""
+    cfg = net.config
+    out = []
+    for i in range(lr.shape[0]):
+        x = torch.from_numpy(lr[i : i + 1])
+        cond = net.encode_condition(net.normalize(x)).mean.repeat(samples, 1, 1, 1)
+        gens = [item_generator(seeds[i], j) for j in range(samples)]
+        sampler = DDIMSampler(net.schedule, steps, cfg.sampler.eta, cfg.sampler.temperature)
+        z = sampler.sample(lambda x_t, t, cond=cond: net.denoiser(torch.cat([x_t, cond], dim=1), t), tuple(cond.shape), gens,
+                           torch.device("cpu"))
+        hr = net.denormalize(net.autoencoder.decode(z)).numpy()
+        for j in range(samples):
+            for band in range(hr.shape[1]):
+                hr[j, band] = match_histograms(hr[j, band], lr[i, band])
+        hr = np.maximum(net.apply_consistency(hr[None], lr[i : i + 1])[0], 0.0)
+        out.append(np.stack(net.summarize(hr[None]), axis=1)[0])
+    return np.stack(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["tiny", "v1"], choices=sorted(CONFIGS))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=4, help="DDIM steps in the batching comparison")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--patches", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs of each path")
     args = parser.parse_args()
-    device = resolve_device(args.device)
-    print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    for name in args.models:
-        cfg = CONFIGS[name]()
-        torch.manual_seed(0)
-        net = SRModel(cfg.replace(patch_size=32, default_overlap=4)).place(device)
-        for size in (32, 128):
-            print(f"{name:5s} latent {size:3d}x{size:<3d}: {time_per_step(net, size, args.repeats) * 1e3:9.1f} ms per DDIM step")
-        batched, looped, ratio = batching_ratio(net, 32, args.steps)
-        print(
-            f"{name:5s} samples=10 on a 32x32 LR patch, {args.steps} steps: batched {batched:.2f} s, "
-            f"10 x samples=1 {looped:.2f} s, ratio {ratio:.2f}"
-        )
+    torch.set_num_threads(args.threads)
+    old = xr_opensr.load_model(args.model, device="cpu")  # contiguous weights, as before
+    new = xr_opensr.load_model(args.model, device="cpu")
+    low = xr_opensr.load_model(args.model, device="cpu", dtype="bfloat16")
+    steps = args.steps or new.config.sampler.steps
+    size = 4 * new.config.patch_size
+    hr, lr = scenes(args.patches, size)
+    seeds = list(range(args.patches))
+    new.sample_summary(lr[:1], samples=2, steps=1)  # warm-up (and channels_last)
+    per_patch(old, lr[:1], 2, 1, [0])
+    low.sample_summary(lr[:1], samples=2, steps=1)
+    t_old, t_new, t_low = [], [], []
+    for _ in range(args.repeats):  # interleaved, so that a change in the machine's load hits both
+        t0 = time.perf_counter()
+        a = per_patch(old, lr, args.samples, steps, seeds)
+        t_old.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        b = new.sample_summary(lr, samples=args.samples, steps=steps, seed=seeds)
+        t_new.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        c = low.sample_summary(lr, samples=args.samples, steps=steps, seed=seeds)
+        t_low.append(time.perf_counter() - t0)
+    n = args.patches
+    print(f"model {args.model}, {n} patches of {new.config.patch_size}^2 LR, samples={args.samples}, steps={steps}, "
+          f"threads {args.threads}, load {os.getloadavg()[0]:.2f}")
+    print(f"per-patch path (before): {min(t_old) / n:.3f} s per patch")
+    print(f"batched engine path:     {min(t_new) / n:.3f} s per patch  (speed-up {min(t_old) / min(t_new):.2f}x)")
+    print(f"max |mean_before - mean_batched| {np.abs(a[:, 0] - b[:, 0]).max():.2e} (mean sample std "
+          f"{b[:, 1].mean() / new.config.std_scale:.2e}); PSNR before {M.psnr(a[:, 0], hr):.4f} dB, "
+          f"batched {M.psnr(b[:, 0], hr):.4f} dB, bicubic {M.psnr(M.bicubic_upsample(lr, 4), hr):.4f} dB")
+    print(f"batched engine path, bfloat16: {min(t_low) / n:.3f} s per patch  (speed-up {min(t_old) / min(t_low):.2f}x), "
+          f"PSNR {M.psnr(c[:, 0], hr):.4f} dB, mean |bf16 - fp32| {np.abs(c[:, 0] - b[:, 0]).mean():.2e}")
 
 
 if __name__ == "__main__":

@@ -230,6 +230,33 @@ def test_cli_workers_starts_a_local_cluster(geotiff, tmp_path, monkeypatch, caps
     assert ", 3 workers" in capsys.readouterr().out
 
 
+@pytest.mark.distributed
+def test_cli_gpu_workers_falls_back_to_cpu_workers_with_the_same_result(geotiff, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the CPU fallback; with a GPU --gpu-workers starts dask_cuda (tests/test_gpu.py)")
+    src, cube = geotiff
+    out = tmp_path / "g.tif"
+    assert main(["superresolve", str(src), str(out), "--gpu-workers", "--chunks", "48", *FAST]) == 0
+    assert "dask cluster:" in capsys.readouterr().out
+    expected = cube.opensr.superresolve(2, **SR_KW).compute()
+    np.testing.assert_array_equal(_io.open_result(out).sr.values, expected.sr.values)
+
+
+def test_cli_precision_and_threads_reach_the_kernel(geotiff, tmp_path, capsys):
+    src, cube = geotiff
+    out = tmp_path / "p.tif"
+    assert main(["superresolve", str(src), str(out), "--precision", "bfloat16", "--threads", "2", *FAST]) == 0
+    got = _io.open_result(out).sr.values
+    fp32 = cube.opensr.superresolve(2, **SR_KW).compute().sr.values
+    assert np.isfinite(got).all() and not np.array_equal(got, fp32)  # bf16 arithmetic really ran
+    np.testing.assert_allclose(got, fp32, atol=0.05)
+    assert main(["superresolve", str(src), str(tmp_path / "h.tif"), "--precision", "float16", *FAST]) == 2
+    assert "float16" in capsys.readouterr().err
+
+
 def test_cli_unreachable_scheduler_exit_2(geotiff, tmp_path, monkeypatch, capsys):
     distributed = pytest.importorskip("distributed")
 

@@ -85,3 +85,28 @@ def test_worker_killed_mid_compute(client, reference):
     res = future.result(timeout=300)
     xr.testing.assert_identical(res, reference)
     assert np.isfinite(res.sr).all()
+
+
+def test_local_cluster_cpu_fallback_one_task_per_worker(reference):
+    """``_runtime.local_cluster(device="cpu")``: the layout the CLI's ``--cluster local`` uses where no
+    GPU is (dask_cuda.LocalCUDACluster on GPUs); workers of one task, same result as the sync run."""
+    with _runtime.local_cluster("cpu", n_workers=2, silence_logs=logging.ERROR) as cluster, \
+            distributed.Client(cluster) as c:
+        assert type(cluster).__name__ == "LocalCluster"
+        assert all(w["nthreads"] == 1 for w in c.scheduler_info()["workers"].values())
+        res = c.compute(cube(time=1, y=24, x=24).opensr.superresolve(2, **KW)).result(timeout=300)
+    xr.testing.assert_identical(res, reference)
+
+
+def test_local_cluster_bad_device_and_missing_dask_cuda():
+    from xr_opensr.errors import InputError
+
+    with pytest.raises(InputError, match="device='tpu' for a local cluster"):
+        _runtime.local_cluster("tpu")
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"pip install 'xr-opensr\[cuda\]'"):
+            _runtime.local_cluster("cuda")
+    else:  # pragma: no cover - only where dask-cuda is installed
+        pytest.skip("dask-cuda is installed: the missing-extra message cannot be checked here")

@@ -183,7 +183,7 @@ def test_cuda_without_gpu_is_a_clear_error():
     with pytest.raises(DeviceError, match="no CUDA GPU.*device='cpu'"):
         load_model("tiny", device="cuda")
     with pytest.raises(InputError, match="needs a CUDA device"):
-        load_model("tiny", device="cpu", dtype="bfloat16")
+        load_model("tiny", device="cpu", dtype="float16")
 
 
 def test_default_without_trained_weights_says_so():

@@ -3,6 +3,12 @@
 ``run_patches(spec, patches, seeds)`` takes N LR patches of reflectance, all of the model's patch
 size, and returns for each the per-pixel mean and standard deviation over ``spec.samples``
 diffusion samples (and the samples themselves with ``spec.return_samples``).
+
+All (patch, sample) latents of the call go through the networks together, in calls of a fixed
+batch size (``spec.batch_size`` or the model's choice for the device, the last call padded), so a
+patch's result depends on its data and seed only: not on its batch mates, its position in the
+batch or the number of patches in the block (see :meth:`SRModel.sample_summary`). Memory does not
+grow with ``samples``: the samples are reduced to running sums as they are drawn.
 """
 
 from __future__ import annotations
@@ -13,16 +19,10 @@ import numpy as np
 
 from ._runtime import ModelSpec, get_model, model_lock, torch_threads
 
-__all__ = ["run_patches", "kernel_stats", "reset_kernel_stats", "default_batch_size"]
+__all__ = ["run_patches", "kernel_stats", "reset_kernel_stats"]
 
 _STATS = {"calls": 0, "patches": 0}
 _STATS_LOCK = threading.Lock()
-
-#: memory for one ``SRModel.sample`` call's outputs when ``batch_size`` is None; the engine holds
-#: about 8 copies of its (N, samples, C, sP, sP) output while it finishes (denormalise, mask,
-#: histogram matching, summarize), hence the factor below
-_BATCH_BUDGET_BYTES = 64 * 2**20
-_COPIES = 8
 
 
 def kernel_stats() -> dict[str, int]:
@@ -35,16 +35,6 @@ def reset_kernel_stats() -> None:
     """Set this process's kernel counters to zero."""
     with _STATS_LOCK:
         _STATS.update(calls=0, patches=0)
-
-
-def default_batch_size(samples: int, bands: int, hr_patch: int) -> int:
-    """Patches per ``SRModel.sample`` call so that one call needs about 64 MiB for its outputs.
-
-    Batching patches does not speed up the batch-invariant sampler (each patch runs alone), so
-    small calls cost nothing and keep the peak memory of a block low.
-    """
-    per_patch = _COPIES * samples * bands * hr_patch * hr_patch * 4
-    return max(1, _BATCH_BUDGET_BYTES // per_patch)
 
 
 def run_patches(spec: ModelSpec, patches: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -66,43 +56,22 @@ def run_patches(spec: ModelSpec, patches: np.ndarray, seeds: np.ndarray) -> np.n
     """
     patches = np.asarray(patches, dtype=np.float32)
     seeds = np.asarray(seeds)
-    n, c, h, w = patches.shape
-    if seeds.shape != (n,):
+    if seeds.shape != (patches.shape[0],):
         raise ValueError(f"need one seed per patch: patches {patches.shape}, seeds {seeds.shape}")
     net = get_model(spec)
-    s = net.config.scale
-    k = spec.n_outputs
-    out = np.empty((n, k, c, s * h, s * w), dtype=np.float32)
-    if n == 0:
-        return out
-    batch = spec.batch_size or default_batch_size(spec.samples, c, s * max(h, w))
     threads = spec.cpu_threads if net.device.type == "cpu" else None
-    with model_lock(net):
-        for start in range(0, n, batch):
-            stop = min(start + batch, n)
-            if threads is None:
-                samples = _sample(net, spec, patches[start:stop], seeds[start:stop])
-            else:
-                with torch_threads(threads):
-                    samples = _sample(net, spec, patches[start:stop], seeds[start:stop])
-            mean, std = net.summarize(samples)
-            out[start:stop, 0] = mean
-            out[start:stop, 1] = std
-            if spec.return_samples:
-                out[start:stop, 2:] = samples
+    with model_lock(net), torch_threads(threads):
+        out = net.sample_summary(
+            patches,
+            samples=spec.samples,
+            steps=spec.steps,
+            eta=spec.eta,
+            seed=[int(v) for v in seeds],
+            histogram_matching=spec.histogram_matching,
+            batch_size=spec.batch_size,
+            return_samples=spec.return_samples,
+        )
     with _STATS_LOCK:
         _STATS["calls"] += 1
-        _STATS["patches"] += n
+        _STATS["patches"] += patches.shape[0]
     return out
-
-
-def _sample(net, spec: ModelSpec, lr: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    return net.sample(
-        lr,
-        samples=spec.samples,
-        steps=spec.steps,
-        eta=spec.eta,
-        seed=[int(v) for v in seeds],
-        histogram_matching=spec.histogram_matching,
-        batch_invariant=True,
-    )

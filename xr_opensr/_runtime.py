@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from .models import SRModel
 
-__all__ = ["ModelSpec", "get_model", "load_count", "clear_cache", "model_lock", "torch_threads"]
+__all__ = ["ModelSpec", "get_model", "load_count", "clear_cache", "model_lock", "torch_threads", "local_cluster"]
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,14 @@ class ModelSpec:
     steps, eta : DDIM settings; ``None`` = the model's defaults.
     histogram_matching : match each sample band to the LR patch's histogram.
     return_samples : the kernel returns the samples too, not only their mean and std.
-    batch_size : patches per ``SRModel.sample`` call; ``None`` = as many as fit in ~64 MiB.
-    cpu_threads : torch intra-op threads while a patch batch runs on the CPU. Fixed (default 1)
-        because torch's CPU results depend on the thread count; dask gives the parallelism.
+    batch_size : (patch, sample) latents per network call; ``None`` = the model's choice for the
+        device (:meth:`~xr_opensr.models.SRModel.batch_limit`: from the model and the device's type
+        and total memory, never from the load of the moment). Every call of a run has this shape.
+    cpu_threads : torch intra-op threads of a task on the CPU, fixed per run (torch's CPU results
+        can depend on the thread count). Default 1: dask runs one task per core. Raise it when a
+        process has more cores than concurrent tasks (one block, or a dask worker with
+        ``nthreads=1`` on a multi-core machine).
+    compile : run the denoiser through ``torch.compile`` (CUDA graphs on a GPU).
     """
 
     model: str = "default"
@@ -53,6 +58,7 @@ class ModelSpec:
     return_samples: bool = False
     batch_size: int | None = None
     cpu_threads: int = 1
+    compile: bool = False
 
     @property
     def n_outputs(self) -> int:
@@ -65,11 +71,13 @@ _LOADS_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4)
-def _load(model: str, device: str, dtype: str | None, ema: bool | None) -> SRModel:
+def _load(model: str, device: str, dtype: str | None, ema: bool | None, compile: bool = False) -> SRModel:
     global _LOADS
     from .models import load_model
 
     net = load_model(model, device=device, dtype=dtype, ema=ema)
+    if compile and hasattr(net, "compile_denoiser"):
+        net.compile_denoiser()
     with _LOADS_LOCK:
         _LOADS += 1
     return net
@@ -80,12 +88,23 @@ _LOAD_LOCK = threading.Lock()
 
 def get_model(spec: ModelSpec) -> SRModel:
     """The model of ``spec``, loaded on first use in this process and cached (keyed by the load
-    fields: model, device, dtype, ema; sampling settings do not reload).
+    fields: model, device, dtype, ema, compile; sampling settings do not reload). One model per
+    device per process: a dask worker per GPU holds one copy.
 
-    Raises the errors of :func:`xr_opensr.load_model` (ModelError, CheckpointError, DeviceError).
+    Raises the errors of :func:`xr_opensr.load_model` (ModelError, CheckpointError, DeviceError),
+    and InputError for ``samples`` above :data:`~xr_opensr.models.pipeline.MAX_SAMPLES` or a
+    ``cpu_threads`` below 1.
     """
+    from .errors import InputError
+    from .models.pipeline import MAX_SAMPLES
+
+    if not 1 <= spec.samples <= MAX_SAMPLES:
+        raise InputError(f"samples must be in [1, {MAX_SAMPLES}] (memory does not grow with samples, time "
+                         f"does), got {spec.samples}")
+    if spec.cpu_threads < 1:
+        raise InputError(f"threads must be a positive integer, got {spec.cpu_threads}")
     with _LOAD_LOCK:  # two threads asking at once load once
-        return _load(spec.model, spec.device, spec.dtype, spec.ema)
+        return _load(spec.model, spec.device, spec.dtype, spec.ema, spec.compile)
 
 
 def load_count() -> int:
@@ -115,12 +134,16 @@ def model_lock(net: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run torch on ``n`` intra-op threads in this thread while inside, then restore the setting.
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run torch on ``n`` intra-op threads in this thread while inside, then restore the setting
+    (None: leave it as it is).
 
     With torch's OpenMP backend (the default on Linux) the setting belongs to the calling thread,
     so concurrent dask threads do not disturb each other.
     """
+    if n is None:
+        yield
+        return
     import torch
 
     saved = torch.get_num_threads()
@@ -131,3 +154,48 @@ def torch_threads(n: int) -> Iterator[None]:
     finally:
         if saved != n:
             torch.set_num_threads(saved)
+
+
+def local_cluster(device: str = "auto", *, threads: int = 1, n_workers: int | None = None, **kwargs: Any):
+    """A dask.distributed cluster on this machine laid out for super-resolution.
+
+    - GPUs (``device`` "auto" with a GPU visible, or "cuda"): one worker process per GPU, each
+      seeing only its GPU (``dask_cuda.LocalCUDACluster``, the ``xr-opensr[cuda]`` extra), one
+      thread per worker: one model per GPU per worker and one block in flight per GPU.
+    - CPU: ``distributed.LocalCluster`` with ``n_workers`` processes (default: cores / ``threads``)
+      of one task each, a task running torch on ``threads`` intra-op threads (pass the same
+      number to ``superresolve(..., threads=...)``).
+
+    Extra keyword arguments go to the cluster class. Returns the cluster (use it with
+    ``distributed.Client(cluster)``; close both when done).
+    """
+    import os
+
+    from .errors import InputError
+
+    try:
+        import distributed
+    except ImportError as err:  # pragma: no cover - the extra is installed in the tests
+        raise ImportError("a local cluster needs dask.distributed: pip install 'xr-opensr[distributed]'") from err
+    kwargs.setdefault("dashboard_address", None)
+    if _wants_gpu(device):
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError as err:
+            raise ImportError("one worker per GPU needs dask-cuda: pip install 'xr-opensr[cuda]'") from err
+        return LocalCUDACluster(n_workers=n_workers, threads_per_worker=1, **kwargs)
+    if device not in ("auto", "cpu"):
+        raise InputError(f"device={device!r} for a local cluster: use 'auto', 'cpu' or 'cuda'")
+    n = n_workers or max(1, (os.cpu_count() or 1) // max(1, threads))
+    return distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True, **kwargs)
+
+
+def _wants_gpu(device: str) -> bool:
+    """True for "cuda"/"cuda:N", and for "auto" when this process sees a CUDA GPU."""
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()

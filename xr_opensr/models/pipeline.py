@@ -7,7 +7,8 @@ autoencoder's encoder, and concatenated to the noisy latent along channels at ev
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,15 @@ from .config import ModelConfig
 from .diffusion import DDIMSampler, NoiseSchedule
 from .unet import UNet
 
-__all__ = ["SRModel", "match_histograms", "resolve_device", "item_generator"]
+__all__ = ["SRModel", "match_histograms", "resolve_device", "item_generator", "MAX_SAMPLES"]
+
+#: the most samples per patch: memory does not grow with ``samples`` (they are reduced as they are
+#: drawn), but time does, linearly; more than a few hundred samples change the mean and std little
+MAX_SAMPLES = 10_000
+
+#: memory for one network call on the CPU (larger batches gain nothing there: see batch_limit)
+_CPU_BUDGET_MB = 256.0
+_CPU_MAX_BATCH = 32
 
 _DTYPES = {
     "float32": torch.float32,
@@ -44,7 +53,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """None -> float32. Reduced precision (bfloat16/float16) is only allowed on a GPU."""
+    """None -> float32. bfloat16 on a GPU or the CPU (fast on CPUs with AMX or AVX512-BF16, e.g.
+    Intel Sapphire Rapids and later; slow elsewhere); float16 only on a GPU."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, str):
@@ -53,8 +63,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         dtype = _DTYPES[dtype]
     if dtype not in _DTYPES.values():
         raise InputError(f"dtype={dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16")
-    if dtype != torch.float32 and device.type != "cuda":
-        raise InputError(f"dtype={dtype} needs a CUDA device (got {device}); use dtype=None (float32) on the CPU")
+    if dtype == torch.float16 and device.type != "cuda":
+        raise InputError(f"dtype={dtype} needs a CUDA device (got {device}); use dtype=None (float32) or "
+                         "'bfloat16' on the CPU")
     return dtype
 
 
@@ -109,7 +120,7 @@ class SRModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """Compute dtype of the denoiser (the autoencoder always runs in float32)."""
+        """Compute dtype of the denoiser and the decoder (the encoder always runs in float32)."""
         return next(self.denoiser.parameters()).dtype
 
     def place(self, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = None) -> SRModel:
@@ -140,26 +151,63 @@ class SRModel(nn.Module):
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """eps prediction for noisy latents (B, E, h, w) given the condition latents (B, E, h, w)."""
         dt = self.dtype
-        return self.denoiser(torch.cat([x_t, cond], dim=1).to(dt), t).float()
+        net = getattr(self, "_compiled", None) or self.denoiser
+        x = torch.cat([x_t, cond], dim=1).to(dt).contiguous(memory_format=torch.channels_last)
+        return net(x, t).float()
 
-    # ------------------------------------------------------------------ sampling
     def batch_limit(self, h: int, w: int, memory_budget_mb: float | None = None) -> int:
-        """How many latents of size (h, w) go through the UNet together under the memory budget."""
+        """Latents of size (h, w) per network call under the memory budget: a function of the
+        model, the device *type and size* and the budget only (never of the free memory at the
+        moment), so that a run's batch shape, and hence its results, are reproducible.
+
+        Default budget: a quarter of the GPU's total memory; on the CPU 256 MiB and at most 32
+        latents (the UNet gains from batching up to about that; the decoder runs one latent at a
+        time there, see :meth:`_run`).
+        """
         if memory_budget_mb is None:
             if self.device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(self.device)
-                memory_budget_mb = 0.5 * free / 2**20
+                total = torch.cuda.get_device_properties(self.device).total_memory
+                memory_budget_mb = 0.25 * total / 2**20
             else:
-                memory_budget_mb = 2048.0
-        cfg = self.config.denoiser
+                memory_budget_mb = _CPU_BUDGET_MB
+        cfg, ae = self.config.denoiser, self.config.autoencoder
         bytes_per = torch.finfo(self.dtype).bits // 8
         # rough activation footprint of one latent through the UNet: ~24 feature maps at full width
         per_item = 24 * cfg.model_channels * max(cfg.channel_mult) * h * w * bytes_per
         # attention maps at the coarsest attended resolution
         per_item += 4 * (h * w) ** 2 * bytes_per // max(1, min(cfg.attention_resolutions or (1,))) ** 4
+        if self.device.type == "cpu":
+            return max(1, min(_CPU_MAX_BATCH, int(memory_budget_mb * 2**20 // max(per_item, 1))))
+        # the decoder at full resolution: ~6 maps of ch * ch_mult[0] channels of (s*h, s*w) pixels
+        s = self.config.scale
+        per_item = max(per_item, 6 * ae.ch * ae.ch_mult[0] * s * h * s * w * bytes_per)
         return max(1, int(memory_budget_mb * 2**20 // max(per_item, 1)))
 
-    @torch.no_grad()
+    def prepare_inference(self) -> SRModel:
+        """Once per model: channels_last weights (faster convolutions with oneDNN and cuDNN).
+
+        Outputs change only by float rounding (different convolution algorithms); returns self.
+        """
+        if not getattr(self, "_inference_ready", False):
+            self.to(memory_format=torch.channels_last)
+            self._inference_ready = True
+        return self
+
+    def compile_denoiser(self, mode: str = "reduce-overhead") -> SRModel:
+        """Run the denoiser through ``torch.compile`` (``mode="reduce-overhead"`` = CUDA graphs on a
+        GPU; the batch shape is fixed, so it compiles once). Returns self."""
+        self._compiled = torch.compile(self.denoiser, mode=mode, dynamic=False)
+        return self
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, E, h, w) -> normalised images (B, C, s*h, s*w) float32; the decoder runs in the
+        model's compute dtype (bfloat16/float16 under autocast on a GPU, else float32)."""
+        dt = self.dtype
+        with torch.autocast(z.device.type, dtype=dt, enabled=dt != torch.float32):
+            return self.autoencoder.decode(z.contiguous(memory_format=torch.channels_last)).float()
+
+    # ------------------------------------------------------------------ sampling
+    @torch.inference_mode()
     def sample(
         self,
         lr: Any,
@@ -171,6 +219,7 @@ class SRModel(nn.Module):
         temperature: float | None = None,
         histogram_matching: bool = True,
         memory_budget_mb: float | None = None,
+        batch_size: int | None = None,
         batch_invariant: bool = True,
         consistency: bool = True,
     ) -> Any:
@@ -179,17 +228,21 @@ class SRModel(nn.Module):
         Parameters
         ----------
         lr : array (B, C, h, w) of reflectance (numpy or torch), C = len(config.bands); NaN = nodata.
-        samples : samples per input.
+        samples : samples per input (at most :data:`MAX_SAMPLES`).
         steps, eta, temperature : DDIM settings (defaults from ``config.sampler``).
         seed : int, or one int per input; the noise of input b depends only on ``seed[b]``.
         histogram_matching : match each band of each sample to the LR band's histogram.
         consistency : then apply the model's consistency step (``config.consistency``: back-project
             the LR into each sample; a no-op for models without one). False: the raw samples.
-        memory_budget_mb : memory for one batch of latents through the UNet (default: half the free
-            GPU memory, 2 GiB on the CPU); more samples than fit are split into equal batches.
-        batch_invariant : run each input's samples as batches of their own fixed size, so an input's
-            result is the same whatever it is batched with (bit for bit on a given machine). False
-            batches across inputs too: faster for many small inputs, equal only to ~1e-6.
+        memory_budget_mb, batch_size : latents per denoiser call: ``batch_size``, else as many as
+            fit in ``memory_budget_mb`` (:meth:`batch_limit`; on the CPU rounded up to a multiple of
+            torch's thread count). The (input, sample) latents of all inputs go through the DDIM loop
+            together in calls of exactly this many (the last padded); the decoder takes one latent
+            per call on the CPU and the whole call on a GPU.
+        batch_invariant : pad the last call to the full batch size, so that every call has the same
+            shape and an input's result does not depend on its batch mates, its position in the batch
+            or how many inputs there are (bit for bit on the CPU; see docs/design.md for GPUs).
+            False: the last call holds only what is left (faster for a single small call).
 
         Returns
         -------
@@ -197,7 +250,62 @@ class SRModel(nn.Module):
         nodata LR pixel (NaN in any band) are NaN in every band.
         """
         is_numpy = not isinstance(lr, torch.Tensor)
-        x = torch.as_tensor(np.asarray(lr) if is_numpy else lr)
+        run = self._run(lr, samples, steps, eta, seed, temperature, histogram_matching, consistency,
+                        memory_budget_mb, batch_size, batch_invariant)
+        b, c, h, w = run.x.shape
+        s = self.config.scale
+        out = np.full((b, samples, c, s * h, s * w), np.nan, dtype=np.float32)
+        for ks, hr in self._generate(run):
+            for k, value in zip(ks, hr):
+                out[run.todo[k // samples], k % samples] = value
+        return out if is_numpy else torch.from_numpy(out)
+
+    @torch.inference_mode()
+    def sample_summary(
+        self,
+        lr: Any,
+        samples: int = 1,
+        steps: int | None = None,
+        eta: float | None = None,
+        seed: int | Sequence[int] = 0,
+        *,
+        histogram_matching: bool = True,
+        batch_size: int | None = None,
+        return_samples: bool = False,
+    ) -> np.ndarray:
+        """Samples reduced to their mean and standard deviation as they are drawn (the engine's path).
+
+        Same arguments and the same samples as :meth:`sample`, but memory does not grow with
+        ``samples``: the samples of an input are folded into running float64 sums in sample order
+        (so the result does not depend on the batch size), and dropped unless ``return_samples``.
+
+        Returns
+        -------
+        (B, K, C, scale*h, scale*w) float32: plane 0 the mean, plane 1 the per-band sample standard
+        deviation (ddof=1) times ``config.std_scale`` (0 when samples == 1), planes 2.. the samples
+        when ``return_samples`` (K = 2 + samples), else K = 2. NaN under nodata LR pixels.
+        """
+        run = self._run(lr, samples, steps, eta, seed, None, histogram_matching, True, None, batch_size, True)
+        b, c, h, w = run.x.shape
+        s = self.config.scale
+        k_out = 2 + (samples if return_samples else 0)
+        out = np.full((b, k_out, c, s * h, s * w), np.nan, dtype=np.float32)
+        sums: dict[int, _Moments] = {}
+        for ks, hr in self._generate(run):
+            for k, value in zip(ks, hr):
+                i, j = run.todo[k // samples], k % samples
+                if return_samples:
+                    out[i, 2 + j] = value
+                acc = sums.setdefault(i, _Moments(value))
+                acc.add(value)
+                if j == samples - 1:
+                    out[i, 0], out[i, 1] = sums.pop(i).result(self.config.std_scale)
+        return out
+
+    def _run(self, lr, samples, steps, eta, seed, temperature, histogram_matching, consistency,
+             memory_budget_mb, batch_size, pad) -> _Run:
+        """Check the arguments of :meth:`sample` and prepare the valid inputs for :meth:`_generate`."""
+        x = torch.as_tensor(np.asarray(lr) if not isinstance(lr, torch.Tensor) else lr)
         cfg = self.config
         if x.ndim != 4:
             raise InputError(f"lr must have shape (B, C, h, w), got {tuple(x.shape)}")
@@ -208,116 +316,106 @@ class SRModel(nn.Module):
             )
         if not (x.dtype.is_floating_point or x.dtype in (torch.uint8, torch.int16, torch.int32, torch.int64)):
             raise InputError(f"lr must be real-valued reflectance, got dtype {x.dtype}")
-        if not isinstance(samples, int | np.integer) or samples < 1:
-            raise InputError(f"samples must be a positive integer, got {samples!r}")
+        if not isinstance(samples, int | np.integer) or not 1 <= samples <= MAX_SAMPLES:
+            raise InputError(f"samples must be a positive integer <= {MAX_SAMPLES}, got {samples!r}")
         steps = cfg.sampler.steps if steps is None else steps
         if not isinstance(steps, int | np.integer) or not 1 <= steps <= cfg.schedule.timesteps:
             raise InputError(f"steps must be an integer in [1, {cfg.schedule.timesteps}], got {steps!r}")
         eta = cfg.sampler.eta if eta is None else float(eta)
         if eta < 0:
             raise InputError(f"eta must be >= 0, got {eta}")
+        if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
+            raise InputError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         temperature = cfg.sampler.temperature if temperature is None else float(temperature)
-        b, c, h, w = x.shape
-        seeds = [int(seed)] * b if isinstance(seed, int | np.integer) else [int(s) for s in seed]
+        b = x.shape[0]
+        seeds = [int(seed)] * b if isinstance(seed, int | np.integer) else [int(v) for v in seed]
         if len(seeds) != b:
             raise InputError(f"seed must be an int or one int per input ({b}), got {len(seeds)}")
-
         x = x.to(torch.float32).cpu()
         invalid = ~torch.isfinite(x).all(dim=1)  # (B, h, w): nodata in any band
-        s = cfg.scale
-        out = torch.full((b, samples, c, s * h, s * w), float("nan"), dtype=torch.float32)
         todo = [i for i in range(b) if not bool(invalid[i].all())]
-        if todo:
-            hr = self._sample_valid(
-                x[todo], invalid[todo], samples, steps, eta, temperature,
-                [seeds[i] for i in todo], histogram_matching, memory_budget_mb, batch_invariant, consistency,
-            )
-            out[todo] = hr
-        return out.numpy() if is_numpy else out
-
-    def _sample_valid(
-        self,
-        x: torch.Tensor,
-        invalid: torch.Tensor,
-        samples: int,
-        steps: int,
-        eta: float,
-        temperature: float,
-        seeds: list[int],
-        histogram_matching: bool,
-        memory_budget_mb: float | None,
-        batch_invariant: bool,
-        consistency: bool = True,
-    ) -> torch.Tensor:
-        cfg = self.config
-        b, c, h, w = x.shape
-        s = cfg.scale
-        # nodata: fill with the band's valid mean so the networks see plausible values
-        fill = torch.where(invalid[:, None], torch.nan, x).nanmean(dim=(2, 3), keepdim=True)
-        x_filled = torch.where(invalid[:, None], fill.expand_as(x), x)
-
-        # pad to at least the patch size and to a multiple of the UNet factor (reflect, then replicate)
         factor = 2 ** (len(cfg.denoiser.channel_mult) - 1)
-        ph, pw = _padded_size(h, cfg.patch_size, factor), _padded_size(w, cfg.patch_size, factor)
-        x_pad = _pad_to(x_filled, ph, pw)
-
-        device = self.device
-        xn = self.normalize(x_pad).to(device)
-        if batch_invariant:  # each input alone: its result never depends on its batch mates
-            posts = [self.encode_condition(xn[i : i + 1]) for i in range(b)]
-            cond_mean = torch.cat([p.mean for p in posts])
-            cond_std = torch.cat([p.std for p in posts])
+        ph = _padded_size(x.shape[-2], cfg.patch_size, factor)
+        pw = _padded_size(x.shape[-1], cfg.patch_size, factor)
+        cpu = self.device.type == "cpu"
+        if batch_size is not None:
+            size = int(batch_size)
         else:
-            post = self.encode_condition(xn)
-            cond_mean, cond_std = post.mean, post.std
+            limit = self.batch_limit(ph, pw, memory_budget_mb)
+            if cpu:  # one input's samples per call (padding a small block's calls to a larger batch
+                # costs more than the UNet gains on a CPU), in whole latents per thread: a latent's
+                # position then never decides how its work is split between threads
+                threads = torch.get_num_threads()
+                size = -(-min(samples, limit) // threads) * threads
+            else:  # as many inputs' samples per call as fit: fills the GPU
+                size = samples * max(1, limit // samples) if samples <= limit else limit
+        # the decoder: on the CPU one latent per call (as fast per latent as larger batches, and the
+        # padding of a call is never decoded); on a GPU the whole padded call
+        decode = 1 if cpu else size
+        sampler = DDIMSampler(self.schedule, int(steps), eta, temperature)
+        return _Run(x, invalid, todo, [seeds[i] for i in todo], int(samples), sampler,
+                    bool(histogram_matching), bool(consistency), size, decode, bool(pad), (ph, pw))
 
-        # the (B*S) latents: item index k = i * samples + j, with generator (seed_i, j)
+    def _generate(self, run: _Run) -> Iterator[tuple[range, np.ndarray]]:
+        """Yield (item indices, HR samples (n, C, s*h, s*w) float32) for the latents k = i*S + j
+        (valid input i, sample j), ``run.size`` of them per network call, in order."""
+        self.prepare_inference()
+        cfg, device = self.config, self.device
+        x, invalid = run.x[run.todo], run.invalid[run.todo]
+        b, c, h, w = x.shape
+        if b == 0:
+            return
+        s, samples = cfg.scale, run.samples
+        # nodata: fill with the band's valid mean so the networks see plausible values (per input)
+        x_filled = torch.stack([_fill_nodata(x[i], invalid[i]) for i in range(b)])
+        xn = self.normalize(_pad_to(x_filled, *run.padded))
+        cond_mean, cond_std = self._conditions(xn, device)
+        lr_nan = torch.where(invalid[:, None], torch.nan, x).numpy()
+        hr_invalid = invalid.repeat_interleave(s, dim=1).repeat_interleave(s, dim=2).numpy()
         n = b * samples
-        gens = [item_generator(seeds[k // samples], k % samples) for k in range(n)]
-        limit = self.batch_limit(ph, pw, memory_budget_mb)
-        if batch_invariant:
-            size = min(samples, limit)
-            groups = [list(range(i * samples + a, min(i * samples + a + size, (i + 1) * samples)))
-                      for i in range(b) for a in range(0, samples, size)]
-        else:
-            size = limit
-            groups = [list(range(a, min(a + size, n))) for a in range(0, n, size)]
-        sampler = DDIMSampler(self.schedule, steps, eta, temperature)
-        decoded_parts = []
-        for ks in groups:
-            if not batch_invariant:
-                size = len(ks)
-            # pad every group to the same batch size with throw-away items (fixed kernel shapes)
-            idx = [k // samples for k in ks] + [ks[-1] // samples] * (size - len(ks))
-            group_gens = [gens[k] for k in ks] + [torch.Generator().manual_seed(0) for _ in range(size - len(ks))]
+        for start in range(0, n, run.size):
+            ks = range(start, min(start + run.size, n))
+            width = run.size if run.pad else len(ks)
+            idx = [k // samples for k in ks] + [ks[-1] // samples] * (width - len(ks))
+            gens = [item_generator(run.seeds[k // samples], k % samples) for k in ks]
+            gens += [torch.Generator().manual_seed(0) for _ in range(width - len(ks))]
             mean = cond_mean[idx]
             if cfg.conditioning == "sample":
-                noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in group_gens]).to(device)
-                cond = mean + cond_std[idx] * noise
+                noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens])
+                cond = mean + cond_std[idx] * _to_device(noise, device)
             else:
                 cond = mean
-            z = sampler.sample(
-                lambda x_t, t, cond=cond: self.denoise(x_t, t, cond),
-                tuple(mean.shape), group_gens, device, torch.float32,
-            )
-            decoded_parts.append(self.autoencoder.decode(z)[: len(ks)])
-        decoded = torch.cat(decoded_parts)
-        hr = self.denormalize(decoded.float()).cpu()[..., : s * h, : s * w]
-        hr = hr.reshape(b, samples, c, s * h, s * w)
+            z = run.sampler.sample(lambda x_t, t, cond=cond: self.denoise(x_t, t, cond),
+                                   tuple(mean.shape), gens, device, torch.float32)
+            m, d = len(ks), run.decode_size
+            decoded = torch.cat([self.decode(z[a : a + d]) for a in range(0, m, d)])[:m]
+            decoded = _to_host(self.denormalize(decoded))[..., : s * h, : s * w]
+            yield ks, self._finish(decoded, [k // samples for k in ks], run, x_filled, lr_nan, hr_invalid)
 
-        hr_invalid = invalid.repeat_interleave(s, dim=1).repeat_interleave(s, dim=2)  # (B, sH, sW)
-        hr = torch.where(hr_invalid[:, None, None], torch.nan, hr)
-        if histogram_matching:
-            lr_np = torch.where(invalid[:, None], torch.nan, x).numpy()
-            hr_np = hr.numpy()
-            for i in range(b):
-                for j in range(samples):
-                    for band in range(c):
-                        hr_np[i, j, band] = match_histograms(hr_np[i, j, band], lr_np[i, band])
-            hr = torch.from_numpy(hr_np)
-        if consistency and cfg.consistency.active:
-            hr = torch.from_numpy(self.apply_consistency(hr.numpy(), x_filled.numpy(), invalid.numpy()))
-        return hr.clamp_min(0.0)
+    def _conditions(self, xn: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder posterior (mean, std) of each normalised padded LR, one input per call (an input's
+        condition never depends on the others)."""
+        means, stds = [], []
+        for i in range(xn.shape[0]):
+            post = self.encode_condition(_to_device(xn[i : i + 1], device).contiguous(memory_format=torch.channels_last))
+            means.append(post.mean.contiguous())
+            stds.append(post.std.contiguous())
+        return torch.cat(means), torch.cat(stds)
+
+    def _finish(self, hr: np.ndarray, idx: list[int], run: _Run, x_filled: torch.Tensor,
+                lr_nan: np.ndarray, hr_invalid: np.ndarray) -> np.ndarray:
+        """Per sample: nodata -> NaN, histogram matching, the consistency step, clamp at 0."""
+        hr = np.where(hr_invalid[idx][:, None], np.float32(np.nan), hr)
+        if run.histogram_matching:
+            for n, i in enumerate(idx):
+                for band in range(hr.shape[1]):
+                    hr[n, band] = match_histograms(hr[n, band], lr_nan[i, band])
+        if run.consistency and self.config.consistency.active:
+            inv = run.invalid[run.todo].numpy()
+            lr = x_filled.numpy()
+            hr = np.concatenate([self.apply_consistency(hr[n : n + 1, None], lr[i : i + 1], inv[i : i + 1])[:, 0]
+                                 for n, i in enumerate(idx)])
+        return np.maximum(hr, np.float32(0.0), out=hr)  # (NaN stays NaN)
 
     def apply_consistency(self, samples: np.ndarray, lr: np.ndarray, invalid: np.ndarray | None = None) -> np.ndarray:
         """The model's consistency step (``config.consistency``) on samples (B, S, C, H, W) of the LR
@@ -376,3 +474,73 @@ def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         else:
             x = F.pad(x, (0, dw, 0, dh), mode="replicate")
     return x
+
+
+@dataclass
+class _Run:
+    """The checked arguments of one :meth:`SRModel.sample` call (valid inputs listed in ``todo``)."""
+
+    x: torch.Tensor  # (B, C, h, w) float32 on the CPU, NaN = nodata
+    invalid: torch.Tensor  # (B, h, w) bool
+    todo: list[int]  # inputs with at least one valid pixel
+    seeds: list[int]  # one per input in todo
+    samples: int
+    sampler: DDIMSampler
+    histogram_matching: bool
+    consistency: bool
+    size: int  # latents per denoiser call (the DDIM loop)
+    decode_size: int  # latents per decoder call (divides size)
+    pad: bool  # pad the last call to ``size``
+    padded: tuple[int, int]  # LR size the networks see
+
+
+class _Moments:
+    """Running float64 sums of one input's samples, added in sample order and shifted by the first
+    sample (a stable variance); the result does not depend on how the samples were batched."""
+
+    def __init__(self, first: np.ndarray) -> None:
+        self.shift = first.astype(np.float64)
+        self.n = 0
+        self.s1 = np.zeros_like(self.shift)
+        self.s2 = np.zeros_like(self.shift)
+
+    def add(self, value: np.ndarray) -> None:
+        d = value - self.shift
+        self.s1 += d
+        self.s2 += d * d
+        self.n += 1
+
+    def result(self, std_scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std * std_scale) float32; std ddof=1, 0 for one sample (NaN stays NaN)."""
+        mean = self.shift + self.s1 / self.n
+        if self.n > 1:
+            var = np.maximum(self.s2 - self.s1 * self.s1 / self.n, 0.0) / (self.n - 1)
+            std = np.sqrt(var) * std_scale
+        else:
+            std = np.where(np.isnan(mean), np.nan, 0.0)
+        return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _fill_nodata(x: torch.Tensor, invalid: torch.Tensor) -> torch.Tensor:
+    """(C, h, w) with nodata pixels (``invalid`` (h, w)) set to the band's valid mean."""
+    if not bool(invalid.any()):
+        return x
+    fill = torch.where(invalid[None], torch.nan, x).nanmean(dim=(1, 2), keepdim=True)
+    return torch.where(invalid[None], fill.expand_as(x), x)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device; on a GPU through pinned memory with a non-blocking copy."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _to_host(t: torch.Tensor) -> np.ndarray:
+    """Device -> numpy float32 (C-contiguous); from a GPU into pinned memory, then one sync."""
+    if t.device.type != "cuda":
+        return t.float().contiguous().numpy()
+    host = torch.empty(t.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    torch.cuda.current_stream(t.device).synchronize()
+    return host.numpy()

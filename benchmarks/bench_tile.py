@@ -1,0 +1,93 @@
+"""The dask layer at scale: a whole Sentinel-2 tile, a large cube streamed to Zarr, the default model.
+
+    python benchmarks/bench_tile.py --only sum            # 10980^2 LR tile (lazy) -> sum, model "bicubic"
+    python benchmarks/bench_tile.py --only zarr           # 4096^2 LR cube -> compressed Zarr, "bicubic"
+    python benchmarks/bench_tile.py --only model --model-size 1024   # the default model, samples=10
+    python benchmarks/bench_tile.py --only sum,zarr --tile 2048      # quicker
+
+Every part runs in a fresh subprocess and prints its wall time, the number of tasks of the graph,
+and the process's peak RSS (VmHWM): the cost of the dask layer itself when the kernel is cheap
+(``model="bicubic"``, see :mod:`xr_opensr.models.baselines`), and of the whole pipeline with the
+default model. The input is a lazy synthetic uint16 cube generated chunk by chunk where it is used
+(``bench_accessor.s2_cube``), so reading costs nothing. Goals (issue 13, item 6c): peak RSS < 4 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dask
+from bench_accessor import _peak_rss_mb, s2_cube
+
+import xr_opensr  # noqa: F401  (registers .opensr)
+
+
+def _child(part: str, size: int, model: str, samples: int, chunk: int, out: str | None) -> dict:
+    cube = s2_cube(size, chunk=chunk)
+    t0 = time.perf_counter()
+    ds = cube.opensr.superresolve(samples, model=model)
+    build = time.perf_counter() - t0
+    tasks = len(ds.sr.data.__dask_graph__())
+    t0 = time.perf_counter()
+    with dask.config.set(scheduler="threads"):
+        if part == "zarr":
+            ds.to_zarr(out, mode="w")  # zarr's default codec compresses (zstd)
+            value = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file()) / 2**20
+        else:
+            value = float(ds.sr.sum().compute())
+    return {"part": part, "size": size, "model": model, "samples": samples, "build_s": build,
+            "compute_s": time.perf_counter() - t0, "tasks": tasks, "peak_rss_mb": _peak_rss_mb(), "value": value}
+
+
+def run_part(part: str, size: int, model: str, samples: int, chunk: int, timeout: float) -> dict | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, __file__, "--_child", part, "--size", str(size), "--model", model,
+               "--samples", str(samples), "--chunk", str(chunk), "--out", str(Path(tmp) / "sr.zarr")]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+        except subprocess.TimeoutExpired:
+            print(f"    {part}: did not finish within {timeout:.0f} s")
+            return None
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="sum,zarr,model")
+    parser.add_argument("--tile", type=int, default=10980, help="LR pixels per side of the tile (sum)")
+    parser.add_argument("--zarr-size", type=int, default=4096)
+    parser.add_argument("--model-size", type=int, default=1024)
+    parser.add_argument("--model", default="default", help="model of the 'model' part")
+    parser.add_argument("--samples", type=int, default=10, help="samples of the 'model' part")
+    parser.add_argument("--chunk", type=int, default=1024, help="input chunk side (LR pixels)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per part")
+    parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._child:
+        print(json.dumps(_child(args._child, args.size, args.model, args.samples, args.chunk, args.out)))
+        return
+    print(f"bench_tile: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, dask {dask.__version__}")
+    parts = {"sum": (args.tile, "bicubic", 1), "zarr": (args.zarr_size, "bicubic", 1),
+             "model": (args.model_size, args.model, args.samples)}
+    for part in args.only.split(","):
+        size, model, samples = parts[part]
+        r = run_part(part, size, model, samples, args.chunk, args.timeout)
+        if r is None:
+            continue
+        what = f"{r['value']:.1f} MiB on disk" if part == "zarr" else f"sum {r['value']:.6g}"
+        print(f"  {part:5s} {size}^2 LR, model {model}, samples={samples}: graph {r['build_s']:.1f} s, "
+              f"{r['tasks']:,} tasks, compute {r['compute_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
+              f"(goal < 4096), {what}; load {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Baseline models that run through the same pipeline as the diffusion models: bicubic upsampling.
+
+``load_model("bicubic")`` and ``load_model("bicubic+consistency")`` (and ``superresolve(...,
+model="bicubic")``, ``xr-opensr superresolve --model bicubic``) give an object with the engine's
+interface (``config``, ``sample``, ``sample_summary``, ``summarize``), so a baseline goes through
+the same patch grid, blending, output layout and writers as a real model:
+
+- ``"bicubic"``: Keys' cubic convolution (a = -0.5) of each patch, :func:`xr_opensr.metrics.
+  bicubic_upsample` (the bicubic of the metrics and ``training evaluate``);
+- ``"bicubic+consistency"``: then the consistency step of the shipped default model
+  (:class:`~xr_opensr.models.consistency.ConsistencyConfig`, back-projection of the LR), the
+  "bicubic+consistency" column of ``training evaluate``.
+
+Every sample is the same image, so ``uncertainty`` is 0 (NaN under nodata). The samples are free:
+a baseline costs one numpy upsampling per patch, which is what the benchmarks use to measure the
+dask layer's own cost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .config import ModelConfig
+from .consistency import ConsistencyConfig
+from .pipeline import MAX_SAMPLES, SRModel
+
+__all__ = ["BASELINES", "BaselineModel", "load_baseline"]
+
+#: names of the baseline models (not folders: they have no weights)
+BASELINES = ("bicubic", "bicubic+consistency")
+
+
+def _default_consistency() -> ConsistencyConfig:
+    """The consistency step of the shipped default model (read from its config.json, no weights)."""
+    from .io import CONFIG_FILE, registered_models
+
+    folder = registered_models().get("default")
+    if folder is None:  # an installation without the trained default: its documented step
+        return ConsistencyConfig(kernel="psf", psf_sigma=1.7, iterations=1)
+    return ModelConfig.from_json(folder / CONFIG_FILE).consistency
+
+
+class BaselineModel(torch.nn.Module):
+    """Bicubic upsampling (optionally + a consistency step) with the interface of :class:`SRModel`.
+
+    Runs in numpy on the CPU whatever device is asked for; deterministic (seeds are ignored).
+    """
+
+    # one home for these: the model's own consistency step and sample statistics
+    apply_consistency = SRModel.apply_consistency
+    summarize = SRModel.summarize
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        if name not in BASELINES:
+            raise InputError(f"unknown baseline {name!r}; use one of {BASELINES}")
+        consistency = _default_consistency() if name == "bicubic+consistency" else ConsistencyConfig()
+        self.config = ModelConfig(
+            name=name, version="1.0.0", patch_size=32, default_overlap=8, conditioning="mode",
+            consistency=consistency,
+            provenance={"source": "xr_opensr.models.baselines: Keys cubic convolution (a=-0.5)"
+                        + (", then the default model's consistency step" if consistency.active else "")},
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def place(self, device: Any = "auto", dtype: Any = None) -> BaselineModel:
+        """Nothing to move: a baseline always runs in numpy on the CPU. Returns self."""
+        return self
+
+    def upsample(self, lr: np.ndarray) -> np.ndarray:
+        """(B, C, h, w) reflectance (NaN = nodata) -> (B, C, s*h, s*w) float32, NaN under nodata LR pixels
+        (a pixel is nodata when any band is, as in :meth:`SRModel.sample`)."""
+        from ..metrics import bicubic_upsample
+
+        lr = np.asarray(lr, dtype=np.float32)
+        s = self.config.scale
+        invalid = ~np.isfinite(lr).all(axis=1)
+        lr = np.where(invalid[:, None], np.float32(np.nan), lr)
+        hr = np.asarray(bicubic_upsample(lr, s), dtype=np.float32)
+        if self.config.consistency.active and not invalid.all():
+            hr = self.apply_consistency(hr[:, None], lr, invalid)[:, 0]
+        return hr
+
+    def sample(self, lr: Any, samples: int = 1, steps: int | None = None, eta: float | None = None,
+               seed: Any = 0, **_: Any) -> Any:
+        """``samples`` copies of :meth:`upsample`: (B, samples, C, s*h, s*w), the array type of ``lr``."""
+        is_numpy = not isinstance(lr, torch.Tensor)
+        x = np.asarray(lr if is_numpy else lr.cpu().numpy())
+        _check(x, samples, len(self.config.bands))
+        out = np.repeat(self.upsample(x)[:, None], samples, axis=1)
+        return out if is_numpy else torch.from_numpy(out)
+
+    def sample_summary(self, lr: Any, samples: int = 1, steps: int | None = None, eta: float | None = None,
+                       seed: Any = 0, *, return_samples: bool = False, **_: Any) -> np.ndarray:
+        """(B, K, C, s*h, s*w): the upsampled image, uncertainty 0 (NaN under nodata), and the
+        ``samples`` copies when ``return_samples`` -- the layout of :meth:`SRModel.sample_summary`."""
+        x = np.asarray(lr)
+        _check(x, samples, len(self.config.bands))
+        hr = self.upsample(x)
+        zero = np.where(np.isnan(hr), np.float32(np.nan), np.float32(0.0))
+        planes = [hr, zero] + [hr] * (samples if return_samples else 0)
+        return np.stack(planes, axis=1)
+
+    def extra_repr(self) -> str:
+        return f"name={self.config.name!r}, consistency={self.config.consistency.describe()!r}"
+
+
+def _check(x: np.ndarray, samples: Any, bands: int) -> None:
+    if x.ndim != 4 or x.shape[1] != bands:
+        raise InputError(f"lr must have shape (B, {bands}, h, w), got {x.shape}")
+    if not isinstance(samples, int | np.integer) or not 1 <= samples <= MAX_SAMPLES:
+        raise InputError(f"samples must be a positive integer <= {MAX_SAMPLES}, got {samples!r}")
+
+
+def load_baseline(name: str) -> BaselineModel:
+    """The baseline model ``name`` (one of :data:`BASELINES`)."""
+    return BaselineModel(name).eval()
