@@ -101,14 +101,9 @@ def test_only_the_entry_points_import_core():
     assert offenders == []
 
 
-#: models that still take ``bicubic_upsample`` from ``metrics`` instead of ``sensor`` (owned by another
-#: change in progress): each must still do so (remove it here once fixed), and no other may start.
-MODELS_IMPORTING_METRICS_PENDING = {"xr_opensr.models.pipeline", "xr_opensr.models.baselines"}
-
-
 def test_models_do_not_import_metrics():
     offenders = {m for m, imp in LIB.items() if m.startswith("xr_opensr.models") and touches(imp, "xr_opensr.metrics")}
-    assert offenders == MODELS_IMPORTING_METRICS_PENDING
+    assert offenders == set()
 
 
 def _closure(start: str) -> set[str]:

@@ -5,7 +5,7 @@ model="bicubic")``, ``xr-opensr superresolve --model bicubic``) give an object w
 interface (``config``, ``sample``, ``sample_summary``, ``summarize``), so a baseline goes through
 the same patch grid, blending, output layout and writers as a real model:
 
-- ``"bicubic"``: Keys' cubic convolution (a = -0.5) of each patch, :func:`xr_opensr.metrics.
+- ``"bicubic"``: Keys' cubic convolution (a = -0.5) of each patch, :func:`xr_opensr.sensor.
   bicubic_upsample` (the bicubic of the metrics and ``training evaluate``);
 - ``"bicubic+consistency"``: then the consistency step of the shipped default model
   (:class:`~xr_opensr.models.consistency.ConsistencyConfig`, back-projection of the LR), the
@@ -81,7 +81,7 @@ class BaselineModel(torch.nn.Module):
     def upsample(self, lr: np.ndarray) -> np.ndarray:
         """(B, C, h, w) reflectance (NaN = nodata) -> (B, C, s*h, s*w) float32, NaN under nodata LR pixels
         (a pixel is nodata when any band is, as in :meth:`SRModel.sample`)."""
-        from ..metrics import bicubic_upsample
+        from ..sensor import bicubic_upsample
 
         lr = np.asarray(lr, dtype=np.float32)
         s = self.config.scale

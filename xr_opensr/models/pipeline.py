@@ -421,7 +421,7 @@ class SRModel(nn.Module):
         """The model's consistency step (``config.consistency``) on samples (B, S, C, H, W) of the LR
         (B, C, h, w); ``invalid`` (B, h, w) marks nodata LR pixels, whose HR pixels stay NaN (and
         ``lr`` must be finite elsewhere). Returns a new float32 array; unchanged when the step is off."""
-        from ..metrics import bicubic_upsample
+        from ..sensor import bicubic_upsample
         from .consistency import enforce_consistency
 
         cfg = self.config
