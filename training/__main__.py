@@ -1,11 +1,16 @@
-"""Command line: ``python -m training {data,autoencoder,diffusion,export,evaluate} --config FILE``.
+"""Command line: ``python -m training {data,autoencoder,diffusion,regression,export,evaluate} --config FILE``.
 
 Train, export and evaluate the default model (outputs in runs/default/)::
 
     python -m training autoencoder --config training/configs/default.json
     python -m training diffusion   --config training/configs/default.json
+    python -m training regression  --config training/configs/default.json   # the deterministic baseline
     python -m training export      --config training/configs/default.json
     python -m training evaluate    --config training/configs/default.json
+
+``evaluate`` scores the model (and the regression baseline, when trained) on the synthetic test
+scenes, the real held-out split and the unseen-domain set; it writes ``metrics.json`` and
+``EVALUATION.md`` into the model folder.
 
 A stopped run (Ctrl-C, SIGTERM, a crash after a checkpoint) continues with ``--resume``.
 """
@@ -22,7 +27,8 @@ from xr_opensr.errors import OpenSRError
 from .config import TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.json"
-STAGES = ("data", "autoencoder", "diffusion", "export", "evaluate")
+STAGES = ("data", "autoencoder", "diffusion", "regression", "export", "evaluate")
+TRAINED = ("autoencoder", "diffusion", "regression")
 
 
 def _override(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
@@ -63,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="export: also fit std_scale on the validation scenes")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="evaluate: keep the model's std_scale instead of fitting it first")
+    parser.add_argument("--regression", type=Path, default=None, metavar="FILE",
+                        help="evaluate: the regression baseline to score beside the model (default: "
+                             "<out>/regression/regression.safetensors when it exists)")
     parser.add_argument("--export-real", type=Path, default=None, metavar="FILE.npz",
                         help="data: also save the training split of the real scene as a .npz (train from it "
                              "with --set data.real_path=FILE.npz on machines without GDAL)")
@@ -83,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     if run:
         cfg = cfg.replace(run=run)
     if args.steps is not None:
-        if args.stage not in ("autoencoder", "diffusion"):
-            raise SystemExit("--steps applies to the autoencoder and diffusion stages")
+        if args.stage not in TRAINED:
+            raise SystemExit(f"--steps applies to the stages {', '.join(TRAINED)}")
         cfg = cfg.replace(**{args.stage: {"steps": args.steps}})
     run_dir = args.out if args.out is not None else Path("runs") / cfg.name
     model_dir = args.model_dir if args.model_dir is not None else run_dir / "model"
@@ -113,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             from .diffusion import train_diffusion
 
             train_diffusion(cfg, run_dir, resume=args.resume, progress=progress)
+        elif args.stage == "regression":
+            from .regression import train_regression
+
+            train_regression(cfg, run_dir, resume=args.resume, progress=progress)
         elif args.stage == "export":
             from .export import export_model
 
@@ -126,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluate import evaluate
 
             setup_logging(run_dir / "evaluate.log")
-            evaluate(cfg, run_dir, model_dir, calibrate_first=not args.no_calibrate, progress=progress)
+            evaluate(cfg, run_dir, model_dir, calibrate_first=not args.no_calibrate, progress=progress,
+                     regression_path=args.regression)
     except KeyboardInterrupt:
         print("interrupted: continue with --resume", file=sys.stderr)
         return 130

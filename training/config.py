@@ -5,6 +5,8 @@ xr-opensr's one config loader (:func:`xr_opensr.models.config.load_config`): mis
 defaults below; unknown keys, wrong types and out-of-range sizes raise ``ConfigError``. The model section is an
 :class:`xr_opensr.models.ModelConfig` (the same object that ends up as the exported ``config.json``);
 ``data`` and ``degradation`` are passed as keyword arguments to :class:`training.data.DataConfig` and
+:class:`training.degradation.DegradationConfig`; ``evaluate.unseen_scene`` and
+``evaluate.unseen_degradation`` (the unseen-domain set) to :class:`xr_opensr.testing.SceneStyle` and
 :class:`training.degradation.DegradationConfig`.
 """
 
@@ -23,6 +25,7 @@ __all__ = [
     "AutoencoderStageConfig",
     "DiffusionStageConfig",
     "EvalConfig",
+    "RegressionStageConfig",
     "RunConfig",
     "TrainConfig",
 ]
@@ -85,6 +88,40 @@ class DiffusionStageConfig:
 
 
 @dataclass(frozen=True)
+class RegressionStageConfig:
+    """The deterministic baseline (``python -m training regression``): an EDSR-like CNN at LR
+    resolution (``blocks`` residual blocks of ``channels``, PixelShuffle, residual on bicubic)
+    trained with an L1 loss on the same training pairs (:mod:`training.regression`)."""
+
+    steps: int = 6000
+    batch_size: int = 16
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    channels: int = 32
+    blocks: int = 10
+    res_scale: float = 1.0
+
+
+#: The unseen-domain set's scenes (``evaluate.unseen_scene``): another land-cover mix (more urban,
+#: forest, bare soil and water), smaller parcels, coarser and stronger textures, thinner clouds.
+UNSEEN_SCENE = {
+    "land_cover": {"cropland": 0.12, "grassland": 0.13, "forest": 0.25, "bare_soil": 0.15, "urban": 0.25,
+                   "water": 0.10},
+    "parcel_size_m": 70.0,
+    "texture_scale": 1.6,
+    "texture_strength": 1.4,
+    "cloud_cover": [0.05, 0.25],
+}
+#: The unseen-domain set's sensor (``evaluate.unseen_degradation``): the PSF sigma (HR px) drawn in
+#: 1.4-2.0 per scene, LR noise of 0.0005-0.002 reflectance, misregistration of up to 1.2 HR px
+#: (0.3 LR px, Sentinel-2's multispectral registration requirement) per axis.
+UNSEEN_DEGRADATION = {"psf_sigma_range": [1.4, 2.0], "noise_std_range": [0.0005, 0.002], "shift_max": 1.2}
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """What every stage shares: seed, device, threads, how often to log, save and draw."""
 
@@ -102,16 +139,30 @@ class RunConfig:
 class EvalConfig:
     """Calibration (validation scenes) and held-out evaluation.
 
-    Synthetic validation and test scenes use seeds offset far from the training seeds; the
-    held-out real crops come from ``training.data`` with ``split="heldout"`` (south of the line).
+    Synthetic validation, test and unseen-domain scenes use the plain seeds ``<set>_seed + i``
+    (disjoint ranges, checked); training scenes use ``(data.seed, tag, i)`` sequences, never a plain
+    seed. The held-out real crops come from ``training.data`` with ``split="heldout"`` (south of
+    the line). The unseen-domain set (``unseen_*``) is made with another scene generator setting
+    and another sensor; neither training nor calibration sees it.
+
+    ``samples`` samples make the SR mean of the headline figures; the uncertainty is scored with the
+    first ``k`` samples for each ``k`` of ``sample_counts`` (each >= 2); ``max(samples,
+    *sample_counts)`` samples are drawn per patch.
     """
 
     validation_seed: int = 1_000_000
     test_seed: int = 2_000_000
+    unseen_seed: int = 3_000_000
     validation_items: int = 16
     test_items: int = 32
+    unseen_items: int = 32
     real_items: int = 16
+    unseen_clouds: float = 0.25  # probability that an unseen-domain scene has clouds
+    unseen_scene: dict[str, Any] = field(default_factory=lambda: dict(UNSEEN_SCENE))
+    unseen_degradation: dict[str, Any] = field(default_factory=lambda: dict(UNSEEN_DEGRADATION))
     samples: int = 10
+    sample_counts: tuple[int, ...] = (4, 10)
+    opensr_border: int = 16  # HR px cut from each side for the opensr-test metrics (opensr-test's default)
     steps: int = 20
     eta: float = 0.95
     histogram_matching: bool = True
@@ -130,6 +181,7 @@ class TrainConfig:
     degradation: dict[str, Any] = field(default_factory=dict)
     autoencoder: AutoencoderStageConfig = field(default_factory=AutoencoderStageConfig)
     diffusion: DiffusionStageConfig = field(default_factory=DiffusionStageConfig)
+    regression: RegressionStageConfig = field(default_factory=RegressionStageConfig)
     run: RunConfig = field(default_factory=RunConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
 
@@ -141,17 +193,44 @@ class TrainConfig:
             problems.append("diffusion.target must be 'mode' or 'sample'")
         if self.autoencoder.perceptual_net == "none" and self.autoencoder.perceptual_weight:
             problems.append("autoencoder.perceptual_net is 'none' but perceptual_weight is not 0")
-        for name in ("autoencoder", "diffusion"):
+        for name in ("autoencoder", "diffusion", "regression"):
             if getattr(self, name).steps < 1 or getattr(self, name).batch_size < 1:
                 problems.append(f"{name}.steps and {name}.batch_size must be >= 1")
         if not 0 < self.evaluate.coverage_target < 1:
             problems.append("evaluate.coverage_target must be in (0, 1)")
+        problems += self._evaluation_problems()
         consistency, psf = self.model.consistency, self.degradation_config().psf_sigma
         if consistency.kernel == "psf" and abs(consistency.psf_sigma - psf) > 1e-9:
             problems.append(f"model.consistency.psf_sigma ({consistency.psf_sigma}) must equal the training "
                             f"degradation's psf_sigma ({psf}): the step inverts the sensor model the model learnt")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def _evaluation_problems(self) -> list[str]:
+        ev, problems = self.evaluate, []
+        ranges = {"validation": (ev.validation_seed, ev.validation_items), "test": (ev.test_seed, ev.test_items),
+                  "unseen": (ev.unseen_seed, ev.unseen_items)}
+        names = list(ranges)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                (sa, na), (sb, nb) = ranges[a], ranges[b]
+                if sa < sb + nb and sb < sa + na:
+                    problems.append(f"evaluate.{a}_seed..+{a}_items ({sa}..{sa + na - 1}) overlaps evaluate.{b}_seed.."
+                                    f"+{b}_items ({sb}..{sb + nb - 1}); every set needs its own seeds: move one")
+        if ev.samples < 1 or any(k < 2 for k in ev.sample_counts):
+            problems.append(f"evaluate.samples must be >= 1 and every evaluate.sample_counts >= 2 (a spread needs two "
+                            f"samples), got {ev.samples} and {list(ev.sample_counts)}")
+        if ev.opensr_border < 0 or ev.opensr_border % self.model.scale or 2 * ev.opensr_border >= self.hr_patch:
+            problems.append(f"evaluate.opensr_border ({ev.opensr_border}) must be a multiple of the scale "
+                            f"{self.model.scale} and leave pixels of the {self.hr_patch} px HR patches")
+        if not 0 <= ev.unseen_clouds <= 1:
+            problems.append(f"evaluate.unseen_clouds is a probability, got {ev.unseen_clouds}")
+        for name, build in (("unseen_scene", self.unseen_style), ("unseen_degradation", self.unseen_degradation_config)):
+            try:
+                build()
+            except (TypeError, ValueError) as err:
+                problems.append(f"evaluate.{name}: {err}")
+        return problems
 
     # ------------------------------------------------------------------ derived
     @property
@@ -170,6 +249,18 @@ class TrainConfig:
         from .degradation import DegradationConfig
 
         return DegradationConfig.from_dict(self.degradation)
+
+    def unseen_style(self):
+        """:class:`xr_opensr.testing.SceneStyle` of ``evaluate.unseen_scene``."""
+        from xr_opensr.testing import SceneStyle
+
+        return SceneStyle.from_dict(self.evaluate.unseen_scene)
+
+    def unseen_degradation_config(self):
+        """:class:`training.degradation.DegradationConfig` of ``evaluate.unseen_degradation`` (factor from the model)."""
+        from .degradation import DegradationConfig
+
+        return DegradationConfig.from_dict({"factor": self.model.scale, **self.evaluate.unseen_degradation})
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

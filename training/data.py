@@ -32,7 +32,7 @@ import xarray as xr
 
 from xr_opensr import sentinel2
 from xr_opensr.sentinel2 import ReflectanceRule
-from xr_opensr.testing import BANDS, synthetic_scene
+from xr_opensr.testing import BANDS, SceneStyle, synthetic_scene
 
 from .degradation import DegradationConfig, degrade
 
@@ -422,16 +422,17 @@ def _open_raster_files(files: Iterable[Path], band_order: Sequence[str] | None) 
 class SyntheticPairs:
     """Pairs from :func:`xr_opensr.testing.synthetic_scene`, one scene per seed (map-style dataset).
 
-    Item ``i``: the scene of ``seeds[i]`` (``hr_size`` px at 2.5 m) and its degradation, the noise
-    seeded by ``(seeds[i], tag)``.
+    Item ``i``: the scene of ``seeds[i]`` (``hr_size`` px at 2.5 m, drawn with ``style``) and its
+    degradation, the noise (and a randomised sensor) seeded by ``(seeds[i], tag)``.
     """
 
     def __init__(self, seeds: Sequence[Any], hr_size: int, degradation: DegradationConfig | None = None, *,
-                 clouds: float = 0.0) -> None:
+                 clouds: float = 0.0, style: SceneStyle | None = None) -> None:
         self.seeds = list(seeds)
         self.hr_size = _check_size(hr_size, degradation)
         self.degradation = degradation or DegradationConfig()
         self.clouds = clouds
+        self.style = style
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -440,7 +441,7 @@ class SyntheticPairs:
         seed = self.seeds[_index(i, len(self))]
         entropy = [int(seed)] if np.ndim(seed) == 0 else [int(s) for s in seed]
         cloudy = self.clouds > 0 and np.random.default_rng([*entropy, _TAG_SYNTHETIC]).uniform() < self.clouds
-        hr = synthetic_scene((self.hr_size, self.hr_size), seed=seed, clouds=bool(cloudy))
+        hr = synthetic_scene((self.hr_size, self.hr_size), seed=seed, clouds=bool(cloudy), style=self.style)
         return hr, degrade(hr, self.degradation, seed=[*entropy, _TAG_NOISE])
 
 
@@ -576,11 +577,15 @@ def training_pairs(config: DataConfig | None = None, degradation: DegradationCon
 
 
 def synthetic_pairs(config: DataConfig | None = None, degradation: DegradationConfig | None = None, *,
-                    hr_size: int, seeds: Iterable[Any]) -> SyntheticPairs:
-    """Pairs from the synthetic scenes of ``seeds`` (validation / test scenes use plain integer seeds;
-    training scenes use ``(seed, tag, i)`` sequences, so the two never coincide)."""
+                    hr_size: int, seeds: Iterable[Any], style: SceneStyle | None = None,
+                    clouds: float | None = None) -> SyntheticPairs:
+    """Pairs from the synthetic scenes of ``seeds`` (validation / test / unseen-domain scenes use
+    plain integer seeds; training scenes use ``(seed, tag, i)`` sequences, so the two never
+    coincide). ``style`` and ``clouds`` (probability; None: ``config.synthetic_clouds``) make
+    scenes of another domain."""
     cfg = config or DataConfig()
-    return SyntheticPairs(list(seeds), hr_size, degradation, clouds=cfg.synthetic_clouds)
+    return SyntheticPairs(list(seeds), hr_size, degradation,
+                          clouds=cfg.synthetic_clouds if clouds is None else clouds, style=style)
 
 
 def real_pairs(config: DataConfig | None = None, degradation: DegradationConfig | None = None, *,

@@ -1,16 +1,30 @@
-"""Calibrate the uncertainty on validation scenes, then score the model on held-out data vs bicubic.
+"""Calibrate the uncertainty on validation scenes, then score the model on three held-out sets.
 
 1. ``calibrate``: sample the *validation* synthetic scenes (seeds ``evaluate.validation_seed + i``,
    used by neither training nor the test), and set ``std_scale`` so that ``|SR mean - HR| <= 2 *
    std_scale * std`` for ``evaluate.coverage_target`` of the pixels; written into the model's
    ``config.json``.
-2. ``evaluate``: on held-out synthetic scenes (seeds ``evaluate.test_seed + i``) and on crops of the
-   real scene's held-out part (south of the line, Wald's protocol: the LR is the degraded 10 m
-   image, the 10 m image is the reference), compare the SR mean with bicubic: PSNR, SSIM, LPIPS,
-   spectral angle; uncertainty coverage and Spearman(std, |error|) beside the trivial baseline
-   Spearman(gradient magnitude of bicubic, |error|); spectral consistency (SR degraded back to
-   10 m vs LR); the autoencoder's round trip of the HR. Writes ``metrics.json`` into the model
-   folder and the numbers into its model card.
+2. ``evaluate``: on three sets that training and calibration never see --
+
+   * ``synthetic_heldout``: synthetic scenes of the training generator and sensor (seeds
+     ``evaluate.test_seed + i``);
+   * ``real_heldout``: crops of the real scene's held-out part (south of the line, Wald's protocol:
+     the LR is the degraded 10 m image, the 10 m image is the reference); only read here;
+   * ``unseen_domain``: synthetic scenes of another generator setting (``evaluate.unseen_scene``:
+     land-cover mix, parcel size, texture scale and strength, clouds) seen through another sensor
+     (``evaluate.unseen_degradation``: PSF sigma 1.4-2.0, noise, sub-pixel misregistration), seeds
+     ``evaluate.unseen_seed + i`` --
+
+   every method (:data:`METHODS`: bicubic, bicubic + the consistency step, the SR mean, one SR
+   sample, the regression baseline of ``training regression`` when trained) is scored against the
+   reference: PSNR and its gains over bicubic and over bicubic + the consistency step (the
+   headline: what the networks add), SSIM, LPIPS, spectral angle, reflectance consistency and the
+   opensr-test family (:func:`xr_opensr.metrics.opensr_test_metrics`). The uncertainty of the
+   first ``k`` samples, for each ``k`` of ``evaluate.sample_counts``: +-2 std coverage and
+   Spearman(std, |error|) beside the trivial baseline Spearman(gradient magnitude of bicubic,
+   |error|); the regression baseline has none (n/a). Writes ``metrics.json`` and ``EVALUATION.md``
+   (every figure as markdown tables, :func:`metrics_table`) into the model folder and the run's
+   ``evaluate/`` folder, and the figures into the model card.
 """
 
 from __future__ import annotations
@@ -25,18 +39,39 @@ import torch
 
 from .config import TrainConfig
 from .export import METRICS_FILE, set_std_scale, write_card
-from .loop import LOG, heldout_pairs, save_grid, setup_runtime, synthetic_pairs
+from .loop import LOG, PairSampler, heldout_pairs, save_grid, setup_runtime, synthetic_pairs
 
-__all__ = ["GOALS", "calibrate", "evaluate", "fit_std_scale", "score"]
+__all__ = ["EVAL_TABLE_FILE", "GOALS", "METHODS", "SETS", "calibrate", "evaluate", "evaluation_seeds",
+           "fit_std_scale", "metrics_table", "score", "unseen_pairs"]
+
+EVAL_TABLE_FILE = "EVALUATION.md"
+#: the evaluation sets: key in metrics.json -> prefix of its summary keys
+SETS = {"synthetic_heldout": "synthetic", "real_heldout": "real", "unseen_domain": "unseen"}
+#: the methods scored on every set (``sr_mean_raw`` only when the model has a consistency step,
+#: ``regression`` only when the baseline is trained)
+METHODS = {
+    "bicubic": "bicubic",
+    "bicubic_consistency": "bicubic + consistency step",
+    "sr_mean": "SR mean",
+    "sr_mean_raw": "SR mean, without the step",
+    "sr_sample": "one SR sample",
+    "regression": "regression CNN (L1)",
+}
 
 GOALS = {
     "synthetic_psnr_gain_db": ">= +0.5 dB",
-    "synthetic_coverage_2std": "0.85 - 0.99",
-    "synthetic_spearman_std_err": ">= 0.3 (and above the gradient baseline)",
-    "synthetic_consistency_db": ">= 40 dB",
+    "synthetic_psnr_gain_over_bicubic_consistency_db": ">= +1.2 dB",
+    "real_psnr_gain_over_bicubic_consistency_db": ">= +1.5 dB",
+    "real_psnr_sr": ">= real_psnr_regression - 0.2 dB",
+    "real_lpips_sample": "< real_lpips_regression and < real_lpips_bicubic",
+    "real_improvement_sr": "> real_improvement_bicubic_consistency",
     "synthetic_lpips_sr": "< synthetic_lpips_bicubic",
     "real_psnr_gain_db": "> 0 dB (Wald: 40 m -> 10 m)",
     "real_lpips_sr": "< real_lpips_bicubic",
+    **{f"{p}_consistency_db": ">= 40 dB" for p in SETS.values()},
+    **{f"{p}_coverage_2std{k}": "0.85 - 0.99" for p in SETS.values() for k in ("", "_s4", "_s10")},
+    **{f"{p}_spearman_std_err{k}": f">= {p}_spearman_gradient_err{k} + 0.05" for p in SETS.values()
+       for k in ("", "_s4", "_s10")},
 }
 
 
@@ -47,9 +82,11 @@ def _load(model_dir: Path, cfg: TrainConfig):
     return xr_opensr.load_model(str(model_dir), device=device)
 
 
-def draw_samples(net, lr: torch.Tensor, cfg: TrainConfig, first_seed: int = 0, progress: bool = False) -> np.ndarray:
+def draw_samples(net, lr: torch.Tensor, cfg: TrainConfig, first_seed: int = 0, progress: bool = False,
+                 samples: int | None = None) -> np.ndarray:
     """(N, S, C, H, W) raw samples (without the consistency step) for LR patches (N, C, h, w),
-    ``evaluate.batch_size`` patches per call; patch ``i`` uses seed ``first_seed + i``."""
+    ``evaluate.batch_size`` patches per call; patch ``i`` uses seed ``first_seed + i``; ``samples``
+    per patch (default ``evaluate.samples``)."""
     ev = cfg.evaluate
     from tqdm import tqdm
 
@@ -58,7 +95,7 @@ def draw_samples(net, lr: torch.Tensor, cfg: TrainConfig, first_seed: int = 0, p
     for a in tqdm(starts, desc="sampling", disable=not progress, leave=False):
         chunk = lr[a : a + ev.batch_size].numpy()
         seeds = [first_seed + a + i for i in range(chunk.shape[0])]
-        parts.append(net.sample(chunk, samples=ev.samples, steps=ev.steps, eta=ev.eta, seed=seeds,
+        parts.append(net.sample(chunk, samples=samples or ev.samples, steps=ev.steps, eta=ev.eta, seed=seeds,
                                 histogram_matching=ev.histogram_matching, consistency=False))
     return np.concatenate(parts)
 
@@ -96,132 +133,253 @@ def calibrate(cfg: TrainConfig, run_dir: Path, model_dir: Path, progress: bool =
 
 
 @torch.no_grad()
+@torch.no_grad()
 def autoencoder_round_trip(net, hr: torch.Tensor) -> np.ndarray:
     """HR reflectance -> posterior mean -> decoder -> reflectance."""
     x = net.normalize(hr.to(net.device))
     return net.denormalize(net.autoencoder.decode(net.autoencoder.encode(x).mode())).cpu().numpy()
 
 
-def score(net, hr: torch.Tensor, lr: torch.Tensor, cfg: TrainConfig, samples: np.ndarray,
-          raw: np.ndarray | None = None) -> dict[str, Any]:
-    """All metrics of one set of patches: SR mean (of ``samples``, std with the model's std_scale) and
-    bicubic, each vs the HR reference (reflectance, PSNR peak 1.0). With the ``raw`` samples (before
-    the consistency step) also their PSNR, and that of bicubic followed by the same step."""
+# --------------------------------------------------------------------------- the sets
+
+
+def evaluation_seeds(cfg: TrainConfig) -> dict[str, list[int]]:
+    """The plain scene seeds of the synthetic sets: calibration (``validation``), ``synthetic_heldout``
+    and ``unseen_domain`` (disjoint: :class:`TrainConfig` checks it). Training scenes use ``(data.seed,
+    tag, i)`` sequences, never a plain seed; the real held-out crops have no seed."""
+    ev = cfg.evaluate
+    return {"validation": list(range(ev.validation_seed, ev.validation_seed + ev.validation_items)),
+            "synthetic_heldout": list(range(ev.test_seed, ev.test_seed + ev.test_items)),
+            "unseen_domain": list(range(ev.unseen_seed, ev.unseen_seed + ev.unseen_items))}
+
+
+def unseen_pairs(cfg: TrainConfig, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unseen-domain set: (HR, LR) of ``n`` (default ``evaluate.unseen_items``) scenes of
+    ``evaluate.unseen_scene`` (clouds with probability ``evaluate.unseen_clouds``) through the sensor of
+    ``evaluate.unseen_degradation``, from seeds ``evaluate.unseen_seed + i``. Evaluation only."""
+    from . import data
+
+    ev = cfg.evaluate
+    n = ev.unseen_items if n is None else n
+    pairs = data.synthetic_pairs(cfg.data_config(), cfg.unseen_degradation_config(), hr_size=cfg.hr_patch,
+                                 seeds=range(ev.unseen_seed, ev.unseen_seed + n), style=cfg.unseen_style(),
+                                 clouds=ev.unseen_clouds)
+    return PairSampler(pairs).items(list(range(len(pairs))))
+
+
+def _set_pairs(cfg: TrainConfig, name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(HR, LR, first sampler seed) of an evaluation set."""
+    ev = cfg.evaluate
+    if name == "synthetic_heldout":
+        return (*synthetic_pairs(cfg, ev.test_seed, ev.test_items), ev.test_seed)
+    if name == "real_heldout":
+        return (*heldout_pairs(cfg, ev.real_items), 0)
+    return (*unseen_pairs(cfg), ev.unseen_seed)
+
+
+def consistency_baseline(net, cfg: TrainConfig):
+    """The consistency step of the "bicubic + consistency step" baseline: the model's own, or (for a
+    model without one) one back-projection step with the training degradation's PSF."""
+    from xr_opensr.models.consistency import ConsistencyConfig
+
+    step = net.config.consistency
+    if step.active:
+        return step
+    return ConsistencyConfig(kernel="psf", psf_sigma=cfg.degradation_config().psf_sigma, iterations=1)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def image_metrics(img: np.ndarray, hr: np.ndarray, lr: np.ndarray, cfg: TrainConfig) -> dict[str, float]:
+    """Every full-reference and consistency metric of SR images (N, C, H, W) vs HR, given their LR."""
     from xr_opensr import metrics as M
 
-    hr_np, lr_np = hr.numpy(), lr.numpy()
-    mean, std = net.summarize(samples)
-    bicubic = M.bicubic_upsample(lr_np, cfg.model.scale)
-    err = mean - hr_np
-    calib = M.uncertainty_calibration(std, err)
-    baseline = M.uncertainty_calibration(M.gradient_magnitude(bicubic), err)
-    out: dict[str, Any] = {
-        "items": int(hr_np.shape[0]),
-        "psnr_sr": M.psnr(mean, hr_np),
-        "psnr_bicubic": M.psnr(bicubic, hr_np),
-        "psnr_sample": M.psnr(samples[:, 0], hr_np),
-        "ssim_sr": M.ssim(mean, hr_np),
-        "ssim_bicubic": M.ssim(bicubic, hr_np),
-        "sam_sr_deg": M.spectral_angle(mean, hr_np),
-        "sam_bicubic_deg": M.spectral_angle(bicubic, hr_np),
-        "consistency_sr_db": M.reflectance_consistency(mean, lr_np, cfg.model.scale),
-        "consistency_bicubic_db": M.reflectance_consistency(bicubic, lr_np, cfg.model.scale),
-        "coverage_2std": calib["coverage_2std"],
-        "spearman_std_err": calib["spearman"],
-        "spearman_gradient_err": baseline["spearman"],
-        "mean_std": calib["mean_std"],
-        "mean_abs_err": calib["mean_abs_error"],
-        "ae_round_trip_psnr": M.psnr(autoencoder_round_trip(net, hr), hr_np),
-    }
-    out["psnr_gain_db"] = out["psnr_sr"] - out["psnr_bicubic"]
-    if raw is not None and net.config.consistency.active:
-        out["psnr_sr_raw"] = M.psnr(raw.mean(axis=1), hr_np)
-        out["psnr_bicubic_consistency"] = M.psnr(with_consistency(net, bicubic[:, None], lr)[:, 0], hr_np)
-        out["consistency_sr_raw_db"] = M.reflectance_consistency(raw.mean(axis=1), lr_np, cfg.model.scale)
-    if min(hr_np.shape[-2:]) >= 32:
-        out["lpips_sr"], info = M.lpips(mean, hr_np, net=cfg.evaluate.lpips_net, return_info=True)
-        out["lpips_bicubic"] = M.lpips(bicubic, hr_np, net=cfg.evaluate.lpips_net)
-        out["lpips_net"] = info["net"]
+    out = {"psnr": M.psnr(img, hr), "ssim": M.ssim(img, hr), "sam_deg": M.spectral_angle(img, hr),
+           "consistency_db": M.reflectance_consistency(img, lr, cfg.model.scale)}
+    if min(hr.shape[-2:]) >= 32:
+        out["lpips"] = M.lpips(img, hr, net=cfg.evaluate.lpips_net)
+    out.update(M.opensr_test_metrics(img, lr, hr, border=cfg.evaluate.opensr_border))
     return out
 
 
+def uncertainty_metrics(net, samples: np.ndarray, hr: np.ndarray, bicubic: np.ndarray,
+                        counts: list[int]) -> dict[str, dict[str, float]]:
+    """``samples_<k>``: coverage and ranking of the std of the first ``k`` samples (the model's
+    ``summarize``: std_scale applied) vs |mean - HR|, beside the bicubic-gradient map's ranking."""
+    from xr_opensr import metrics as M
+
+    gradient = M.gradient_magnitude(bicubic)
+    out = {}
+    for k in counts:
+        mean, std = net.summarize(samples[:, :k])
+        err = mean - hr
+        calib, base = M.uncertainty_calibration(std, err), M.uncertainty_calibration(gradient, err)
+        out[f"samples_{k}"] = {
+            "coverage_2std": calib["coverage_2std"],
+            "spearman_std_err": calib["spearman"],
+            "spearman_gradient_err": base["spearman"],
+            "spearman_margin": calib["spearman"] - base["spearman"],
+            "mean_std": calib["mean_std"],
+            "mean_abs_err": calib["mean_abs_error"],
+        }
+    return out
+
+
+def score(net, hr: torch.Tensor, lr: torch.Tensor, cfg: TrainConfig, raw: np.ndarray,
+          regression=None) -> dict[str, Any]:
+    """All metrics of one set of patches from the raw samples (N, S, C, H, W; before the model's
+    consistency step): ``methods`` (:data:`METHODS` -> :func:`image_metrics` with the PSNR gains over
+    bicubic and over bicubic + the consistency step), ``uncertainty`` (:func:`uncertainty_metrics` for
+    ``evaluate.sample_counts`` and ``evaluate.samples``), the autoencoder's round trip and timings."""
+    from xr_opensr import metrics as M
+    from xr_opensr.models.consistency import enforce_consistency
+
+    ev, scale = cfg.evaluate, cfg.model.scale
+    hr_np, lr_np = hr.numpy(), lr.numpy()
+    samples = with_consistency(net, raw, lr)
+    bicubic = M.bicubic_upsample(lr_np, scale)
+    images = {"bicubic": bicubic,
+              "bicubic_consistency": enforce_consistency(bicubic, lr_np, scale, consistency_baseline(net, cfg)),
+              "sr_mean": net.summarize(samples[:, :ev.samples])[0]}
+    if net.config.consistency.active:
+        images["sr_mean_raw"] = raw[:, :ev.samples].mean(axis=1)
+    images["sr_sample"] = samples[:, 0]
+    timing = {}
+    if regression is not None:
+        t0 = time.perf_counter()
+        images["regression"] = regression.predict(lr_np)
+        timing["regression_ms_per_patch"] = 1e3 * (time.perf_counter() - t0) / len(lr_np)
+    methods = {name: image_metrics(img, hr_np, lr_np, cfg) for name, img in images.items()}
+    for values in methods.values():
+        values["psnr_gain_db"] = values["psnr"] - methods["bicubic"]["psnr"]
+        values["psnr_gain_over_bicubic_consistency_db"] = values["psnr"] - methods["bicubic_consistency"]["psnr"]
+    counts = sorted({*ev.sample_counts, *([ev.samples] if ev.samples >= 2 else [])})
+    out: dict[str, Any] = {
+        "items": int(hr_np.shape[0]),
+        "methods": methods,
+        "uncertainty": uncertainty_metrics(net, samples, hr_np, bicubic, counts),
+        "ae_round_trip_psnr": M.psnr(autoencoder_round_trip(net, hr), hr_np),
+        "timing": timing,
+    }
+    if "lpips" in methods["bicubic"]:
+        out["lpips_net"] = M.lpips(bicubic[:1], hr_np[:1], net=ev.lpips_net, return_info=True)[1]["net"]
+    return out
+
+
+def _set_summary(prefix: str, r: dict[str, Any], samples: int) -> dict[str, Any]:
+    """The summary keys (model card, goals) of one scored set; the names of earlier versions kept."""
+    m, unc = r["methods"], r["uncertainty"]
+    sr, bi, bc = m["sr_mean"], m["bicubic"], m["bicubic_consistency"]
+    out = {
+        "psnr_sr": sr["psnr"], "psnr_bicubic": bi["psnr"], "psnr_gain_db": sr["psnr_gain_db"],
+        "psnr_bicubic_consistency": bc["psnr"],
+        "psnr_gain_over_bicubic_consistency_db": sr["psnr_gain_over_bicubic_consistency_db"],
+        "psnr_sr_raw": m.get("sr_mean_raw", {}).get("psnr"),
+        "ssim_sr": sr["ssim"], "ssim_bicubic": bi["ssim"],
+        "lpips_sr": sr.get("lpips"), "lpips_sample": m["sr_sample"].get("lpips"), "lpips_bicubic": bi.get("lpips"),
+        "consistency_db": sr["consistency_db"],
+        "improvement_sr": sr["improvement"], "hallucination_sr": sr["hallucination"],
+        "improvement_bicubic_consistency": bc["improvement"],
+        "ae_round_trip_psnr": r["ae_round_trip_psnr"],
+    }
+    if f"samples_{samples}" in unc:
+        u = unc[f"samples_{samples}"]
+        out.update(coverage_2std=u["coverage_2std"], spearman_std_err=u["spearman_std_err"],
+                   spearman_gradient_err=u["spearman_gradient_err"])
+    for key, u in unc.items():
+        k = key.removeprefix("samples_")
+        out.update({f"coverage_2std_s{k}": u["coverage_2std"], f"spearman_std_err_s{k}": u["spearman_std_err"],
+                    f"spearman_gradient_err_s{k}": u["spearman_gradient_err"]})
+    if "regression" in m:
+        reg = m["regression"]
+        out.update(psnr_regression=reg["psnr"], lpips_regression=reg.get("lpips"),
+                   regression_psnr_gain_over_bicubic_consistency_db=reg["psnr_gain_over_bicubic_consistency_db"])
+    return {f"{prefix}_{k}": v for k, v in out.items() if v is not None}
+
+
+def _settings(cfg: TrainConfig, net, regression_path: Path | None, regression) -> dict[str, Any]:
+    ev = cfg.evaluate
+    seeds = evaluation_seeds(cfg)
+    return {
+        "samples": ev.samples, "sample_counts": list(ev.sample_counts), "steps": ev.steps, "eta": ev.eta,
+        "histogram_matching": ev.histogram_matching, "std_scale": net.config.std_scale, "lpips_net": ev.lpips_net,
+        "patch_lr_px": cfg.model.patch_size, "psnr_peak": "reflectance 1.0", "opensr_border_hr_px": ev.opensr_border,
+        "consistency_baseline": consistency_baseline(net, cfg).describe(),
+        "regression": str(regression_path) if regression is not None else "not trained (python -m training regression)",
+        "sets": {
+            "synthetic_heldout": f"{ev.test_items} synthetic scenes, seeds {seeds['synthetic_heldout'][0]}.."
+                                 f"{seeds['synthetic_heldout'][-1]}, training generator and sensor",
+            "real_heldout": f"up to {ev.real_items} crops of the real scene south of northing 4,169,000 m (Wald)",
+            "unseen_domain": f"{ev.unseen_items} synthetic scenes, seeds {seeds['unseen_domain'][0]}.."
+                             f"{seeds['unseen_domain'][-1]}, scenes {json.dumps(cfg.unseen_style().to_dict())}, "
+                             f"clouds p={ev.unseen_clouds}, sensor "
+                             f"{json.dumps(cfg.unseen_degradation_config().to_dict())}",
+        },
+    }
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
 def evaluate(cfg: TrainConfig, run_dir: Path, model_dir: Path, *, calibrate_first: bool = True,
-             progress: bool = True) -> dict[str, Any]:
-    """Calibrate (unless told not to), then score on held-out synthetic and real data; returns the metrics."""
+             progress: bool = True, regression_path: Path | None = None) -> dict[str, Any]:
+    """Calibrate (unless told not to), then score the three sets; returns the metrics.
+
+    ``regression_path``: the baseline of ``training regression`` (default
+    ``run_dir/regression/regression.safetensors``; scored when the file exists).
+    """
+    from .regression import REGRESSION_FILE, load_regression
+
     ev = cfg.evaluate
     run_dir, model_dir = Path(run_dir), Path(model_dir)
     t0 = time.perf_counter()
     if calibrate_first:
         calibrate(cfg, run_dir, model_dir, progress)
     net = _load(model_dir, cfg)
-    results: dict[str, Any] = {
-        "settings": {"samples": ev.samples, "steps": ev.steps, "eta": ev.eta, "histogram_matching":
-                     ev.histogram_matching, "std_scale": net.config.std_scale, "lpips_net": ev.lpips_net,
-                     "patch_lr_px": cfg.model.patch_size, "psnr_peak": "reflectance 1.0"},
-    }
+    path = Path(regression_path) if regression_path is not None else run_dir / "regression" / REGRESSION_FILE
+    regression = load_regression(path, net.device) if regression_path is not None or path.is_file() else None
+    if regression is None:
+        LOG.warning("evaluate: no regression baseline at %s (train it with `python -m training regression`)", path)
+    results: dict[str, Any] = {"settings": _settings(cfg, net, path, regression)}
     out_dir = run_dir / "evaluate"
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    hr, lr = synthetic_pairs(cfg, ev.test_seed, ev.test_items)
-    raw = draw_samples(net, lr, cfg, first_seed=ev.test_seed, progress=progress)
-    samples = with_consistency(net, raw, lr)
-    results["synthetic_heldout"] = score(net, hr, lr, cfg, samples, raw)
-    _grid(out_dir / "synthetic_heldout.png", net, hr, lr, samples, cfg)
-
-    try:
-        hr, lr = heldout_pairs(cfg, ev.real_items)
-    except (FileNotFoundError, ImportError, OSError) as err:  # the real scene is optional
-        LOG.warning("evaluate: no held-out real crops (%s)", err)
-        results["real_heldout"] = {"unavailable": str(err)}
-    else:
-        raw = draw_samples(net, lr, cfg, first_seed=0, progress=progress)
-        samples = with_consistency(net, raw, lr)
-        results["real_heldout"] = score(net, hr, lr, cfg, samples, raw)
-        _grid(out_dir / "real_heldout.png", net, hr, lr, samples, cfg)
-
-    syn, real = results["synthetic_heldout"], results["real_heldout"]
-    summary = {
-        "synthetic_psnr_sr": syn["psnr_sr"],
-        "synthetic_psnr_bicubic": syn["psnr_bicubic"],
-        "synthetic_psnr_gain_db": syn["psnr_gain_db"],
-        "synthetic_ssim_sr": syn["ssim_sr"],
-        "synthetic_ssim_bicubic": syn["ssim_bicubic"],
-        "synthetic_lpips_sr": syn.get("lpips_sr"),
-        "synthetic_lpips_bicubic": syn.get("lpips_bicubic"),
-        "synthetic_coverage_2std": syn["coverage_2std"],
-        "synthetic_spearman_std_err": syn["spearman_std_err"],
-        "synthetic_spearman_gradient_err": syn["spearman_gradient_err"],
-        "synthetic_consistency_db": syn["consistency_sr_db"],
-        "synthetic_ae_round_trip_psnr": syn["ae_round_trip_psnr"],
-        "synthetic_psnr_sr_raw": syn.get("psnr_sr_raw"),
-        "synthetic_psnr_bicubic_consistency": syn.get("psnr_bicubic_consistency"),
-    }
-    if "psnr_sr" in real:
-        summary.update({
-            "real_psnr_sr": real["psnr_sr"],
-            "real_psnr_bicubic": real["psnr_bicubic"],
-            "real_psnr_gain_db": real["psnr_gain_db"],
-            "real_lpips_sr": real.get("lpips_sr"),
-            "real_lpips_bicubic": real.get("lpips_bicubic"),
-            "real_coverage_2std": real["coverage_2std"],
-            "real_spearman_std_err": real["spearman_std_err"],
-            "real_consistency_db": real["consistency_sr_db"],
-            "real_ae_round_trip_psnr": real["ae_round_trip_psnr"],
-            "real_psnr_sr_raw": real.get("psnr_sr_raw"),
-            "real_psnr_bicubic_consistency": real.get("psnr_bicubic_consistency"),
-        })
+    drawn = max([ev.samples, *ev.sample_counts])
+    for name in SETS:
+        try:
+            hr, lr, first_seed = _set_pairs(cfg, name)
+        except (FileNotFoundError, ImportError, OSError) as err:  # the real scene is optional
+            LOG.warning("evaluate: no %s set (%s)", name, err)
+            results[name] = {"unavailable": str(err)}
+            continue
+        t_set = time.perf_counter()
+        raw = draw_samples(net, lr, cfg, first_seed=first_seed, progress=progress, samples=drawn)
+        sampling_s = time.perf_counter() - t_set
+        results[name] = score(net, hr, lr, cfg, raw, regression)
+        results[name]["timing"].update(sample_s_per_patch=sampling_s / len(lr),
+                                       wall_s=round(time.perf_counter() - t_set, 1))
+        _grid(out_dir / f"{name}.png", net, hr, lr, with_consistency(net, raw[:4, :ev.samples], lr[:4]), cfg)
+    summary: dict[str, Any] = {}
+    for name, prefix in SETS.items():
+        if "methods" in results[name]:
+            summary.update(_set_summary(prefix, results[name], ev.samples))
     summary["std_scale"] = net.config.std_scale
-    summary = {k: v for k, v in summary.items() if v is not None}
     results["summary"] = summary
     results["goals"] = GOALS
     results["wall_s"] = round(time.perf_counter() - t0, 1)
-    text = json.dumps(results, indent=2, default=float) + "\n"
-    (model_dir / METRICS_FILE).write_text(text)
-    (out_dir / METRICS_FILE).write_text(text)
-    write_card(model_dir, cfg, run_dir, results)
+    _write(results, cfg, run_dir, model_dir, out_dir)
     for key, value in summary.items():
-        LOG.info("evaluate: %-34s %s", key, f"{value:.4g}" if isinstance(value, float) else value)
+        LOG.info("evaluate: %-48s %s", key, f"{value:.4g}" if isinstance(value, float) else value)
     return results
+
+
+def _write(results: dict[str, Any], cfg: TrainConfig, run_dir: Path, model_dir: Path, out_dir: Path) -> None:
+    text = json.dumps(results, indent=2, default=float) + "\n"
+    table = metrics_table(results)
+    for folder in (model_dir, out_dir):
+        (folder / METRICS_FILE).write_text(text)
+        (folder / EVAL_TABLE_FILE).write_text(table)
+    write_card(model_dir, cfg, run_dir, results)
 
 
 def _grid(path: Path, net, hr, lr, samples, cfg: TrainConfig, n: int = 4) -> None:
@@ -230,3 +388,57 @@ def _grid(path: Path, net, hr, lr, samples, cfg: TrainConfig, n: int = 4) -> Non
     mean, std = net.summarize(samples[:n])
     save_grid(path, {"LR": lr[:n].numpy(), "bicubic": M.bicubic_upsample(lr[:n].numpy(), cfg.model.scale),
                      "SR mean": mean, "HR": hr[:n].numpy(), "std": std, "|err|": np.abs(mean - hr[:n].numpy())})
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+_COLUMNS = (("psnr", "PSNR dB"), ("psnr_gain_db", "vs bicubic"), ("psnr_gain_over_bicubic_consistency_db",
+            "vs bicubic + step"), ("ssim", "SSIM"), ("lpips", "LPIPS"), ("sam_deg", "SAM °"),
+            ("consistency_db", "consistency dB"), ("reflectance", "reflectance ↓"), ("spectral", "spectral ° ↓"),
+            ("spatial", "spatial ↓"), ("synthesis", "synthesis"), ("hallucination", "hallucination ↓"),
+            ("omission", "omission ↓"), ("improvement", "improvement ↑"))
+
+
+def _cell(value: Any, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if not np.isfinite(value):
+            return str(value)
+        return f"{value:+.2f}" if signed else (f"{value:.2f}" if abs(value) >= 10 else f"{value:.4g}")
+    return str(value)
+
+
+def metrics_table(results: dict[str, Any]) -> str:
+    """Every figure of :func:`evaluate`'s results as markdown: one table of methods per set (distortion,
+    perception, opensr-test family) and one table of the uncertainty (n/a for the regression baseline)."""
+    settings = results.get("settings", {})
+    lines = [f"Measured by `python -m training evaluate`: SR mean of {settings.get('samples')} samples "
+             f"({settings.get('steps')} DDIM steps, eta {settings.get('eta')}); bicubic + step: "
+             f"{settings.get('consistency_baseline')}; opensr-test metrics with a border of "
+             f"{settings.get('opensr_border_hr_px')} HR px; PSNR peak: reflectance 1.0.", ""]
+    for name in SETS:
+        r = results.get(name, {})
+        lines += [f"### {name}: {settings.get('sets', {}).get(name, '')}", ""]
+        if "methods" not in r:
+            lines += [f"Not measured: {r.get('unavailable', 'missing')}", ""]
+            continue
+        lines += [f"{r['items']} patches.", "", "| method | " + " | ".join(t for _, t in _COLUMNS) + " |",
+                  "| --- |" + " --- |" * len(_COLUMNS)]
+        for method, values in r["methods"].items():
+            cells = [_cell(values.get(k), signed=k.startswith("psnr_gain")) for k, _ in _COLUMNS]
+            lines.append(f"| {METHODS.get(method, method)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["### Uncertainty (std of the first k samples vs |SR mean - HR|)", "",
+              "| set | samples | ±2 std coverage | Spearman(std, abs err) | Spearman(bicubic gradient, abs err) "
+              "| margin |", "| --- | --- | --- | --- | --- | --- |"]
+    for name in SETS:
+        r = results.get(name, {})
+        for key, u in r.get("uncertainty", {}).items():
+            lines.append(f"| {name} | {key.removeprefix('samples_')} | {_cell(u['coverage_2std'])} | "
+                         f"{_cell(u['spearman_std_err'])} | {_cell(u['spearman_gradient_err'])} | "
+                         f"{_cell(u['spearman_margin'], signed=True)} |")
+        if "regression" in r.get("methods", {}):
+            lines.append(f"| {name} | regression CNN | n/a | n/a | n/a | n/a |")
+    return "\n".join(lines) + "\n"

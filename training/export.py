@@ -202,6 +202,10 @@ def model_card(cfg: TrainConfig, run_dir: Path, std_scale: float, metrics: dict[
             goal = metrics.get("goals", {}).get(key, "")
             lines.append(f"| {key} | {_fmt(value)} | {goal} |")
         lines += ["", f"Settings: {json.dumps(metrics.get('settings', {}))}. Full numbers: `{METRICS_FILE}`."]
+        if any("methods" in metrics.get(name, {}) for name in ("synthetic_heldout", "real_heldout", "unseen_domain")):
+            from .evaluate import metrics_table
+
+            lines += ["", "### Every figure", "", metrics_table(metrics).rstrip("\n")]
     else:
         lines.append("Not evaluated yet: run `python -m training evaluate` (it calibrates std_scale and fills this).")
     minutes = sum(s.get("wall_s", 0.0) for s in (ae_sum, dm_sum)) / 60
@@ -214,10 +218,10 @@ def model_card(cfg: TrainConfig, run_dir: Path, std_scale: float, metrics: dict[
         "a sketch of LDSR-S2, not a replacement for it. SR detail is a plausible sample, not a measurement.",
     ]
     summary = (metrics or {}).get("summary", {})
-    if "synthetic_psnr_bicubic_consistency" in summary:
+    if "synthetic_psnr_sr_raw" in summary:  # a model with a consistency step
         parts = []
-        for where in ("synthetic", "real"):
-            if f"{where}_psnr_bicubic_consistency" in summary:
+        for where in ("synthetic", "real", "unseen"):
+            if f"{where}_psnr_sr_raw" in summary:
                 sr, bc = summary[f"{where}_psnr_sr"], summary[f"{where}_psnr_bicubic_consistency"]
                 parts.append(f"{where}: bicubic + the same step {bc:.2f} dB, SR {sr:.2f} dB ({sr - bc:+.2f} dB), "
                              f"raw SR without the step {summary[f'{where}_psnr_sr_raw']:.2f} dB")

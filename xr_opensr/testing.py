@@ -15,8 +15,10 @@ torch.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -26,7 +28,7 @@ import xarray as xr
 from . import sensor
 from .sentinel2 import MODEL_BANDS, QUANTIFICATION
 
-__all__ = ["BANDS", "LAND_COVER", "demo_cube", "s2_cube", "synthetic_scene"]
+__all__ = ["BANDS", "LAND_COVER", "SceneStyle", "demo_cube", "s2_cube", "synthetic_scene"]
 
 #: band order of every array made here (and of the model): red, green, blue, NIR
 BANDS = MODEL_BANDS
@@ -59,11 +61,82 @@ DEFAULT_ORIGIN = (500_000.0, 4_400_000.0)  # top-left corner (m) of s2_cube's gr
 Seed = int | Sequence[int]
 
 
+@dataclass(frozen=True)
+class SceneStyle:
+    """How :func:`synthetic_scene` draws a landscape; the defaults give the scenes of every earlier
+    version bit for bit (the training, validation and test scenes).
+
+    Other settings make scenes of another domain (``training evaluate``'s unseen-domain set).
+
+    Attributes
+    ----------
+    land_cover : relative frequency of each land-cover class of :data:`LAND_COVER` (missing
+        classes: 0); None: the default mix (cropland 0.3, grassland 0.2, bare soil 0.18, forest
+        0.15, urban 0.12, water 0.05).
+    parcel_size_m : spacing of the parcels' Voronoi seeds in metres (122 m: fields of ~1.5 ha).
+    texture_scale : factor on the length of every texture (sowing stripes, crowns, moisture
+        gradients, pixel-scale grain).
+    texture_strength : factor on the amplitude of every texture (0: flat parcels).
+    cloud_cover : (low, high) range of the cloud cover drawn for ``clouds=True``.
+    """
+
+    land_cover: dict[str, float] | None = None
+    parcel_size_m: float = 122.0
+    texture_scale: float = 1.0
+    texture_strength: float = 1.0
+    cloud_cover: tuple[float, float] = (0.15, 0.4)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.land_cover is not None:
+            unknown = sorted(set(self.land_cover) - set(LAND_COVER))
+            weights = list(self.land_cover.values())
+            if unknown:
+                problems.append(f"land_cover names unknown classes {unknown}; use {sorted(LAND_COVER)}")
+            if any(not np.isfinite(v) or v < 0 for v in weights) or sum(weights) <= 0:
+                problems.append(f"land_cover weights must be >= 0 with a positive sum, got {self.land_cover}")
+        if not self.parcel_size_m > 0 or not self.texture_scale > 0 or not self.texture_strength >= 0:
+            problems.append(f"parcel_size_m and texture_scale must be > 0 and texture_strength >= 0, got "
+                            f"{self.parcel_size_m}, {self.texture_scale}, {self.texture_strength}")
+        low, high = (float(v) for v in self.cloud_cover)
+        if not 0 <= low <= high < 1:
+            problems.append(f"cloud_cover must be a range (low, high) with 0 <= low <= high < 1, got {self.cloud_cover}")
+        if problems:
+            raise ValueError("invalid SceneStyle: " + "; ".join(problems) + " (see xr_opensr.testing.SceneStyle)")
+
+    def class_weights(self) -> np.ndarray:
+        """Probabilities of the classes in the order of :data:`LAND_COVER`'s default mix."""
+        given = _CLASS_WEIGHTS if self.land_cover is None else self.land_cover
+        probs = np.array([float(given.get(name, 0.0)) for name in _CLASS_WEIGHTS])
+        return probs / probs.sum()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (``evaluate.unseen_scene`` of a training config)."""
+        out = dataclasses.asdict(self)
+        out["cloud_cover"] = list(self.cloud_cover)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SceneStyle:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SceneStyle keys {unknown}; expected a subset of {sorted(known)}")
+        values = dict(data)
+        if "cloud_cover" in values:
+            values["cloud_cover"] = tuple(float(v) for v in values["cloud_cover"])
+        if values.get("land_cover") is not None:
+            values["land_cover"] = {str(k): float(v) for k, v in values["land_cover"].items()}
+        return cls(**values)
+
+
 # --------------------------------------------------------------------------- HR scene
 
 
 def synthetic_scene(shape_hr: tuple[int, int] = (256, 256), seed: Seed = 0, *, clouds: bool = False,
-                    nodata_fraction: float = 0.0, pixel_size: float = HR_PIXEL_M) -> np.ndarray:
+                    nodata_fraction: float = 0.0, pixel_size: float = HR_PIXEL_M,
+                    style: SceneStyle | None = None) -> np.ndarray:
     """A seeded, Sentinel-2-like high-resolution scene of top-of-canopy reflectance.
 
     Land-cover parcels (a Voronoi partition, fields of ~1-2 ha) get class spectra from
@@ -81,6 +154,8 @@ def synthetic_scene(shape_hr: tuple[int, int] = (256, 256), seed: Seed = 0, *, c
     clouds : add bright clouds (all bands ~0.3-0.6) and their shadows.
     nodata_fraction : fraction of pixels set to NaN in all bands, cut by a straight swath edge.
     pixel_size : metres per pixel (2.5 for the 4x super-resolution of the 10 m bands).
+    style : land-cover mix, parcel size, texture scale and strength, cloud cover
+        (:class:`SceneStyle`; None: the defaults).
 
     Returns
     -------
@@ -91,10 +166,11 @@ def synthetic_scene(shape_hr: tuple[int, int] = (256, 256), seed: Seed = 0, *, c
         raise ValueError(f"shape_hr must be at least (4, 4), got {shape_hr}")
     if not 0.0 <= nodata_fraction <= 1.0:
         raise ValueError(f"nodata_fraction must be in [0, 1], got {nodata_fraction}")
+    style = style if style is not None else SceneStyle()
     land_ss, cloud_ss, nodata_ss = _seed_sequence(seed).spawn(3)
-    scene = _land(np.random.default_rng(land_ss), h, w, pixel_size)
+    scene = _land(np.random.default_rng(land_ss), h, w, pixel_size, style)
     if clouds:
-        _add_clouds(scene, np.random.default_rng(cloud_ss), pixel_size)
+        _add_clouds(scene, np.random.default_rng(cloud_ss), pixel_size, style.cloud_cover)
     if nodata_fraction > 0:
         _add_nodata(scene, np.random.default_rng(nodata_ss), nodata_fraction)
     return scene
@@ -126,14 +202,15 @@ def _spectrum(rng: np.random.Generator, name: str) -> np.ndarray:
     return ranges[:, 0] + t * (ranges[:, 1] - ranges[:, 0])
 
 
-def _land(rng: np.random.Generator, h: int, w: int, px: float) -> np.ndarray:
+def _land(rng: np.random.Generator, h: int, w: int, px: float, style: SceneStyle | None = None) -> np.ndarray:
+    style = style if style is not None else SceneStyle()
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     classes = list(_CLASS_WEIGHTS)
-    probs = np.array(list(_CLASS_WEIGHTS.values()))
-    probs /= probs.sum()
+    probs = style.class_weights()
+    ts = style.texture_scale  # lengths of the textures (1.0: the defaults)
 
     # --- parcels: Voronoi cells of a jittered grid of seeds, one per ~1.5 ha (~120 m apart)
-    cell = max(2.0, 122.0 / px)
+    cell = max(2.0, style.parcel_size_m / px)
     gy, gx = int(np.ceil(h / cell)) + 2, int(np.ceil(w / cell)) + 2
     seeds = (np.stack(np.mgrid[-1:gy - 1, -1:gx - 1], -1) + rng.uniform(0.0, 1.0, (gy, gx, 2))) * cell
     iy, ix = (yy // cell).astype(np.int64) + 1, (xx // cell).astype(np.int64) + 1
@@ -153,13 +230,13 @@ def _land(rng: np.random.Generator, h: int, w: int, px: float) -> np.ndarray:
     urban = kinds == classes.index("urban")  # gardens between the buildings (painted below)
     specs[urban] = 0.5 * specs[urban] + 0.5 * _spectrum(rng, "grassland")
     angle = rng.uniform(0, np.pi, n_parcels)[label]
-    period = (rng.uniform(10.0, 24.0, n_parcels) / px)[label]  # tramlines / sowing pattern
+    period = (rng.uniform(10.0 * ts, 24.0 * ts, n_parcels) / px)[label]  # tramlines / sowing pattern
     stripes = rng.uniform(0.03, 0.08, n_parcels)[label] * np.sin(
         2 * np.pi * (np.cos(angle) * xx + np.sin(angle) * yy) / period)
 
-    smooth = _smooth_noise(rng, h, w, 25.0 / px)  # moisture / biomass gradients (~25 m)
-    fine = _smooth_noise(rng, h, w, 0.6)  # pixel-scale texture
-    crowns = _smooth_noise(rng, h, w, 2.0 / px)  # tree crowns (~2-4 m)
+    smooth = _smooth_noise(rng, h, w, 25.0 * ts / px)  # moisture / biomass gradients (~25 m)
+    fine = _smooth_noise(rng, h, w, 0.6 * ts)  # pixel-scale texture
+    crowns = _smooth_noise(rng, h, w, 2.0 * ts / px)  # tree crowns (~2-4 m)
     texture = {
         "cropland": stripes + 0.05 * smooth,
         "grassland": 0.08 * smooth + 0.03 * fine,
@@ -172,7 +249,7 @@ def _land(rng: np.random.Generator, h: int, w: int, px: float) -> np.ndarray:
     tex = np.zeros((h, w))
     for k, name in enumerate(classes):
         tex = np.where(kind_map == k, texture[name], tex)
-    scene = specs[label].transpose(2, 0, 1) * (1.0 + tex)[None]
+    scene = specs[label].transpose(2, 0, 1) * (1.0 + style.texture_strength * tex)[None]
 
     # --- buildings with shadows in urban parcels
     cells = np.argwhere(kind_map == classes.index("urban"))
@@ -249,11 +326,12 @@ def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
     return out
 
 
-def _add_clouds(scene: np.ndarray, rng: np.random.Generator, px: float) -> None:
-    """Bright clouds (cover 15-40 %) with soft edges, and their shadows; in place."""
+def _add_clouds(scene: np.ndarray, rng: np.random.Generator, px: float,
+                cover: tuple[float, float] = (0.15, 0.4)) -> None:
+    """Bright clouds (cover drawn in ``cover``, default 15-40 %) with soft edges, and their shadows; in place."""
     _, h, w = scene.shape
     field = _smooth_noise(rng, h, w, 60.0 / px) + 0.25 * _smooth_noise(rng, h, w, 10.0 / px)
-    threshold = np.quantile(field, 1.0 - rng.uniform(0.15, 0.4))
+    threshold = np.quantile(field, 1.0 - rng.uniform(*cover))
     alpha = np.clip((field - threshold) / 0.5, 0.0, 1.0)
     brightness = rng.uniform(0.75, 1.25) * (1 + 0.1 * _smooth_noise(rng, h, w, 8.0 / px))
     cloud = np.clip(np.asarray(_CLOUD)[:, None, None] * brightness[None], 0.3, 0.6)
