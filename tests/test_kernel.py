@@ -173,3 +173,44 @@ def test_bfloat16_on_the_cpu_is_close_to_float32():
     assert np.array_equal(ok, np.isfinite(low[:, 0]))
     assert np.abs(low[:, 0] - f32[:, 0])[ok].mean() < 0.05 * np.abs(f32[:, 0][ok]).mean()
     assert xr_opensr.load_model("tiny", device="cpu").dtype == torch.float32
+
+
+def test_model_is_prepared_once_at_load_before_threads_share_it():
+    """A process-shared model is converted (channels_last) under the load lock, never by a sampling
+    thread while another thread runs it (that swap freed storages in use: NaN and wrong values)."""
+    from xr_opensr import _runtime
+
+    _runtime.clear_cache()
+    spec = _runtime.ModelSpec(model="tiny", device="cpu", samples=2, steps=2)
+    assert getattr(_runtime.get_model(spec), "_inference_ready", False)
+
+
+_FIRST_COMPUTE_THREADED = """
+import hashlib, sys, warnings
+warnings.simplefilter("ignore")
+sys.path.insert(0, {tests!r})
+from conftest import make_cube
+import xr_opensr
+cube = make_cube(24, 20)
+threaded = cube.opensr.superresolve(2, model="tiny", steps=2).compute(scheduler="threads")
+print(hashlib.md5(threaded.sr.values.tobytes()).hexdigest())
+"""
+
+
+def test_first_compute_of_a_process_on_threads_equals_sync():
+    """In fresh processes whose first compute runs several blocks on threads at once (the race of
+    a lazily prepared model): the same bits as the single-threaded scheduler, every time."""
+    import hashlib
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import make_cube
+
+    ref = make_cube(24, 20).opensr.superresolve(2, model="tiny", steps=2).compute(scheduler="sync")
+    want = hashlib.md5(ref.sr.values.tobytes()).hexdigest()
+    code = _FIRST_COMPUTE_THREADED.format(tests=str(Path(__file__).parent))
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip() == want

@@ -76,6 +76,8 @@ def _load(model: str, device: str, dtype: str | None, ema: bool | None, compile:
     from .models import load_model
 
     net = load_model(model, device=device, dtype=dtype, ema=ema)
+    if hasattr(net, "prepare_inference"):  # once, before any thread of this process samples with it
+        net.prepare_inference()
     if compile and hasattr(net, "compile_denoiser"):
         net.compile_denoiser()
     with _LOADS_LOCK:

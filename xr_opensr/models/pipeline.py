@@ -7,6 +7,7 @@ autoencoder's encoder, and concatenated to the noisy latent along channels at ev
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,9 @@ def match_histograms(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
+#: serialises the one-time channels_last conversion of a model shared by threads
+_PREPARE_LOCK = threading.Lock()
+
 class SRModel(nn.Module):
     """Latent diffusion super-resolution model (autoencoder + denoising UNet + DDIM).
 
@@ -188,9 +192,14 @@ class SRModel(nn.Module):
 
         Outputs change only by float rounding (different convolution algorithms); returns self.
         """
-        if not getattr(self, "_inference_ready", False):
-            self.to(memory_format=torch.channels_last)
-            self._inference_ready = True
+        if getattr(self, "_inference_ready", False):
+            return self
+        # under a lock: converting swaps the parameters' storage, and a dask thread already running
+        # this (process-shared) model must never read a storage that another thread frees mid-call
+        with _PREPARE_LOCK:
+            if not getattr(self, "_inference_ready", False):
+                self.to(memory_format=torch.channels_last)
+                self._inference_ready = True
         return self
 
     def compile_denoiser(self, mode: str = "reduce-overhead") -> SRModel:
