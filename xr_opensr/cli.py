@@ -57,27 +57,26 @@ def _require(module: str, extra: str) -> Any:
         raise CLIError(f"this command needs {module.split('.')[0]} ({err}): pip install \"xr-opensr[{extra}]\"") from err
 
 
-def _positive(kind: type = int) -> Callable[[str], Any]:
+def _number(kind: type, ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` that satisfies ``ok``, else "expected <expected>, got ..."."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
     return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+def _positive(kind: type = int) -> Callable[[str], Any]:
+    return _number(kind, lambda v: v > 0, f"a positive {kind.__name__}")
+
+
+_non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 
 
 def _device(text: str) -> str:
@@ -88,14 +87,7 @@ def _device(text: str) -> str:
     return text
 
 
-def _cloud_percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100], got {text!r}") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100], got {text!r}")
-    return value
+_cloud_percent = _number(float, lambda v: 0 <= v <= 100, "a percentage in [0, 100]")
 
 
 def _chunks(text: str) -> int | str:
