@@ -32,11 +32,10 @@ from .loop import (
     LOG,
     PairSampler,
     cosine_schedule,
-    prepare_stage,
+    run_stage,
     save_grid,
     set_lr,
     step_generator,
-    train_stage,
 )
 from .losses import (
     NLayerDiscriminator,
@@ -198,11 +197,8 @@ def train_autoencoder(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, 
                       progress: bool = True) -> dict[str, Any]:
     """Run stage 1 into ``run_dir/autoencoder`` (``cfg.autoencoder.steps`` steps in all)."""
     stage_dir = Path(run_dir) / "autoencoder"
-    device, sampler, preview, info = prepare_stage(cfg, stage_dir, resume)
-    stage = AutoencoderStage(cfg, device, sampler, preview)
-    return train_stage(stage, stage_dir, steps=cfg.autoencoder.steps, resume=resume, log_every=cfg.run.log_every,
-                       checkpoint_every=cfg.run.checkpoint_every, sample_every=cfg.run.sample_every,
-                       progress=progress, stop_at=stop_at, info=info)
+    return run_stage(cfg, stage_dir, lambda *parts: AutoencoderStage(cfg, *parts), cfg.autoencoder.steps,
+                     resume=resume, stop_at=stop_at, progress=progress)
 
 
 @torch.no_grad()

@@ -35,11 +35,10 @@ from .loop import (
     LOG,
     PairSampler,
     cosine_schedule,
-    prepare_stage,
+    run_stage,
     save_grid,
     set_lr,
     step_generator,
-    train_stage,
 )
 
 __all__ = ["DiffusionStage", "load_autoencoder", "train_diffusion"]
@@ -200,12 +199,12 @@ def train_diffusion(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, st
     """Run stage 2 into ``run_dir/diffusion`` on the autoencoder in ``run_dir/autoencoder``."""
     run_dir = Path(run_dir)
     stage_dir = run_dir / "diffusion"
-    device, sampler, preview, info = prepare_stage(cfg, stage_dir, resume)
-    stage = DiffusionStage(cfg, device, sampler, preview, run_dir / "autoencoder" / AE_WEIGHTS,
-                           cache_path=stage_dir / "latent_cache.pt")
-    return train_stage(stage, stage_dir, steps=cfg.diffusion.steps, resume=resume, log_every=cfg.run.log_every,
-                       checkpoint_every=cfg.run.checkpoint_every, sample_every=cfg.run.sample_every,
-                       progress=progress, stop_at=stop_at, info=info)
+    ae_weights = run_dir / "autoencoder" / AE_WEIGHTS
+
+    def make(*parts: Any) -> DiffusionStage:
+        return DiffusionStage(cfg, *parts, ae_weights, cache_path=stage_dir / "latent_cache.pt")
+
+    return run_stage(cfg, stage_dir, make, cfg.diffusion.steps, resume=resume, stop_at=stop_at, progress=progress)
 
 
 def _fingerprint(module: nn.Module) -> str:

@@ -606,6 +606,16 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def run_stage(cfg, stage_dir: Path, make_stage: Callable[..., Any], steps: int, *, resume: bool,
+              stop_at: int | None, progress: bool) -> dict[str, Any]:
+    """Prepare a stage (:func:`prepare_stage`), build it with ``make_stage(device, sampler, preview)``
+    and train it (:func:`train_stage`) with the run's logging/checkpoint/preview intervals."""
+    device, sampler, preview, info = prepare_stage(cfg, stage_dir, resume)
+    return train_stage(make_stage(device, sampler, preview), stage_dir, steps=steps, resume=resume,
+                       log_every=cfg.run.log_every, checkpoint_every=cfg.run.checkpoint_every,
+                       sample_every=cfg.run.sample_every, progress=progress, stop_at=stop_at, info=info)
+
+
 def train_stage(
     stage: Stage,
     stage_dir: Path,

@@ -38,7 +38,7 @@ from xr_opensr.metrics import psnr
 from xr_opensr.sensor import bicubic_upsample
 
 from .config import TrainConfig
-from .loop import LOG, PairSampler, cosine_schedule, prepare_stage, save_grid, set_lr, train_stage
+from .loop import LOG, PairSampler, cosine_schedule, run_stage, save_grid, set_lr
 
 __all__ = ["REGRESSION_FILE", "RegressionConfig", "RegressionNet", "RegressionStage", "load_regression",
            "train_regression"]
@@ -215,8 +215,5 @@ def train_regression(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, s
                      progress: bool = True) -> dict[str, Any]:
     """Train the regression baseline into ``run_dir/regression`` (``cfg.regression.steps`` steps in all)."""
     stage_dir = Path(run_dir) / "regression"
-    device, sampler, preview, info = prepare_stage(cfg, stage_dir, resume)
-    stage = RegressionStage(cfg, device, sampler, preview)
-    return train_stage(stage, stage_dir, steps=cfg.regression.steps, resume=resume, log_every=cfg.run.log_every,
-                       checkpoint_every=cfg.run.checkpoint_every, sample_every=cfg.run.sample_every,
-                       progress=progress, stop_at=stop_at, info=info)
+    return run_stage(cfg, stage_dir, lambda *parts: RegressionStage(cfg, *parts), cfg.regression.steps,
+                     resume=resume, stop_at=stop_at, progress=progress)
