@@ -11,6 +11,10 @@
                ``rioxarray.open_rasterio(...).opensr.superresolve(...).sr.rio.to_raster(...)``, same
                model (wrapped as an nn.Module), window and overlap (goal >= 3x faster); prints the
                difference of the outputs next to our own seed-to-seed difference (the noise floor).
+               Ours is written three ways: float32 DEFLATE with GDAL's default 256 px tiles (they
+               straddle the dask blocks, so GDAL re-reads and re-compresses tiles), float32 DEFLATE
+               with tiles that divide the blocks, and uint16 DN uncompressed (``output_dtype="uint16"``:
+               the product opensr-utils itself writes, uint16 DN, nodata 0, no compression).
                Needs ``pip install --no-deps opensr-utils`` (plus pytorch-lightning, einops, omegaconf).
 (c) memory     peak RSS (VmHWM) of a subprocess streaming an n x n LR cube (lazy, generated per
                chunk) to Zarr, for two sizes (goal: < 20 % growth for 512 -> 2048).
@@ -184,10 +188,19 @@ def bench_opensr_utils(args) -> None:
         tif.attrs["long_name"] = BANDS
         tif.rio.write_nodata(0).rio.to_raster(lr_path, tiled=True)
 
-        def ours():
+        def ours(variant: str = "float32-deflate-256"):
+            """GeoTIFF -> GeoTIFF through the accessor. Variants: float32 DEFLATE with GDAL's 256 px
+            tiles (tiles straddle the dask blocks, so GDAL re-reads and re-compresses them), float32
+            DEFLATE with tiles that divide the blocks, and uint16 DN uncompressed (opensr-utils'
+            own product: uint16 DN, nodata 0, no compression)."""
             lr = rioxarray.open_rasterio(lr_path, chunks={"x": 256, "y": 256})
-            ds = lr.opensr.superresolve(samples, model=args.model, steps=steps)
-            ds.sr.rio.to_raster(tmp / "ours.tif", tiled=True, compress="DEFLATE", lock=threading.Lock())
+            dn = variant.startswith("uint16")
+            sr = lr.opensr.superresolve(samples, model=args.model, steps=steps,
+                                        output_dtype="uint16" if dn else None).sr
+            tile = 256 if variant.endswith("-256") else _aligned_tile(sr.chunks[-1])
+            compress = {"compress": "DEFLATE"} if "deflate" in variant else {}
+            sr.rio.to_raster(tmp / f"ours-{variant}.tif", tiled=True, blockxsize=tile, blockysize=tile,
+                             lock=threading.Lock(), **compress)
 
         def theirs():
             quiet = io.StringIO()
@@ -201,20 +214,36 @@ def bench_opensr_utils(args) -> None:
                 ) as runner:
                     runner.run()
 
+        variants = ("float32-deflate-256", "float32-deflate-aligned", "uint16-none-aligned")
         ours()  # warm-up (model cached, imports)
-        t_ours = _timed(ours, args.repeats)
+        t_ours = {v: _timed(lambda v=v: ours(v), args.repeats) for v in variants}
         t_theirs = _timed(theirs, args.repeats)
-        mine = rioxarray.open_rasterio(tmp / "ours.tif").values.astype(np.float64)
         other = rioxarray.open_rasterio(tmp / "theirs.tif").values.astype(np.float64) / 10000
         lr = rioxarray.open_rasterio(lr_path, chunks={"x": 256, "y": 256})
         seed1 = lr.opensr.superresolve(samples, model=args.model, steps=steps, seed=1).sr.values
         print(f"\n(b) vs opensr-utils large_file_processing  {args.utils_size}x{args.utils_size} LR GeoTIFF, window "
-              f"{cfg.patch_size}, overlap {cfg.default_overlap}, samples={samples}, steps={steps}")
-        print(f"    opensr-utils                  {t_theirs:8.2f} s")
-        print(f"    xr-opensr accessor            {t_ours:8.2f} s   speed-up {t_theirs / t_ours:.2f}x  (goal >= 3)")
-        print(f"    |ours - theirs| mean {np.abs(mine - other).mean():.5f}, max {np.abs(mine - other).max():.4f} "
-              f"(reflectance; theirs is uint16 DN / 10000)")
-        print(f"    |ours seed 0 - ours seed 1| mean {np.abs(mine - seed1).mean():.5f} (the sampling-noise floor)")
+              f"{cfg.patch_size}, overlap {cfg.default_overlap}, samples={samples}, steps={steps}, model {args.model}")
+        print(f"    opensr-utils (uint16 DN, uncompressed)      {t_theirs:8.2f} s")
+        for v in variants:
+            path = tmp / f"ours-{v}.tif"
+            mine = rioxarray.open_rasterio(path).values.astype(np.float64)
+            if v.startswith("uint16"):
+                mine = np.where(mine == 0, np.nan, mine / 10000)
+            diff = np.abs(mine - other)
+            print(f"    accessor, {v:24s}          {t_ours[v]:8.2f} s   speed-up {t_theirs / t_ours[v]:.2f}x  "
+                  f"(goal >= 3)   {path.stat().st_size / 1e6:6.1f} MB   |ours - theirs| mean {np.nanmean(diff):.5f}, "
+                  f"max {np.nanmax(diff):.4f}")
+        mine = rioxarray.open_rasterio(tmp / f"ours-{variants[0]}.tif").values.astype(np.float64)
+        print(f"    |ours seed 0 - ours seed 1| mean {np.abs(mine - seed1).mean():.5f} (the sampling-noise floor; "
+              "theirs is uint16 DN / 10000)")
+
+
+def _aligned_tile(chunks: tuple[int, ...], largest: int = 512) -> int:
+    """The largest GeoTIFF tile side (a multiple of 16, at most ``largest``) that divides the first
+    chunk, so that each dask block writes whole tiles (GDAL then compresses each tile once)."""
+    first = chunks[0]
+    fits = [t for t in range(16, min(largest, first) + 1, 16) if first % t == 0]
+    return fits[-1] if fits else 256
 
 
 # --------------------------------------------------------------------------- (c) memory

@@ -3,6 +3,7 @@
     python benchmarks/bench_sampling.py                          # default model, 8 patches, samples=10
     python benchmarks/bench_sampling.py --patches 4 --repeats 1  # quicker
     python benchmarks/bench_sampling.py --model tiny --steps 4   # smoke run
+    python benchmarks/bench_sampling.py --accessor 96            # issue 13 item 4: through the accessor
 
 Prints seconds per 32x32 LR patch (samples=10, the model's 10 steps) of
 (1) the per-patch path the kernel used before the batched kernel: every patch's samples as a
@@ -15,6 +16,12 @@ Prints seconds per 32x32 LR patch (samples=10, the model's 10 steps) of
 and the largest |difference| of the first two paths' SR means (same seeds: the same noise, so only float
 rounding differs) beside the mean sample std, and the PSNR of both against the synthetic HR scenes.
 Threads: ``--threads`` (default 1, as a dask task runs). Note the machine load beside the figures.
+
+``--accessor N`` instead times ``.opensr.superresolve(samples)`` end to end on an N x N LR cube
+(``testing.s2_cube(N, N, seed=5)``, the default scheduler, after a warm-up), float32 and
+``dtype="bfloat16"`` in the same run, and prints seconds per patch of the accessor's patch grid and
+the mean |bf16 - fp32| of ``sr`` (issue 13, item 4: goal <= 0.6 s per patch), and whether this CPU
+has native bf16 (the ``amx_bf16`` / ``avx512_bf16`` flags of /proc/cpuinfo).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,6 +69,41 @@ def per_patch(net, lr: np.ndarray, samples: int, steps: int, seeds: list[int]) -
     return np.stack(out)
 
 
+def native_bf16_flags() -> list[str]:
+    """The native-bf16 CPU flags of this machine (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return []
+    return sorted({f for f in flags if f in ("amx_bf16", "avx512_bf16")})
+
+
+def through_accessor(args) -> None:
+    """Item 4 of issue 13: seconds per patch through the accessor, float32 vs bfloat16, same run."""
+    from xr_opensr import testing
+    from xr_opensr._graph import PatchGrid
+
+    cube = testing.s2_cube(args.accessor, args.accessor, seed=5)
+    cfg = xr_opensr.load_model(args.model, device="cpu").config
+    n = PatchGrid(args.accessor, args.accessor, cfg.patch_size, cfg.default_overlap).n_patches
+    kw = {"model": args.model, "steps": args.steps, "threads": args.threads}
+    cube[:, :40, :40].opensr.superresolve(2, **kw, dtype="bfloat16").compute()  # warm-up: both loaded
+    cube[:, :40, :40].opensr.superresolve(2, **kw).compute()
+    times, means = {}, {}
+    for _ in range(args.repeats):  # interleaved, so that a change in the machine's load hits both
+        for dtype in (None, "bfloat16"):
+            t0 = time.perf_counter()
+            means[dtype] = cube.opensr.superresolve(args.samples, **kw, dtype=dtype).sr.values
+            times.setdefault(dtype, []).append(time.perf_counter() - t0)
+    print(f"model {args.model}, {args.accessor}^2 LR cube through the accessor ({n} patches), samples={args.samples}, "
+          f"steps={args.steps or cfg.sampler.steps}, threads {args.threads}, {os.cpu_count()} cores, default scheduler, "
+          f"load {os.getloadavg()[0]:.2f}, native bf16 flags {native_bf16_flags() or 'none'}")
+    for dtype, label in ((None, "float32 (default)"), ("bfloat16", 'dtype="bfloat16"')):
+        print(f"    {label:18s} {min(times[dtype]) / n:.3f} s per patch (runs: "
+              + ", ".join(f"{t / n:.3f}" for t in times[dtype]) + ")")
+    print(f"    mean |bf16 - fp32| of sr {np.nanmean(np.abs(means['bfloat16'] - means[None])):.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
@@ -69,7 +112,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs of each path")
+    parser.add_argument("--accessor", type=int, default=None, metavar="N",
+                        help="time the accessor on an N x N LR cube instead (float32 and bfloat16)")
     args = parser.parse_args()
+    if args.accessor:
+        through_accessor(args)
+        return
     torch.set_num_threads(args.threads)
     old = xr_opensr.load_model(args.model, device="cpu")  # contiguous weights, as before
     new = xr_opensr.load_model(args.model, device="cpu")

@@ -45,3 +45,74 @@ def test_mtf_at_nyquist_of_the_default_psf():
     assert sensor.mtf_at_nyquist(psf_sigma=0) == pytest.approx(1 / (4 * np.sin(np.pi / 8)))  # the box alone
     assert sensor.mtf_at_nyquist(psf_sigma=2.5) < sensor.mtf_at_nyquist(psf_sigma=1.0)
     assert DegradationConfig(psf_sigma=1.2).mtf_at_nyquist() == sensor.mtf_at_nyquist(4, 1.2)
+
+
+# --------------------------------------------------------------------------- bicubic_upsample
+
+
+def _bicubic_oracle(lr: np.ndarray, factor: int = 4, a: float = -0.5) -> np.ndarray:
+    """The previous implementation, kept as the oracle: per axis, 4 gathers of clipped indices times
+    Keys' weights, summed tap by tap in the array's dtype; NaN filled, then masked back."""
+
+    def axis_pass(arr, axis):
+        n = arr.shape[axis]
+        src = (np.arange(n * factor) + 0.5) / factor - 0.5
+        base = np.floor(src).astype(int)
+        weights = sensor._cubic_weights(src - base, a).astype(arr.dtype)
+        shape = [1] * arr.ndim
+        shape[axis] = -1
+        out = None
+        for tap in range(4):
+            term = np.take(arr, np.clip(base + tap - 1, 0, n - 1), axis=axis) * weights[tap].reshape(shape)
+            out = term if out is None else out + term
+        return out
+
+    nan = np.isnan(lr)
+    filled = sensor._fill_nan(lr) if nan.any() else lr
+    out = axis_pass(axis_pass(filled, -2), -1)
+    out[np.repeat(np.repeat(nan, factor, axis=-2), factor, axis=-1)] = np.nan
+    return out
+
+
+@pytest.mark.parametrize(("shape", "factor", "a", "dtype"), [
+    ((3, 4, 32, 32), 4, -0.5, np.float32),   # model patches
+    ((5, 7), 4, -0.5, np.float32),
+    ((1, 1), 4, -0.5, np.float32),
+    ((2, 64, 48), 3, -0.75, np.float32),
+    ((2, 3, 9, 17), 2, -0.5, np.float64),
+    ((4, 70, 90), 4, -0.5, np.float32),
+    ((2, 65, 10), 5, -0.75, np.float64),
+])
+def test_bicubic_equals_the_previous_implementation(shape, factor, a, dtype):
+    x = (np.random.default_rng(sum(shape)).random(shape) * 0.6).astype(dtype)
+    got, want = sensor.bicubic_upsample(x, factor, a=a), _bicubic_oracle(x, factor, a)
+    assert got.dtype == dtype and got.shape == want.shape and got.flags.c_contiguous
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 if dtype == np.float32 else 1e-12)
+
+
+def test_bicubic_nodata_as_before_and_infinities_stay_local():
+    x = np.random.default_rng(7).random((6, 4, 32, 32), dtype=np.float32)
+    x[1, :, 3:5, 0:2] = np.nan  # a corner block: filled from its neighbours, masked back
+    x[2, 0] = np.nan            # one band all nodata
+    x[4] = np.nan               # all nodata
+    x[5, 1, 7, 7] = np.inf
+    with np.errstate(invalid="ignore"):  # inf * 0 and inf - inf
+        got, want = sensor.bicubic_upsample(x), _bicubic_oracle(x)
+    np.testing.assert_array_equal(np.isnan(got[:5]), np.isnan(want[:5]))
+    finite = np.isfinite(want[:5])
+    np.testing.assert_allclose(got[:5][finite], want[:5][finite], rtol=0, atol=1e-6)
+    assert np.isnan(got[4]).all() and np.isfinite(got[5, [0, 2, 3]]).all()
+    bad = ~np.isfinite(got[5, 1])
+    assert bad[4 * 7 : 4 * 8, 4 * 7 : 4 * 8].all() and not bad[: 4 * 5].any() and not bad[4 * 10 :].any()
+    assert not bad[:, : 4 * 5].any() and not bad[:, 4 * 10 :].any()  # within the 5 x 5 LR neighbourhood
+
+
+def test_bicubic_of_a_patch_does_not_depend_on_the_stack():
+    """A patch gives the same bits alone and anywhere in a stack (what chunk invariance needs)."""
+    x = np.random.default_rng(8).random((9, 4, 32, 32), dtype=np.float32)
+    x[6, 2, 4, 4] = np.nan
+    full = sensor.bicubic_upsample(x)
+    for i in range(len(x)):
+        np.testing.assert_array_equal(sensor.bicubic_upsample(x[i]), full[i])
+    np.testing.assert_array_equal(sensor.bicubic_upsample(x[::-1])[::-1], full)
+    np.testing.assert_array_equal(sensor.bicubic_upsample(np.concatenate([x[4:], x[:4]]))[5:], full[:4])

@@ -206,8 +206,7 @@ def _patch_block(
     flat_keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
     r0, c0 = origin
     P, S, s = grid.patch, grid.stride, grid.scale
-    outs = [np.full((x.shape[0], i1 - i0, j1 - j0, n_outputs, c, s * P, s * P), np.nan, dtype=np.float32)
-            for i0, i1, j0, j1 in rects]
+    shapes = [(x.shape[0], i1 - i0, j1 - j0, n_outputs, c, s * P, s * P) for i0, i1, j0, j1 in rects]
     valid = np.isfinite(x).all(axis=1)  # (L, h, w): a pixel is nodata if any band is
     batch, seeds, where = [], [], []
     for r, (i0, i1, j0, j1) in enumerate(rects):
@@ -219,9 +218,14 @@ def _patch_block(
             batch.append(_pad_patch(x[lead_i, :, ys, xs], P))
             seeds.append(patch_seed(seed, int(flat_keys[lead_i]), i, j))
             where.append((r, lead_i, i - i0, j - j0))
-    if batch:
-        res = kernel(np.stack(batch), np.asarray(seeds, dtype=np.uint64))
-        for (r, lead_i, a, b), value in zip(where, res):
+    res = np.asarray(kernel(np.stack(batch), np.asarray(seeds, dtype=np.uint64)), np.float32) if batch else None
+    counts = [math.prod(shape[:3]) for shape in shapes]
+    if batch and len(where) == sum(counts):  # no all-nodata patch: res is the rects in order, no copy
+        bounds = np.cumsum([0, *counts])
+        outs = [res[a:b].reshape(shape) for a, b, shape in zip(bounds[:-1], bounds[1:], shapes)]
+    else:
+        outs = [np.full(shape, np.nan, dtype=np.float32) for shape in shapes]
+        for (r, lead_i, a, b), value in zip(where, res if batch else ()):
             outs[r][lead_i, a, b] = value
     return tuple(o.reshape((*lead, *o.shape[1:])) for o in outs)
 
@@ -272,12 +276,13 @@ def _blend_block(
     k, c, hp = pieces[0].shape[-4], pieces[0].shape[-3], grid.scale * grid.patch
     n_lead = int(np.prod(lead))
     dr, dc = int(top is not None or corner is not None), int(left is not None or corner is not None)
-    g = np.full((n_lead, dr + p1 - p0, dc + q1 - q0, k, c, hp, hp), np.nan, dtype=np.float32)
+    cells: dict[tuple[int, int], tuple[np.ndarray, int, int]] = {}  # (a, b) -> (piece, its row, its col)
 
-    def put(a: np.ndarray | None, i: int, j: int) -> None:
-        if a is not None and a.size:
-            a = a.reshape((n_lead, *a.shape[-6:]))
-            g[:, i : i + a.shape[1], j : j + a.shape[2], :, :, hp - a.shape[-2] :, hp - a.shape[-1] :] = a
+    def put(arr: np.ndarray | None, i: int, j: int) -> None:
+        if arr is not None and arr.size:
+            arr = arr.reshape((n_lead, *arr.shape[-6:]))
+            for a, b in itertools.product(range(arr.shape[1]), range(arr.shape[2])):
+                cells[i + a, j + b] = (arr, a, b)
 
     if interior is not None:
         put(interior[0], dr, dc)
@@ -289,31 +294,48 @@ def _blend_block(
     put(top, 0, dc)
     put(left, dr, 0)
     put(corner, 0, 0)
-    i0, j0 = p0 - dr, q0 - dc  # global index of g[:, 0, 0]
+    i0, j0 = p0 - dr, q0 - dc  # global index of cell (0, 0)
     (y0, y1), (x0, x1) = rows, cols
     s, S = grid.scale, grid.stride
     hy0, hy1, hx0, hx1 = s * y0, s * y1, s * x0, s * x1
     acc = np.zeros((n_lead, k, c, hy1 - hy0, hx1 - hx0), dtype=np.float32)
     wsum = np.zeros((hy1 - hy0, hx1 - hx0), dtype=np.float32)
-    windows_x = [grid.window(j0 + b, grid.cols) for b in range(g.shape[2])]
-    for a in range(g.shape[1]):  # global row-major order: the same summation order in every chunking
+    windows_x = [grid.window(j0 + b, grid.cols) for b in range(dc + q1 - q0)]
+    buf = np.empty((n_lead, k, c, hp, hp), dtype=np.float32)  # one patch's weighted values, reused
+    for a in range(dr + p1 - p0):  # global row-major order: the same summation order in every chunking
         i = i0 + a
         wy = grid.window(i, grid.rows)
         py0, py1 = max(hy0, s * i * S), min(hy1, s * i * S + wy.size)
         if py1 <= py0:
             continue
-        for b in range(g.shape[2]):
+        for b in range(dc + q1 - q0):
             j = j0 + b
             wx = windows_x[b]
             px0, px1 = max(hx0, s * j * S), min(hx1, s * j * S + wx.size)
             if px1 <= px0:
                 continue
-            w = np.multiply.outer(wy[py0 - s * i * S : py1 - s * i * S], wx[px0 - s * j * S : px1 - s * j * S])
-            patch = g[:, a, b, :, :, py0 - s * i * S : py1 - s * i * S, px0 - s * j * S : px1 - s * j * S]
-            acc[..., py0 - hy0 : py1 - hy0, px0 - hx0 : px1 - hx0] += patch * w
+            ys, xs = slice(py0 - s * i * S, py1 - s * i * S), slice(px0 - s * j * S, px1 - s * j * S)
+            w = np.multiply.outer(wy[ys], wx[xs])
+            term = np.multiply(_cell(cells.get((a, b)), ys, xs, hp), w, out=buf[..., : w.shape[0], : w.shape[1]])
+            acc[..., py0 - hy0 : py1 - hy0, px0 - hx0 : px1 - hx0] += term
             wsum[py0 - hy0 : py1 - hy0, px0 - hx0 : px1 - hx0] += w
-    out = acc / wsum
-    return out.reshape((*lead, *out.shape[1:]))
+    acc /= wsum
+    return acc.reshape((*lead, *acc.shape[1:]))
+
+
+def _cell(cell: tuple[np.ndarray, int, int] | None, ys: slice, xs: slice, hp: int) -> np.ndarray:
+    """HR rows ``ys`` and columns ``xs`` of a patch (``(piece, row, col)``, a piece cropped at its
+    top/left to its last rows/columns of the ``hp`` x ``hp`` patch), (L, K, C, y, x); NaN where the
+    patch is missing or cropped away (a view when it is all there)."""
+    if cell is None:
+        return np.float32(np.nan)
+    arr, a, b = cell
+    dy, dx = hp - arr.shape[-2], hp - arr.shape[-1]
+    if ys.start >= dy and xs.start >= dx:
+        return arr[:, a, b, :, :, ys.start - dy : ys.stop - dy, xs.start - dx : xs.stop - dx]
+    full = np.full((*arr.shape[:1], *arr.shape[3:5], hp, hp), np.nan, dtype=np.float32)
+    full[..., dy:, dx:] = arr[:, a, b]
+    return full[..., ys, xs]
 
 
 def _finish_block(

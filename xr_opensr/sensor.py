@@ -15,6 +15,7 @@ from collections.abc import Hashable
 
 import numpy as np
 import xarray as xr
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ._layout import ArrayLike, _float_array, _spatial_dims
 
@@ -110,6 +111,14 @@ def bicubic_upsample(lr: ArrayLike, factor: int = 4, *, a: float = -0.5) -> Arra
     Returns
     -------
     array (..., factor * h, factor * w) float32 (float64 input stays float64).
+
+    Notes
+    -----
+    Each axis is one small matrix product per pixel, ``(5 LR pixels around it) @ (5, factor)``
+    weights (the 4 Keys taps of each output phase, a zero for the fifth pixel), run by numpy's own
+    matmul loop (no BLAS thread pool inside dask tasks): within a few float32 ulps (< 1e-6 on
+    reflectance) of a tap-by-tap sum, and for an image the same bits whatever the other images in
+    the stack. A non-finite pixel makes its 5 x 5 LR neighbourhood non-finite at most.
     """
     factor = _positive_factor(factor)
     if isinstance(lr, xr.DataArray):
@@ -123,9 +132,10 @@ def bicubic_upsample(lr: ArrayLike, factor: int = 4, *, a: float = -0.5) -> Arra
         return _rewrite_transform(out.transpose(*lr.dims), lr)
     arr = _float_array(lr)
     nan = np.isnan(arr)
-    filled = _fill_nan(arr) if nan.any() else arr
+    has_nan = bool(nan.any())
+    filled = _fill_nan(arr) if has_nan else arr
     out = _cubic_axis(_cubic_axis(filled, factor, a, axis=-2), factor, a, axis=-1)
-    if nan.any():
+    if has_nan:
         out[np.repeat(np.repeat(nan, factor, axis=-2), factor, axis=-1)] = np.nan
     return out.astype(arr.dtype, copy=False)
 
@@ -217,18 +227,21 @@ def _cubic_weights(t: np.ndarray, a: float) -> np.ndarray:
 
 
 def _cubic_axis(arr: np.ndarray, factor: int, a: float, axis: int) -> np.ndarray:
-    n = arr.shape[axis]
-    src = (np.arange(n * factor) + 0.5) / factor - 0.5
-    base = np.floor(src).astype(int)
-    weights = _cubic_weights(src - base, a).astype(arr.dtype)
-    out = None
-    for tap in range(4):
-        idx = np.clip(base + tap - 1, 0, n - 1)
-        shape = [1] * arr.ndim
-        shape[axis] = -1
-        term = np.take(arr, idx, axis=axis) * weights[tap].reshape(shape)
-        out = term if out is None else out + term
-    return out
+    """Upsample one axis. Output pixel ``k = i*factor + p`` (phase p) is the Keys sum over LR pixels
+    ``i + b_p - 1 .. i + b_p + 2`` (edges replicated), ``b_p`` = -1 or 0: a window of the 5 pixels
+    ``i - 2 .. i + 2`` times column p of a (5, factor) weight matrix."""
+    moved = np.moveaxis(arr, axis, -1)
+    n = moved.shape[-1]
+    src = (np.arange(factor) + 0.5) / factor - 0.5  # phase p's position relative to LR pixel i
+    base = np.floor(src).astype(int)  # -1 or 0
+    taps = _cubic_weights(src - base, a)  # (4, factor)
+    weights = np.zeros((5, factor), dtype=arr.dtype)
+    for p in range(factor):
+        weights[base[p] + 1 : base[p] + 5, p] = taps[:, p]
+    padded = np.pad(moved, [(0, 0)] * (arr.ndim - 1) + [(2, 2)], mode="edge")  # pixel j at j + 2
+    windows = sliding_window_view(padded, 5, axis=-1)[..., :n, :]  # (..., n, 5): pixels i-2 .. i+2
+    out = np.matmul(windows, weights).reshape(*moved.shape[:-1], n * factor)
+    return np.moveaxis(out, -1, axis)
 
 
 def _fill_nan(arr: np.ndarray) -> np.ndarray:

@@ -108,9 +108,12 @@ class BaselineModel(torch.nn.Module):
         x = np.asarray(lr)
         _check(x, samples, len(self.config.bands))
         hr = self.upsample(x)
-        zero = np.where(np.isnan(hr), np.float32(np.nan), np.float32(0.0))
-        planes = [hr, zero] + [hr] * (samples if return_samples else 0)
-        return np.stack(planes, axis=1)
+        out = np.empty((hr.shape[0], 2 + (samples if return_samples else 0), *hr.shape[1:]), dtype=np.float32)
+        out[:, 0] = hr
+        out[:, 1] = 0.0
+        np.copyto(out[:, 1], np.float32(np.nan), where=np.isnan(hr))  # NaN under nodata
+        out[:, 2:] = hr[:, None]
+        return out
 
     def extra_repr(self) -> str:
         return f"name={self.config.name!r}, consistency={self.config.consistency.describe()!r}"
