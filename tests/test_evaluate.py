@@ -84,8 +84,9 @@ def test_regression_stage_trains_and_its_loss_falls(tmp_path):
         losses = [float(r["loss_l1"]) for r in csv.DictReader(fh)]
     assert len(losses) == 15 and np.mean(losses[-2:]) < 0.85 * np.mean(losses[:2])
     net = load_regression(tmp_path / "regression" / REGRESSION_FILE)
-    sr = net.predict(lr.numpy())
-    assert sr.shape == hr.shape and sr.dtype == np.float32
+    sr, std = net.predict(lr.numpy())
+    assert sr.shape == hr.shape == std.shape and sr.dtype == np.float32
+    assert (std > 0).all() and np.isfinite(std).all()  # the spread head: a positive standard deviation
     assert float(np.abs(sr - hr.numpy()).mean()) < 0.85 * bicubic_l1  # learnt beyond its bicubic start
     with pytest.raises(Exception, match="finite LR"):
         net.predict(np.full((1, 4, 8, 8), np.nan, np.float32))
@@ -105,12 +106,13 @@ def test_regression_stage_resumes_to_the_same_weights(tmp_path):
 
 
 def test_default_regression_baseline_has_the_size_of_the_issue():
-    from training.regression import RegressionConfig, RegressionNet
+    from training.regression import RegressionConfig
 
     cfg = TrainConfig.from_json(ROOT / "training" / "configs" / "default.json")
-    net = RegressionNet(RegressionConfig.of(cfg))
+    net = RegressionConfig.of(cfg).build()
     assert (cfg.regression.blocks, cfg.regression.channels) == (10, 32)
-    assert 200_000 < sum(p.numel() for p in net.parameters()) < 230_000
+    spread = sum(p.numel() for p in net.spread.parameters())
+    assert 200_000 < sum(p.numel() for p in net.parameters()) - spread < 230_000  # the mean path
     with torch.no_grad():
         out = net(torch.rand(2, 4, 8, 8), torch.zeros(2, 4, 32, 32))
     assert out.shape == (2, 4, 32, 32) and float(out.abs().max()) == 0.0  # zero-initialised residual
@@ -271,3 +273,36 @@ def test_randomised_degradation_draws_a_sensor_per_image():
         DegradationConfig(psf_sigma_range=(2.0, 1.4))
     with pytest.raises(ValueError, match="shift_max"):
         DegradationConfig(shift_max=-1.0)
+
+
+# --------------------------------------------------------------------------- model v2
+
+
+def test_model_v2_exports_calibrates_and_evaluates(trained, tmp_path):
+    """export --base-model: the tiny run's diffusion networks + its regression stage as the mean network;
+    evaluate calibrates the spread on the validation mix and scores the fast path."""
+    from xr_opensr.models import load_model
+    from xr_opensr.models.io import MEAN_NET_FILE
+
+    run, out = trained["run"], tmp_path / "v2"
+    common = ["--config", str(run / "tiny.json"), "--out", str(run), "--no-progress", "--model-dir", str(out)]
+    assert main(["export", *common, "--base-model", str(run / "model")]) == 0
+    assert (out / MEAN_NET_FILE).is_file()
+    assert (out / "model.safetensors").read_bytes() == (run / "model" / "model.safetensors").read_bytes()
+    net = load_model(out, device="cpu")
+    assert net.is_v2 and net.config.std_scale == 1.0
+    assert main(["evaluate", *common]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert load_model(out, device="cpu").config.std_scale == pytest.approx(metrics["summary"]["std_scale"])
+    assert metrics["summary"]["std_scale"] != 1.0  # calibrated
+    r = metrics["synthetic_heldout"]
+    assert {"fast_path", "regression", "sr_mean", "sr_sample"} <= set(r["methods"])
+    assert "sr_mean_raw" not in r["methods"]
+    assert r["methods"]["fast_path"]["psnr"] == pytest.approx(r["methods"]["sr_mean"]["psnr"])
+    assert r["timing"]["fast_path_ms_per_patch"] > 0
+    u2, u3 = r["uncertainty"]["samples_2"], r["uncertainty"]["samples_3"]
+    assert u2["coverage_2std"] == u3["coverage_2std"]  # v2's spread does not depend on the sample count
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "(model v2)" in card and "### Every figure" in card and "diffusion networks" in card
+    # a second export would overwrite what the user has: refused without --overwrite
+    assert main(["export", *common, "--base-model", str(run / "model")]) == 2

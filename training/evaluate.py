@@ -56,6 +56,7 @@ METHODS = {
     "sr_mean_raw": "SR mean, without the step",
     "sr_sample": "one SR sample",
     "regression": "regression CNN (L1)",
+    "fast_path": "fast deterministic path (samples=0; model v2)",
 }
 
 GOALS = {
@@ -101,8 +102,9 @@ def draw_samples(net, lr: torch.Tensor, cfg: TrainConfig, first_seed: int = 0, p
 
 
 def with_consistency(net, raw: np.ndarray, lr: torch.Tensor) -> np.ndarray:
-    """The model's consistency step on raw samples: what ``net.sample`` returns by default."""
-    return net.apply_consistency(raw, lr.numpy())
+    """The model's consistency step on raw samples: what ``net.sample`` returns by default (model
+    v2's samples are final: built around the mean, which had the step)."""
+    return raw if net.is_v2 else net.apply_consistency(raw, lr.numpy())
 
 
 def fit_std_scale(samples: np.ndarray, hr: np.ndarray, coverage: float) -> float:
@@ -118,9 +120,17 @@ def fit_std_scale(samples: np.ndarray, hr: np.ndarray, coverage: float) -> float
 
 
 def calibrate(cfg: TrainConfig, run_dir: Path, model_dir: Path, progress: bool = True) -> float:
-    """Fit ``std_scale`` on the validation scenes and write it into ``model_dir/config.json``."""
+    """Fit ``std_scale`` on the validation scenes and write it into ``model_dir/config.json`` (model
+    v2: :func:`training.mean_net.calibrate_v2`, on a mix of validation domains)."""
     ev = cfg.evaluate
     net = _load(model_dir, cfg)
+    if net.is_v2:
+        from .mean_net import calibrate_v2, write_card_v2
+
+        scale = calibrate_v2(cfg, model_dir)
+        (model_dir / METRICS_FILE).unlink(missing_ok=True)
+        write_card_v2(model_dir, cfg, run_dir, None)
+        return scale
     hr, lr = synthetic_pairs(cfg, ev.validation_seed, ev.validation_items)
     samples = with_consistency(net, draw_samples(net, lr, cfg, first_seed=ev.validation_seed, progress=progress), lr)
     scale = fit_std_scale(samples, hr.numpy(), ev.coverage_target)
@@ -167,9 +177,23 @@ def unseen_pairs(cfg: TrainConfig, n: int | None = None) -> tuple[torch.Tensor, 
     return PairSampler(pairs).items(list(range(len(pairs))))
 
 
+def fixed_sensor(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the training degradation's randomisation (PSF and noise ranges, shifts) removed:
+    the sensor of the synthetic test and real held-out pairs, the same for every model whatever
+    randomisation its training used (the unseen-domain set has a sensor of its own)."""
+    import dataclasses
+
+    d = cfg.degradation_config()
+    if not d.randomised:
+        return cfg
+    fixed = dataclasses.replace(d, psf_sigma_range=None, noise_std_range=None, shift_max=0.0)
+    return cfg.replace(degradation=fixed.to_dict())
+
+
 def _set_pairs(cfg: TrainConfig, name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(HR, LR, first sampler seed) of an evaluation set."""
     ev = cfg.evaluate
+    cfg = fixed_sensor(cfg)
     if name == "synthetic_heldout":
         return (*synthetic_pairs(cfg, ev.test_seed, ev.test_items), ev.test_seed)
     if name == "real_heldout":
@@ -204,15 +228,21 @@ def image_metrics(img: np.ndarray, hr: np.ndarray, lr: np.ndarray, cfg: TrainCon
 
 
 def uncertainty_metrics(net, samples: np.ndarray, hr: np.ndarray, bicubic: np.ndarray,
-                        counts: list[int]) -> dict[str, dict[str, float]]:
+                        counts: list[int], lr: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """``samples_<k>``: coverage and ranking of the std of the first ``k`` samples (the model's
-    ``summarize``: std_scale applied) vs |mean - HR|, beside the bicubic-gradient map's ranking."""
+    ``summarize``: std_scale applied) vs |mean - HR|, beside the bicubic-gradient map's ranking.
+    Model v2 (its samples depend on how many are drawn): the engine's mean and std for ``k`` samples
+    of ``lr``."""
     from xr_opensr import metrics as M
 
     gradient = M.gradient_magnitude(bicubic)
     out = {}
     for k in counts:
-        mean, std = net.summarize(samples[:, :k])
+        if net.is_v2:
+            summary = net.sample_summary(lr, samples=k)
+            mean, std = summary[:, 0], summary[:, 1]
+        else:
+            mean, std = net.summarize(samples[:, :k])
         err = mean - hr
         calib, base = M.uncertainty_calibration(std, err), M.uncertainty_calibration(gradient, err)
         out[f"samples_{k}"] = {
@@ -242,14 +272,19 @@ def score(net, hr: torch.Tensor, lr: torch.Tensor, cfg: TrainConfig, raw: np.nda
     images = {"bicubic": bicubic,
               "bicubic_consistency": enforce_consistency(bicubic, lr_np, scale, consistency_baseline(net, cfg)),
               "sr_mean": net.summarize(samples[:, :ev.samples])[0]}
-    if net.config.consistency.active:
+    if net.config.consistency.active and not net.is_v2:
         images["sr_mean_raw"] = raw[:, :ev.samples].mean(axis=1)
     images["sr_sample"] = samples[:, 0]
     timing = {}
     if regression is not None:
         t0 = time.perf_counter()
-        images["regression"] = regression.predict(lr_np)
+        images["regression"] = regression.predict(lr_np)[0]
         timing["regression_ms_per_patch"] = 1e3 * (time.perf_counter() - t0) / len(lr_np)
+    if net.is_v2:  # the fast deterministic path (samples=0), one patch per call as in the engine
+        t0 = time.perf_counter()
+        fast = np.concatenate([net.sample_summary(lr_np[i:i + 1], samples=0)[:, 0] for i in range(len(lr_np))])
+        timing["fast_path_ms_per_patch"] = 1e3 * (time.perf_counter() - t0) / len(lr_np)
+        images["fast_path"] = fast
     methods = {name: image_metrics(img, hr_np, lr_np, cfg) for name, img in images.items()}
     for values in methods.values():
         values["psnr_gain_db"] = values["psnr"] - methods["bicubic"]["psnr"]
@@ -258,7 +293,7 @@ def score(net, hr: torch.Tensor, lr: torch.Tensor, cfg: TrainConfig, raw: np.nda
     out: dict[str, Any] = {
         "items": int(hr_np.shape[0]),
         "methods": methods,
-        "uncertainty": uncertainty_metrics(net, samples, hr_np, bicubic, counts),
+        "uncertainty": uncertainty_metrics(net, samples, hr_np, bicubic, counts, lr_np),
         "ae_round_trip_psnr": M.psnr(autoencoder_round_trip(net, hr), hr_np),
         "timing": timing,
     }
@@ -291,6 +326,8 @@ def _set_summary(prefix: str, r: dict[str, Any], samples: int) -> dict[str, Any]
         k = key.removeprefix("samples_")
         out.update({f"coverage_2std_s{k}": u["coverage_2std"], f"spearman_std_err_s{k}": u["spearman_std_err"],
                     f"spearman_gradient_err_s{k}": u["spearman_gradient_err"]})
+    if "fast_path_ms_per_patch" in r.get("timing", {}):
+        out.update(fast_path_ms_per_patch=r["timing"]["fast_path_ms_per_patch"], psnr_fast_path=m["fast_path"]["psnr"])
     if "regression" in m:
         reg = m["regression"]
         out.update(psnr_regression=reg["psnr"], lpips_regression=reg.get("lpips"),
@@ -379,7 +416,14 @@ def _write(results: dict[str, Any], cfg: TrainConfig, run_dir: Path, model_dir: 
     for folder in (model_dir, out_dir):
         (folder / METRICS_FILE).write_text(text)
         (folder / EVAL_TABLE_FILE).write_text(table)
-    write_card(model_dir, cfg, run_dir, results)
+    from xr_opensr.models import ModelConfig
+
+    if ModelConfig.from_json(model_dir / "config.json").mean_net is not None:  # model v2
+        from .mean_net import write_card_v2
+
+        write_card_v2(model_dir, cfg, run_dir, results)
+    else:
+        write_card(model_dir, cfg, run_dir, results)
 
 
 def _grid(path: Path, net, hr, lr, samples, cfg: TrainConfig, n: int = 4) -> None:

@@ -23,6 +23,7 @@ from ..sentinel2 import MODEL_BANDS
 from .autoencoder import AutoencoderConfig
 from .consistency import ConsistencyConfig
 from .diffusion import SamplerConfig, ScheduleConfig
+from .regression import MeanNetConfig
 from .unet import UNetConfig
 
 __all__ = ["ModelConfig", "FORMAT_VERSION", "load_config"]
@@ -48,7 +49,12 @@ class ModelConfig:
     conditioning : "sample" (draw the encoded LR from the encoder posterior, as LDSR-S2 v1 does) or
         "mode" (use its mean).
     std_scale : factor applied to the per-pixel sample standard deviation (calibration, fitted on
-        validation scenes; 1.0 = the raw sample spread).
+        validation scenes; 1.0 = the raw sample spread); with a ``mean_net``, the factor of its
+        spread head's standard deviation.
+    mean_net : model v2: a deterministic mean network with a spread head
+        (:class:`~xr_opensr.models.regression.MeanNetConfig`) gives the mean and the uncertainty; the
+        diffusion model gives the samples' detail (see :class:`~xr_opensr.models.pipeline.SRModel`).
+        None (LDSR-S2 v1, model v1): mean and spread of the diffusion samples.
     consistency : back-projection of the LR into every sample after sampling (off by default;
         :class:`~xr_opensr.models.consistency.ConsistencyConfig`).
     provenance : free-form metadata (source, training command, licence).
@@ -69,6 +75,7 @@ class ModelConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    mean_net: MeanNetConfig | None = None
     provenance: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     format_version: int = FORMAT_VERSION
 
@@ -150,7 +157,8 @@ class ModelConfig:
 
 #: keys a model's config.json may leave out (they then take the class default); all others are required
 _OPTIONAL: dict[type, frozenset[str]] = {
-    ModelConfig: frozenset({"name", "version", "std_scale", "consistency", "provenance", "format_version"}),
+    ModelConfig: frozenset({"name", "version", "std_scale", "consistency", "mean_net", "provenance",
+                            "format_version"}),
     AutoencoderConfig: frozenset({"dropout"}),
     UNetConfig: frozenset({"dropout"}),
     ScheduleConfig: frozenset({"kind", "parameterization"}),
@@ -170,6 +178,7 @@ _BOUNDS: dict[type, dict[str, tuple[float, float]]] = {
     ScheduleConfig: {"timesteps": (1, 100_000), "linear_start": (1e-12, 1), "linear_end": (1e-12, 1)},
     SamplerConfig: {"steps": (1, 100_000), "eta": (0, 100), "temperature": (1e-6, 100)},
     ConsistencyConfig: {"psf_sigma": (1e-6, 100), "iterations": (0, 100)},
+    MeanNetConfig: {"channels": (1, 1024), "blocks": (1, 64), "res_scale": (0, 10), "uncertainty_channels": (0, 1024)},
 }
 
 #: the allowed strings of a key, per class

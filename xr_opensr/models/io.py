@@ -34,11 +34,15 @@ __all__ = [
     "registered_models",
     "CONFIG_FILE",
     "WEIGHTS_FILE",
+    "MEAN_NET_FILE",
 ]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "MODEL_CARD.md"
+#: model v2's mean network, beside the diffusion networks' file
+MEAN_NET_FILE = "mean_net.safetensors"
+_MEAN_NET_PREFIX = "mean_net."
 
 # --------------------------------------------------------------------------- registry
 
@@ -48,9 +52,11 @@ def _weights_root() -> Path:
 
 
 def registered_models() -> dict[str, Path]:
-    """Names of the models shipped in the package -> their folders."""
+    """Names of the diffusion models shipped in the package -> their folders (guided 20 m-band
+    models, ``models.guided``, have their own loader and are left out)."""
     root = _weights_root()
-    return {p.name: p for p in sorted(root.iterdir()) if (p / CONFIG_FILE).is_file()}
+    return {p.name: p for p in sorted(root.iterdir())
+            if (p / CONFIG_FILE).is_file() and '"xr-opensr-guided"' not in (p / CONFIG_FILE).read_text()}
 
 
 def ldsr_s2_v1_config(**changes) -> ModelConfig:
@@ -201,16 +207,31 @@ def _load_folder(folder: Path, weights: Path | None = None) -> SRModel:
     if not weights.is_file():
         raise CheckpointError(f"weights file missing: {weights} (a model folder needs {WEIGHTS_FILE})")
     config = ModelConfig.from_json(cfg_path)
+    files = {weights: ""}
+    header = _header_shapes(weights)
+    if config.mean_net is not None and not any(k.startswith(_MEAN_NET_PREFIX) for k in header):
+        mean_file = folder / MEAN_NET_FILE  # model v2: the mean network in a file of its own
+        if not mean_file.is_file():
+            raise CheckpointError(f"{folder}: config.json has a mean_net but {MEAN_NET_FILE} is missing; "
+                                  "export the model again (`python -m training export --base-model ...`)")
+        files[mean_file] = _MEAN_NET_PREFIX
+        header.update({_MEAN_NET_PREFIX + k: v for k, v in _header_shapes(mean_file).items()})
+    # the config against the weights' header (shapes only, no tensor read) before building anything
+    _check_shapes(config, _network_shapes(config, cfg_path), header, weights)
+    state = {}
+    for path, prefix in files.items():
+        state.update({prefix + k: v for k, v in _read_weights(path).items()})
+    return _load_state(SRModel(config), state, source=weights)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    # the config against the weights' header (shapes only, no tensor read) before building anything
-    _check_shapes(config, _network_shapes(config, cfg_path), _header_shapes(weights), weights)
     try:
-        state = load_file(str(weights))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read weights {weights}: {err}; the file is corrupt or not safetensors") from err
-    return _load_state(SRModel(config), state, source=weights)
+        raise CheckpointError(f"cannot read weights {path}: {err}; the file is corrupt or not safetensors") from err
 
 
 def _header_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
@@ -271,7 +292,8 @@ def _load_state(net: SRModel, state: Mapping[str, torch.Tensor], source: Path | 
 
 
 def save_model(net: SRModel, folder: str | Path, *, card: str | None = None, overwrite: bool = False) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ ``MODEL_CARD.md``) into ``folder``."""
+    """Write ``config.json`` + ``model.safetensors`` (+ ``MODEL_CARD.md``) into ``folder``; model v2's
+    mean network goes to ``mean_net.safetensors`` (so a v2 built on a v1's networks shares their file)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -280,7 +302,10 @@ def save_model(net: SRModel, folder: str | Path, *, card: str | None = None, ove
     folder.mkdir(parents=True, exist_ok=True)
     net.config.to_json(folder / CONFIG_FILE)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}
+    mean = {k[len(_MEAN_NET_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(_MEAN_NET_PREFIX)}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "name": net.config.name})
+    if mean:
+        save_file(mean, str(folder / MEAN_NET_FILE), metadata={"format": "pt", "name": net.config.name})
     if card is not None:
         (folder / CARD_FILE).write_text(card)
     return folder

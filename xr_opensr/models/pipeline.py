@@ -2,6 +2,17 @@
 
 Conditioning as in LDSR-S2 v1: the LR image is upsampled (bilinear) to the HR grid, encoded by the
 autoencoder's encoder, and concatenated to the noisy latent along channels at every denoising step.
+
+Model v1 (LDSR-S2 v1 and the first default): the mean and the standard deviation of the diffusion
+samples are the SR and its uncertainty. Model v2 (``config.mean_net``): a deterministic mean network
+(:class:`~xr_opensr.models.regression.RegressionNet`) gives the mean ``m`` (then the consistency
+step) and, from its spread head, the standard deviation ``u`` (times ``std_scale``, calibrated on
+validation scenes); the diffusion model gives the samples' detail: with ``x_1..x_S`` its samples of a
+patch, ``xbar`` their mean and ``sd`` their standard deviation per pixel, sample ``j`` is
+``m + u * (x_j - xbar) / sd``. So the samples' mean is ``m`` and their standard deviation ``u``
+exactly, for any number of samples >= 2 (one sample: ``m``, std 0): ``sr`` and ``uncertainty`` do
+not depend on the diffusion model, which runs only when the samples themselves are asked for.
+``samples=0`` (the fast deterministic path) returns ``m`` alone, with NaN as uncertainty.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from ..errors import DeviceError, InputError
 from .autoencoder import AutoencoderKL
 from .config import ModelConfig
 from .diffusion import DDIMSampler, NoiseSchedule
+from .regression import RegressionNet
 from .unet import UNet
 
 __all__ = ["SRModel", "match_histograms", "resolve_device", "item_generator", "MAX_SAMPLES"]
@@ -115,7 +127,15 @@ class SRModel(nn.Module):
         self.autoencoder = AutoencoderKL(config.autoencoder)
         self.denoiser = UNet(config.denoiser)
         self.schedule = NoiseSchedule(config.schedule)
+        mn = config.mean_net
+        self.mean_net = (RegressionNet(mn, config.bands, config.scale, config.input_gain, config.input_offset)
+                         if mn is not None else None)
         self.eval()
+
+    @property
+    def is_v2(self) -> bool:
+        """Whether the mean and uncertainty come from a mean network (model v2; see the module docstring)."""
+        return self.mean_net is not None
 
     # ------------------------------------------------------------------ placement
     @property
@@ -259,6 +279,11 @@ class SRModel(nn.Module):
         nodata LR pixel (NaN in any band) are NaN in every band.
         """
         is_numpy = not isinstance(lr, torch.Tensor)
+        if self.is_v2:  # the samples are built around the mean network's mean (module docstring)
+            out = self.sample_summary(np.asarray(lr) if is_numpy else lr.numpy(), samples, steps, eta, seed,
+                                      histogram_matching=histogram_matching, batch_size=batch_size,
+                                      return_samples=True)[:, 2:]
+            return out if is_numpy else torch.from_numpy(out)
         run = self._run(lr, samples, steps, eta, seed, temperature, histogram_matching, consistency,
                         memory_budget_mb, batch_size, batch_invariant)
         b, c, h, w = run.x.shape
@@ -288,12 +313,20 @@ class SRModel(nn.Module):
         ``samples``: the samples of an input are folded into running float64 sums in sample order
         (so the result does not depend on the batch size), and dropped unless ``return_samples``.
 
+        Model v2 (``config.mean_net``): the mean network's mean and calibrated spread, and the samples
+        built around them (module docstring); ``samples=0`` gives the mean alone (uncertainty NaN).
+
         Returns
         -------
         (B, K, C, scale*h, scale*w) float32: plane 0 the mean, plane 1 the per-band sample standard
         deviation (ddof=1) times ``config.std_scale`` (0 when samples == 1), planes 2.. the samples
         when ``return_samples`` (K = 2 + samples), else K = 2. NaN under nodata LR pixels.
         """
+        if self.is_v2:
+            return self._summary_v2(lr, samples, steps, eta, seed, histogram_matching, batch_size, return_samples)
+        if samples == 0:
+            raise InputError(f"samples=0 (the fast deterministic path) needs a model with a mean network "
+                             f"(model v2, e.g. the default); {self.config.name!r} has none: use samples >= 1")
         run = self._run(lr, samples, steps, eta, seed, None, histogram_matching, True, None, batch_size, True)
         b, c, h, w = run.x.shape
         s = self.config.scale
@@ -310,6 +343,60 @@ class SRModel(nn.Module):
                 if j == samples - 1:
                     out[i, 0], out[i, 1] = sums.pop(i).result(self.config.std_scale)
         return out
+
+    def _summary_v2(self, lr, samples, steps, eta, seed, histogram_matching, batch_size,
+                    return_samples) -> np.ndarray:
+        """:meth:`sample_summary` of a model v2 (see the module docstring)."""
+        if not isinstance(samples, int | np.integer) or samples < 0:
+            raise InputError(f"samples must be an integer >= 0, got {samples!r}")
+        run = self._run(lr, max(int(samples), 1), steps, eta, seed, None, histogram_matching, True, None,
+                        batch_size, True)
+        b, c, h, w = run.x.shape
+        s = self.config.scale
+        k_out = 2 + (samples if return_samples else 0)
+        out = np.full((b, k_out, c, s * h, s * w), np.nan, dtype=np.float32)
+        if not run.todo:
+            return out
+        mean, unit = self.mean_and_spread(run.x[run.todo], run.invalid[run.todo])
+        if samples >= 2:
+            std = unit * np.float32(self.config.std_scale)
+        else:  # one sample has no spread; samples=0: not computed
+            std = np.where(np.isnan(mean), np.float32(np.nan), np.float32(0.0 if samples == 1 else np.nan))
+        out[run.todo, 0], out[run.todo, 1] = mean, std
+        if return_samples and samples >= 2:
+            detail = np.empty((len(run.todo), samples, c, s * h, s * w), dtype=np.float32)
+            for ks, hr in self._generate(run):
+                for k, value in zip(ks, hr):
+                    detail[k // samples, k % samples] = value
+            out[run.todo, 2:] = _around(mean, std, detail)
+        elif return_samples and samples == 1:
+            out[run.todo, 2] = mean
+        return out
+
+    @torch.inference_mode()
+    def mean_and_spread(self, x: torch.Tensor, invalid: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Model v2: the mean network's mean (then the consistency step) and its uncalibrated standard
+        deviation for LR (B, C, h, w) float32 with ``invalid`` (B, h, w) nodata pixels, one input per
+        network call (batch-invariant); each (B, C, s*h, s*w) float32, NaN under nodata, mean >= 0."""
+        from ..sensor import bicubic_upsample
+        from .regression import LAPLACE_STD
+
+        self.prepare_inference()
+        s = self.config.scale
+        x_filled = torch.stack([_fill_nodata(x[i], invalid[i]) for i in range(x.shape[0])])
+        means, stds = [], []
+        for i in range(x.shape[0]):
+            xi = x_filled[i : i + 1]
+            base = torch.from_numpy(np.asarray(bicubic_upsample(xi.numpy(), s), dtype=np.float32))
+            m, scale = self.mean_net.mean_and_scale(_to_device(xi, self.device), _to_device(base, self.device))
+            means.append(_to_host(m))
+            stds.append(_to_host(LAPLACE_STD * scale) if scale is not None else np.zeros_like(means[-1]))
+        inv = invalid.numpy()
+        mean = self.apply_consistency(np.concatenate(means)[:, None], x_filled.numpy(), inv)[:, 0]
+        hr_invalid = inv.repeat(s, axis=1).repeat(s, axis=2)[:, None]
+        mean = np.where(hr_invalid, np.float32(np.nan), np.maximum(mean, np.float32(0.0)))
+        std = np.where(hr_invalid, np.float32(np.nan), np.concatenate(stds))
+        return mean.astype(np.float32), std.astype(np.float32)
 
     def _run(self, lr, samples, steps, eta, seed, temperature, histogram_matching, consistency,
              memory_budget_mb, batch_size, pad) -> _Run:
@@ -456,8 +543,8 @@ class SRModel(nn.Module):
         is_numpy = not isinstance(out, torch.Tensor)
         t = torch.as_tensor(out)
         mean = t.mean(dim=1)
-        if t.shape[1] > 1:
-            std = t.std(dim=1, correction=1) * self.config.std_scale
+        if t.shape[1] > 1:  # model v2's samples carry the calibrated spread already
+            std = t.std(dim=1, correction=1) * (1.0 if self.is_v2 else self.config.std_scale)
         else:
             std = torch.where(torch.isnan(mean), torch.nan, torch.zeros_like(mean))
         if is_numpy:
@@ -467,6 +554,21 @@ class SRModel(nn.Module):
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())
         return f"name={self.config.name!r}, version={self.config.version!r}, parameters={n:,}"
+
+
+def _around(mean: np.ndarray, std: np.ndarray, detail: np.ndarray) -> np.ndarray:
+    """Model v2's samples: the diffusion samples ``detail`` (B, S, C, H, W), standardised per pixel
+    over the samples, scaled by ``std`` and added to ``mean`` (each (B, C, H, W)): their mean is
+    ``mean`` and their standard deviation (ddof=1) ``std``. Where the diffusion samples all agree (no
+    detail to standardise), a fixed standardised ramp over the sample index stands in."""
+    d = detail.astype(np.float64)
+    n = d.shape[1]
+    dev = d - d.mean(axis=1, keepdims=True)
+    sd = d.std(axis=1, ddof=1, keepdims=True)
+    ramp = np.arange(n, dtype=np.float64) - (n - 1) / 2
+    ramp = (ramp / ramp.std(ddof=1)).reshape(1, n, 1, 1, 1)
+    z = np.where(sd > 1e-9, dev / np.where(sd > 1e-9, sd, 1.0), ramp)
+    return (mean[:, None] + std[:, None] * z).astype(np.float32)
 
 
 def _padded_size(n: int, minimum: int, factor: int) -> int:

@@ -1,0 +1,193 @@
+"""The 20 m-band model (xr_opensr.models.guided): interface, nodata, batch invariance, consistency,
+the shipped weights and the least-squares guided baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xr_opensr.errors import ConfigError, InputError
+from xr_opensr.metrics import psnr
+from xr_opensr.models.guided import (
+    BANDS,
+    GUIDE_BANDS,
+    GuidedConfig,
+    load_guided,
+    ls_detail_transfer,
+    save_guided,
+    seeded_guided,
+    sensor_sigma,
+)
+from xr_opensr.sensor import degrade
+from xr_opensr.testing import synthetic_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "xr_opensr" / "weights" / "s2-20m"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return seeded_guided(seed=1)
+
+
+def ten_bands(shape=(64, 64), seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """(guide (4, H, W), six bands (6, H, W)) of a synthetic scene: the 20 m bands as plausible
+    non-linear spectra of the 10 m bands (red edge between red and NIR, SWIR darker over vegetation)."""
+    g = synthetic_scene(shape, seed=seed).astype(np.float32)
+    red, green, blue, nir = g
+    ndvi = (nir - red) / (nir + red + 1e-3)
+    six = np.stack([0.7 * red + 0.3 * nir, 0.35 * red + 0.65 * nir, 0.1 * red + 0.9 * nir, 1.02 * nir,
+                    0.25 + 0.3 * red - 0.12 * ndvi, 0.15 + 0.5 * red - 0.1 * ndvi]).astype(np.float32)
+    return g, six
+
+
+def test_interface_shapes_and_bands(model):
+    assert model.bands == BANDS == ("B05", "B06", "B07", "B8A", "B11", "B12")
+    assert model.guide_bands == GUIDE_BANDS == ("B04", "B03", "B02", "B08")
+    rng = np.random.default_rng(0)
+    guide = rng.uniform(0, 0.4, (2, 4, 24, 20)).astype(np.float32)
+    target = rng.uniform(0, 0.4, (2, 6, 12, 10)).astype(np.float32)
+    mean, std = model.sharpen(guide, target)
+    assert mean.shape == std.shape == (2, 6, 24, 20) and mean.dtype == std.dtype == np.float32
+    assert np.isfinite(mean).all() and (std > 0).all()
+    sr10 = rng.uniform(0, 0.4, (2, 4, 96, 80)).astype(np.float32)
+    mean25, std25 = model.superresolve(guide, target, sr10, np.full_like(sr10, 0.01))
+    assert mean25.shape == std25.shape == (2, 6, 96, 80)
+    assert np.isfinite(mean25).all() and (std25 > 0).all()
+
+
+def test_deterministic_and_batch_invariant(model):
+    rng = np.random.default_rng(1)
+    guide = rng.uniform(0, 0.4, (3, 4, 16, 16)).astype(np.float32)
+    target = rng.uniform(0, 0.4, (3, 6, 8, 8)).astype(np.float32)
+    mean, std = model.sharpen(guide, target)
+    alone, alone_std = model.sharpen(guide[1:2], target[1:2])
+    np.testing.assert_array_equal(alone, mean[1:2])
+    np.testing.assert_array_equal(alone_std, std[1:2])
+    np.testing.assert_array_equal(model.sharpen(guide, target)[0], mean)
+    sr10 = rng.uniform(0, 0.4, (3, 4, 64, 64)).astype(np.float32)
+    full = model.superresolve(guide, target, sr10, sr10 * 0.1)
+    one = model.superresolve(guide[2:], target[2:], sr10[2:], sr10[2:] * 0.1)
+    np.testing.assert_array_equal(one[0], full[0][2:])
+    np.testing.assert_array_equal(one[1], full[1][2:])
+
+
+def test_nan_in_nan_out(model):
+    rng = np.random.default_rng(2)
+    guide = rng.uniform(0, 0.4, (3, 4, 16, 16)).astype(np.float32)
+    target = rng.uniform(0, 0.4, (3, 6, 8, 8)).astype(np.float32)
+    guide[0, 2, 5, 7] = np.nan          # one fine pixel of one guide band
+    target[1, 4, 3, 2] = np.nan         # one coarse pixel of one target band: its 2 x 2 block
+    target[2] = np.nan                  # an all-nodata item
+    mean, std = model.sharpen(guide, target)
+    assert np.isnan(mean[0, :, 5, 7]).all() and np.isnan(mean[0]).sum() == 6
+    assert np.isnan(mean[1, :, 6:8, 4:6]).all() and np.isnan(mean[1]).sum() == 6 * 4
+    assert np.isnan(mean[2]).all() and np.isnan(std[2]).all()
+    assert np.array_equal(np.isnan(mean), np.isnan(std))
+    sr10 = rng.uniform(0, 0.4, (3, 4, 64, 64)).astype(np.float32)
+    sr10[0, 1, 10, 10] = np.nan
+    m25, s25 = model.superresolve(guide, target, sr10, sr10 * 0.1)
+    assert np.isnan(m25[0, :, 10, 10]).all() and np.isnan(m25[0, :, 20:24, 28:32]).all()
+    assert np.isfinite(m25[0, :, 40:, 40:]).all() and np.isnan(m25[2]).all()
+    assert np.array_equal(np.isnan(m25), np.isnan(s25))
+
+
+@pytest.mark.parametrize(("shapes", "match"), [
+    (((1, 4, 15, 16), (1, 6, 7, 8)), "not a positive multiple of 2"),
+    (((1, 4, 16, 16), (1, 6, 9, 8)), "does not fit the fine array"),
+    (((1, 3, 16, 16), (1, 6, 8, 8)), r"expected arrays \(N, 4, H, W\)"),
+    (((2, 4, 16, 16), (1, 6, 8, 8)), "does not fit the fine array"),
+])
+def test_bad_shapes_are_rejected(model, shapes, match):
+    guide, target = (np.zeros(s, np.float32) for s in shapes)
+    with pytest.raises(InputError, match=match):
+        model.sharpen(guide, target)
+
+
+def test_superresolve_rejects_odd_and_mismatched(model):
+    with pytest.raises(InputError, match="not a positive multiple of 2"):
+        model.superresolve(np.zeros((1, 4, 9, 8), np.float32), np.zeros((1, 6, 4, 4), np.float32),
+                           np.zeros((1, 4, 36, 32), np.float32), np.zeros((1, 4, 36, 32), np.float32))
+    with pytest.raises(InputError, match="sr10_std has shape"):
+        model.superresolve(np.zeros((1, 4, 8, 8), np.float32), np.zeros((1, 6, 4, 4), np.float32),
+                           np.zeros((1, 4, 32, 32), np.float32), np.zeros((1, 4, 16, 16), np.float32))
+
+
+def test_consistency_with_the_inputs_on_a_synthetic_scene(model):
+    guide_hr, six_hr = ten_bands((128, 128))
+    guide = degrade(guide_hr, 2, psf_sigma=sensor_sigma(2))[None]          # 10 m bands on the fine grid
+    target = degrade(degrade(six_hr, 2, psf_sigma=sensor_sigma(2)), 2, psf_sigma=sensor_sigma(2))[None]
+    mean, _ = model.sharpen(guide, target)
+    assert psnr(degrade(mean, 2, psf_sigma=sensor_sigma(2)), target) >= 40.0
+    sr10 = guide_hr[None].repeat(1, 0)
+    sr10 = np.stack([np.kron(g, np.ones((2, 2), np.float32)) for g in guide_hr])[None]  # (1, 4, 256, 256)
+    mean25, _ = model.superresolve(guide, target, sr10, np.full_like(sr10, 0.005))
+    mean10, _ = model.sharpen(guide, target)
+    assert psnr(degrade(mean25, 4, psf_sigma=sensor_sigma(4)), mean10) >= 40.0
+
+
+def test_ls_baseline_recovers_a_linear_band_exactly():
+    rng = np.random.default_rng(3)
+    guide_hr, _ = ten_bands((64, 64), seed=3)
+    guide = guide_hr[None]
+    w = np.array([[0.5, -0.2, 0.1, 0.8], [0.0, 0.3, 0.0, 0.6]])
+    fine = (0.05 + np.einsum("ck,kyx->cyx", w, guide_hr))[None].astype(np.float32)
+    target = degrade(fine, 2, psf_sigma=sensor_sigma(2))
+    est, weights = ls_detail_transfer(guide, target, 2)
+    np.testing.assert_allclose(weights[0], w, atol=2e-3)
+    np.testing.assert_allclose(est, fine, atol=2e-4)
+    noise = rng.normal(0, 0.01, target.shape).astype(np.float32)  # no linear relation: weights near 0
+    _, w_noise = ls_detail_transfer(guide, noise, 2)
+    assert np.abs(w_noise).max() < 0.2
+
+
+def test_save_load_round_trip_and_bad_folders(tmp_path, model):
+    folder = save_guided(model, tmp_path / "m")
+    again = load_guided(folder)
+    assert again.config == model.config
+    rng = np.random.default_rng(4)
+    guide = rng.uniform(0, 0.4, (1, 4, 16, 16)).astype(np.float32)
+    target = rng.uniform(0, 0.4, (1, 6, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(again.sharpen(guide, target)[0], model.sharpen(guide, target)[0])
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "colour": "red"}))
+    with pytest.raises(ConfigError, match=r"unknown keys .*\['colour'\]"):
+        load_guided(folder)
+    (folder / "config.json").write_text(json.dumps({**cfg, "format_version": 99}))
+    with pytest.raises(ConfigError, match="upgrade xr-opensr"):
+        load_guided(folder)
+    with pytest.raises(InputError, match="no guided model"):
+        load_guided(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="std_scale"):
+        GuidedConfig(std_scale=(1.0, -1.0, 1.0, 1.0, 1.0, 1.0))
+
+
+def test_shipped_weights_load_by_name():
+    assert (SHIPPED / "model.safetensors").stat().st_size < 15 * 2**20
+    shipped = load_guided("s2-20m")
+    assert shipped.bands == BANDS and shipped.guide_bands == GUIDE_BANDS
+    guide_hr, six_hr = ten_bands((64, 64), seed=5)
+    target = degrade(six_hr, 2, psf_sigma=sensor_sigma(2))[None]
+    mean, std = shipped.sharpen(guide_hr[None], target)
+    assert np.isfinite(mean).all() and (std > 0).all()
+    from xr_opensr.models import registered_models
+
+    assert "s2-20m" not in registered_models()  # not a diffusion model: load_model / `info` skip it
+
+
+def test_torch_back_projection_matches_numpy():
+    import torch
+
+    from xr_opensr.models.guided import back_project, back_project_torch
+
+    rng = np.random.default_rng(6)
+    fine = rng.random((2, 6, 20, 24), dtype=np.float32)
+    coarse = rng.random((2, 6, 10, 12), dtype=np.float32)
+    expected = back_project(fine, coarse, 2, 3)
+    got = back_project_torch(torch.from_numpy(fine), torch.from_numpy(coarse), 3).numpy()
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    assert psnr(degrade(expected, 2, psf_sigma=sensor_sigma(2)), coarse) > psnr(
+        degrade(fine, 2, psf_sigma=sensor_sigma(2)), coarse) + 10

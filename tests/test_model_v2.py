@@ -1,0 +1,113 @@
+"""Model v2: a mean network gives the mean and the uncertainty, the diffusion model the samples' detail."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from xr_opensr.errors import CheckpointError, InputError  # noqa: E402
+from xr_opensr.models import load_model, save_model  # noqa: E402
+from xr_opensr.models.io import MEAN_NET_FILE, WEIGHTS_FILE, seeded_model, tiny_config  # noqa: E402
+from xr_opensr.models.regression import MeanNetConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def v2():
+    cfg = tiny_config(mean_net=MeanNetConfig(channels=8, blocks=2, uncertainty_channels=8))
+    net = seeded_model(cfg, 0)
+    with torch.no_grad():  # a spread head that varies over the image (its last layer starts at zero)
+        net.mean_net.spread[2].weight.normal_(0.0, 0.05)
+        net.mean_net.up.weight.normal_(0.0, 0.01)
+    return net
+
+
+@pytest.fixture(scope="module")
+def lr(v2):
+    rng = np.random.default_rng(0)
+    p = v2.config.patch_size
+    out = rng.uniform(0.02, 0.3, (3, 4, p, p)).astype(np.float32)
+    out[1, :, :3, :3] = np.nan
+    return out
+
+
+@pytest.mark.parametrize("samples", [2, 4, 7])
+def test_samples_have_the_mean_and_std_exactly(v2, lr, samples):
+    out = v2.sample_summary(lr, samples=samples, seed=[1, 2, 3], steps=2, return_samples=True)
+    mean, std = v2.summarize(out[:, 2:])
+    np.testing.assert_allclose(mean, out[:, 0], atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(std, out[:, 1], atol=1e-6, equal_nan=True)
+    assert np.nanmin(out[:, 1]) > 0
+    # the samples differ from one another (detail from the diffusion model), not only by a constant
+    assert np.nanstd(out[:, 2] - out[:, 3]) > 0
+
+
+def test_mean_and_std_do_not_depend_on_the_sample_count(v2, lr):
+    s2 = v2.sample_summary(lr, samples=2, steps=2)
+    s10 = v2.sample_summary(lr, samples=10, steps=2)
+    np.testing.assert_array_equal(s2, s10)
+    s0 = v2.sample_summary(lr, samples=0)
+    np.testing.assert_array_equal(s0[:, 0], s2[:, 0])
+    assert np.isnan(s0[:, 1]).all()  # the fast path computes no uncertainty
+    s1 = v2.sample_summary(lr, samples=1, steps=2)
+    np.testing.assert_array_equal(s1[:, 0], s2[:, 0])
+    assert np.nanmax(np.abs(s1[:, 1])) == 0  # one sample: zero spread
+
+
+def test_nodata_and_batch_invariance(v2, lr):
+    out = v2.sample_summary(lr, samples=3, seed=[1, 2, 3], steps=2, return_samples=True)
+    s = v2.config.scale
+    assert np.isnan(out[1, :, :, : 3 * s, : 3 * s]).all()
+    assert np.isfinite(out[0]).all()
+    alone = v2.sample_summary(lr[2:3], samples=3, seed=[3], steps=2, return_samples=True)
+    np.testing.assert_array_equal(alone[0], out[2])
+
+
+def test_mean_is_the_mean_network_plus_consistency(v2, lr):
+    from xr_opensr.sensor import bicubic_upsample
+
+    x = lr[[0, 2]]
+    with torch.no_grad():
+        direct = v2.mean_net(torch.from_numpy(x), torch.from_numpy(bicubic_upsample(x, 4).astype(np.float32)))
+    mean = v2.sample_summary(x, samples=0)[:, 0]
+    np.testing.assert_allclose(mean, np.maximum(direct.numpy(), 0), atol=1e-5)
+
+
+def test_std_scale_scales_the_uncertainty(v2, lr):
+    other = seeded_model(v2.config.replace(std_scale=2.5), 0)
+    other.load_state_dict(v2.state_dict())
+    a, b = v2.sample_summary(lr, samples=4, steps=2), other.sample_summary(lr, samples=4, steps=2)
+    np.testing.assert_allclose(b[:, 1], 2.5 * a[:, 1], rtol=1e-5, equal_nan=True)
+    np.testing.assert_array_equal(a[:, 0], b[:, 0])
+
+
+def test_v1_refuses_samples_zero():
+    net = seeded_model(tiny_config(), 0)
+    with pytest.raises(InputError, match="mean network"):
+        net.sample_summary(np.full((1, 4, 16, 16), 0.1, np.float32), samples=0)
+
+
+def test_save_and_load_keep_the_diffusion_file_apart(v2, lr, tmp_path):
+    folder = save_model(v2, tmp_path / "m")
+    assert (folder / MEAN_NET_FILE).is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as fh:
+        assert not any(k.startswith("mean_net.") for k in fh.keys())  # noqa: SIM118
+    again = load_model(folder, device="cpu")
+    np.testing.assert_array_equal(again.sample_summary(lr, samples=2, steps=2), v2.sample_summary(lr, samples=2, steps=2))
+    (folder / MEAN_NET_FILE).unlink()
+    with pytest.raises(CheckpointError, match=MEAN_NET_FILE):
+        load_model(folder, device="cpu")
+
+
+def test_config_rejects_bad_mean_net():
+    from xr_opensr.errors import ConfigError
+
+    cfg = tiny_config().to_dict()
+    cfg["mean_net"] = {"channels": 8, "blocks": 2, "res_scale": 1.0, "uncertainty_channels": 8, "width": 3}
+    from xr_opensr.models import ModelConfig
+
+    with pytest.raises(ConfigError, match="width"):
+        ModelConfig.from_dict(cfg)

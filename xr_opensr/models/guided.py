@@ -1,0 +1,524 @@
+"""The 20 m-band model: B05, B06, B07, B8A, B11, B12 to 10 m and on to 2.5 m, guided by the 10 m bands.
+
+Two steps, as ESA's SEN2SR, each with a hard low-frequency constraint against its own input:
+
+1. :meth:`GuidedSR.sharpen` (20 m -> 10 m). A least-squares guided estimate (:func:`ls_detail_transfer`:
+   per image and band, the 20 m band fitted on the four 10 m bands brought to 20 m; the fitted
+   combination's high-pass at 10 m added to the bicubic upsampling) is the base; a small CNN
+   (:class:`GuidedNet`: input = bicubic upsampling, the base and the guide; output = a residual on the
+   base) refines it, and an uncertainty head (Laplace scale, trained on detached features so the
+   mean's L1 loss is untouched; scaled by a factor per band fitted on validation crops) gives the
+   standard deviation. Then back-projection against the 20 m input with the sensor model of
+   :mod:`xr_opensr.sensor` at factor 2 (:func:`sensor_sigma`).
+2. :meth:`GuidedSR.superresolve` (10 m -> 2.5 m). The same least-squares detail transfer with the
+   super-resolved 10 m bands as the guide: each sharpened band is fitted on the four native 10 m bands
+   at 10 m, the high-pass of the fitted combination of the super-resolved bands at 2.5 m is added to
+   the bicubic upsampling, then back-projection against the sharpened band (factor 4). No learning;
+   the standard deviation is propagated: ``sqrt(bicubic(std_1)^2 + sum_k w_k^2 std_10m,k^2)``.
+
+Every array is numpy float32 reflectance; NaN marks nodata (a pixel is NaN in every output band when
+any guide band or any target band covering it is NaN). Each image is processed on its own, so a
+result never depends on its batch mates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError, InputError
+from ..sensor import PSF_SIGMA_HR, bicubic_upsample, degrade
+
+__all__ = [
+    "BANDS",
+    "FORMAT",
+    "GUIDE_BANDS",
+    "GuidedConfig",
+    "GuidedNet",
+    "GuidedSR",
+    "load_guided",
+    "ls_detail_transfer",
+    "save_guided",
+    "seeded_guided",
+    "sensor_sigma",
+]
+
+#: the bands the model super-resolves (native 20 m), in its channel order
+BANDS: tuple[str, ...] = ("B05", "B06", "B07", "B8A", "B11", "B12")
+#: the guide bands (native 10 m), in its channel order
+GUIDE_BANDS: tuple[str, ...] = ("B04", "B03", "B02", "B08")
+#: ``format`` of a guided model's config.json (tells it from the diffusion models' configs)
+FORMAT = "xr-opensr-guided"
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+#: ridge term of the least-squares fits, relative to the guide's variance
+_RIDGE = 1e-6
+
+
+def sensor_sigma(factor: int) -> float:
+    """PSF sigma (fine pixels) of the sensor model at ``factor``: the 10 m bands' PSF
+    (:data:`~xr_opensr.sensor.PSF_SIGMA_HR` at factor 4) scaled to the pixel size, the same PSF
+    width in coarse pixels (0.425) at every resolution (MTF at Nyquist 0.27 at factor 4, 0.29 at 2)."""
+    return PSF_SIGMA_HR * factor / 4.0
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class GuidedConfig:
+    """A guided model's ``config.json``.
+
+    Attributes
+    ----------
+    name, version : the model's name and version.
+    channels, blocks : width and residual blocks of the CNN (:class:`GuidedNet`).
+    uncertainty_channels : width of the uncertainty head.
+    norm_offset, norm_scale : the CNN sees ``(reflectance - offset) / scale`` (one value for all).
+    consistency_iterations : back-projection steps against the input (each: degrade, residual, bicubic, add).
+    std_scale : per-band factor on the predicted standard deviation (fitted on validation crops).
+    provenance : where the weights come from (training command, data, measured figures).
+    """
+
+    name: str = "s2-20m"
+    version: str = "1.0.0"
+    bands: tuple[str, ...] = BANDS
+    guide_bands: tuple[str, ...] = GUIDE_BANDS
+    channels: int = 32
+    blocks: int = 4
+    uncertainty_channels: int = 16
+    norm_offset: float = 0.15
+    norm_scale: float = 0.1
+    consistency_iterations: int = 5
+    std_scale: tuple[float, ...] = (1.0,) * 6
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if tuple(self.bands) != BANDS or tuple(self.guide_bands) != GUIDE_BANDS:
+            problems.append(f"bands must be {list(BANDS)} and guide_bands {list(GUIDE_BANDS)}")
+        for key in ("channels", "blocks", "uncertainty_channels", "consistency_iterations"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 512:
+                problems.append(f"{key!r} must be an integer in [0, 512], got {value!r}")
+        if self.channels < 1 or self.uncertainty_channels < 1:
+            problems.append("channels and uncertainty_channels must be >= 1")
+        if len(self.std_scale) != len(BANDS) or not all(np.isfinite(s) and s > 0 for s in self.std_scale):
+            problems.append(f"std_scale must hold {len(BANDS)} positive numbers, got {self.std_scale!r}")
+        if not self.norm_scale > 0:
+            problems.append(f"norm_scale must be > 0, got {self.norm_scale!r}")
+        if problems:
+            raise ConfigError("invalid guided model config: " + "; ".join(problems))
+
+    def replace(self, **changes: Any) -> GuidedConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.update(bands=list(self.bands), guide_bands=list(self.guide_bands), std_scale=list(self.std_scale),
+                   provenance=dict(self.provenance))
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **out}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> GuidedConfig:
+        """Inverse of :meth:`to_dict`; a wrong format, a newer version or unknown keys raise ConfigError."""
+        data = dict(data)
+        fmt, version = data.pop("format", None), data.pop("format_version", None)
+        if fmt != FORMAT:
+            raise ConfigError(f"{source} is not a guided model config (format {fmt!r}, expected {FORMAT!r}); "
+                              "diffusion models load with xr_opensr.load_model")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ConfigError(f"{source} has format_version {version!r}; this xr-opensr reads up to "
+                              f"{FORMAT_VERSION}: upgrade xr-opensr")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown keys in {source}: {unknown}; expected a subset of {sorted(known)}")
+        for key in ("bands", "guide_bands", "std_scale"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+# --------------------------------------------------------------------------- network
+
+
+class _Block(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1, padding_mode="replicate")
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1, padding_mode="replicate")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(torch.relu(self.conv1(x)))
+
+
+class GuidedNet(nn.Module):
+    """Residual CNN on normalised inputs: (bicubic (6), LS base (6), guide (4)) -> (residual (6), log b (6)).
+
+    The residual is added to the LS base; ``log b`` (Laplace scale, normalised units) comes from a head
+    on the detached features and the detached mean, so its loss leaves the mean's training untouched.
+    The last layer of the mean starts at zero: an untrained net returns the LS base.
+    """
+
+    def __init__(self, config: GuidedConfig) -> None:
+        super().__init__()
+        nb, ng, ch, uc = len(config.bands), len(config.guide_bands), config.channels, config.uncertainty_channels
+        self.head = nn.Conv2d(2 * nb + ng, ch, 3, padding=1, padding_mode="replicate")
+        self.body = nn.Sequential(*[_Block(ch) for _ in range(config.blocks)])
+        self.tail = nn.Conv2d(ch, nb, 3, padding=1, padding_mode="replicate")
+        nn.init.zeros_(self.tail.weight)
+        nn.init.zeros_(self.tail.bias)
+        self.unc = nn.Sequential(
+            nn.Conv2d(ch + 2 * nb, uc, 3, padding=1, padding_mode="replicate"), nn.ReLU(),
+            nn.Conv2d(uc, nb, 3, padding=1, padding_mode="replicate"),
+        )
+
+    def forward(self, bicubic: torch.Tensor, base: torch.Tensor, guide: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([bicubic, base, guide], dim=1)
+        feat = self.head(x)
+        feat = feat + self.body(torch.relu(feat))
+        mean = base + self.tail(torch.relu(feat))
+        detail = (mean - bicubic).detach()
+        log_b = self.unc(torch.cat([feat.detach(), detail, (base - bicubic).detach()], dim=1))
+        return mean, log_b.clamp(-12.0, 6.0)
+
+
+# --------------------------------------------------------------------------- least squares
+
+
+def ls_detail_transfer(guide: np.ndarray, target: np.ndarray, factor: int, *,
+                       guide_coarse: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The least-squares guided estimate (no learning): per image and band, fit ``target`` on the guide
+    bands at the coarse scale, then add the fitted combination's high-pass at the fine scale to the
+    bicubic upsampling of ``target``.
+
+    Parameters
+    ----------
+    guide : (N, K, factor*h, factor*w) float reflectance at the fine grid.
+    target : (N, C, h, w) float reflectance at the coarse grid.
+    factor : fine pixels per coarse pixel.
+    guide_coarse : (N, K, h, w) the guide at the coarse grid (default: ``degrade(guide)`` with the
+        sensor model at ``factor``, :func:`sensor_sigma`).
+
+    Returns
+    -------
+    (estimate (N, C, factor*h, factor*w) float32, weights (N, C, K) float64). The fit uses the pixels
+    where every band is finite (weights 0, i.e. bicubic, with fewer than 2 K of them); NaN propagates
+    as in :func:`~xr_opensr.sensor.bicubic_upsample` and the fine guide.
+    """
+    guide = np.asarray(guide, dtype=np.float32)
+    target = np.asarray(target, dtype=np.float32)
+    sigma = sensor_sigma(factor)
+    if guide_coarse is None:
+        guide_coarse = degrade(guide, factor, psf_sigma=sigma)
+    n, k = guide.shape[:2]
+    c = target.shape[1]
+    weights = np.zeros((n, c, k))
+    for i in range(n):
+        x = guide_coarse[i].reshape(k, -1).astype(np.float64)
+        y = target[i].reshape(c, -1).astype(np.float64)
+        ok = np.isfinite(x).all(axis=0) & np.isfinite(y).all(axis=0)
+        if ok.sum() < 2 * k:
+            continue
+        xc = x[:, ok] - x[:, ok].mean(axis=1, keepdims=True)
+        yc = y[:, ok] - y[:, ok].mean(axis=1, keepdims=True)
+        gram = xc @ xc.T
+        gram += _RIDGE * np.trace(gram) / k * np.eye(k) + 1e-12 * np.eye(k)
+        weights[i] = np.linalg.solve(gram, xc @ yc.T).T
+    fitted = np.einsum("nck,nkyx->ncyx", weights.astype(np.float32), guide)
+    detail = fitted - bicubic_upsample(degrade(fitted, factor, psf_sigma=sigma), factor)
+    return (bicubic_upsample(target, factor) + detail).astype(np.float32), weights
+
+
+def back_project(fine: np.ndarray, coarse: np.ndarray, factor: int, iterations: int) -> np.ndarray:
+    """``iterations`` steps of ``fine += bicubic(coarse - degrade(fine))`` with the sensor model at ``factor``."""
+    out = np.asarray(fine, dtype=np.float32)
+    for _ in range(iterations):
+        residual = coarse - degrade(out, factor, psf_sigma=sensor_sigma(factor))
+        out = out + bicubic_upsample(residual, factor)
+    return out.astype(np.float32)
+
+
+def _cubic_taps(t: float, a: float = -0.5) -> list[float]:
+    """Keys' weights of the taps at offsets -1, 0, 1, 2 for the fraction ``t`` (as :mod:`xr_opensr.sensor`)."""
+    def near(x: float) -> float:
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x: float) -> float:
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return [far(1 + t), near(t), near(1 - t), far(2 - t)]
+
+
+def _torch_axis(x: torch.Tensor, taps: list[float], dim: int, pad: int, mode: str) -> torch.Tensor:
+    """Correlate ``dim`` (-1 or -2) of ``x`` with ``taps`` after padding ``pad`` per side."""
+    n = x.shape[dim]
+    if mode == "symmetric":
+        left, right = x.narrow(dim, 0, pad).flip(dim), x.narrow(dim, n - pad, pad).flip(dim)
+    else:  # replicate
+        left = x.narrow(dim, 0, 1).expand(*[pad if d == x.dim() + dim else -1 for d in range(x.dim())])
+        right = x.narrow(dim, n - 1, 1).expand(*[pad if d == x.dim() + dim else -1 for d in range(x.dim())])
+    xp = torch.cat([left, x, right], dim=dim)
+    out = 0
+    for i, w in enumerate(taps):
+        out = out + w * xp.narrow(dim, i, xp.shape[dim] - len(taps) + 1)
+    return out
+
+
+def back_project_torch(fine: torch.Tensor, coarse: torch.Tensor, iterations: int) -> torch.Tensor:
+    """:func:`back_project` at factor 2 in torch (differentiable; the same arithmetic up to rounding):
+    Gaussian PSF (:func:`sensor_sigma`, mirrored edges), 2 x 2 area mean, Keys bicubic (edge replicated)."""
+    from ..sensor import _gauss1d
+
+    gauss = _gauss1d(sensor_sigma(2), 4.0).tolist()
+    r = len(gauss) // 2
+    even, odd = _cubic_taps(0.75), _cubic_taps(0.25)
+
+    def up(x: torch.Tensor, dim: int) -> torch.Tensor:
+        e = _torch_axis(x, even, dim, 2, "replicate").narrow(dim, 0, x.shape[dim])
+        o = _torch_axis(x, odd, dim, 2, "replicate").narrow(dim, 1, x.shape[dim])
+        if dim == -2:
+            return torch.stack([e, o], dim=-2).reshape(*x.shape[:-2], 2 * x.shape[-2], x.shape[-1])
+        return torch.stack([e, o], dim=-1).reshape(*x.shape[:-1], 2 * x.shape[-1])
+
+    out = fine
+    for _ in range(iterations):
+        blurred = _torch_axis(_torch_axis(out, gauss, -2, r, "symmetric"), gauss, -1, r, "symmetric")
+        residual = coarse - torch.nn.functional.avg_pool2d(blurred, 2)
+        out = out + up(up(residual, -2), -1)
+    return out
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class GuidedSR:
+    """The 20 m-band model: :meth:`sharpen` (20 m -> 10 m) and :meth:`superresolve` (-> 2.5 m).
+
+    Runs on the CPU or a torch device; deterministic; each image on its own (batch-invariant).
+    """
+
+    def __init__(self, config: GuidedConfig, net: GuidedNet | None = None, device: str | torch.device = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.net = (net or GuidedNet(config)).to(self.device).eval()
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return tuple(self.config.bands)
+
+    @property
+    def guide_bands(self) -> tuple[str, ...]:
+        return tuple(self.config.guide_bands)
+
+    def __repr__(self) -> str:
+        n = sum(p.numel() for p in self.net.parameters())
+        return f"GuidedSR(name={self.config.name!r}, version={self.config.version!r}, parameters={n})"
+
+    # ------------------------------------------------------------------ step 1
+
+    def inputs(self, guide: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bicubic, LS base, filled guide) of finite images: the network's inputs (also for training).
+
+        NaN in ``guide``/``target`` are replaced by the band's mean over the image (0 if none) first.
+        """
+        guide, target = _fill(guide), _fill(target)
+        base, _ = ls_detail_transfer(guide, target, 2)
+        return bicubic_upsample(target, 2).astype(np.float32), base, guide
+
+    def sharpen(self, guide: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """20 m -> 10 m with the native 10 m bands as guide.
+
+        Parameters
+        ----------
+        guide : (N, 4, 2h, 2w) float reflectance of :attr:`guide_bands` at the fine grid.
+        target : (N, 6, h, w) float reflectance of :attr:`bands` at the coarse grid.
+
+        Returns
+        -------
+        (mean, std), each (N, 6, 2h, 2w) float32: the CNN's estimate after the consistency step
+        against ``target``, and its calibrated standard deviation. NaN where any guide band or any
+        target band (at the covering coarse pixel) is NaN.
+        """
+        guide, target = _check_pair(guide, target, 2, len(self.guide_bands), len(self.bands), "sharpen")
+        invalid = _invalid(guide, target, 2)
+        means, stds = [], []
+        for i in range(guide.shape[0]):  # one image at a time: no dependence on batch mates
+            g, t = guide[i:i + 1], target[i:i + 1]
+            bic, base, g = self.inputs(g, t)
+            mean, std = self._network(bic, base, g)
+            means.append(back_project(mean, _fill(t), 2, self.config.consistency_iterations))
+            stds.append(std)
+        mean, std = np.concatenate(means), np.concatenate(stds)
+        mean[np.broadcast_to(invalid[:, None], mean.shape)] = np.nan
+        std[np.broadcast_to(invalid[:, None], std.shape)] = np.nan
+        return mean, std
+
+    @torch.no_grad()
+    def _network(self, bic: np.ndarray, base: np.ndarray, guide: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        off, sc = self.config.norm_offset, self.config.norm_scale
+
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy((a - off) / sc).to(self.device, torch.float32)
+
+        mean, log_b = self.net(tensor(bic), tensor(base), tensor(guide))
+        scale = torch.tensor(self.config.std_scale, dtype=torch.float32, device=self.device)[None, :, None, None]
+        std = np.sqrt(2.0) * torch.exp(log_b) * sc * scale  # Laplace: std = sqrt(2) b
+        return (mean * sc + off).float().cpu().numpy(), std.float().cpu().numpy()
+
+    # ------------------------------------------------------------------ step 2
+
+    def superresolve(self, lr10: np.ndarray, target20: np.ndarray, sr10_mean: np.ndarray,
+                     sr10_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The 20 m bands to 2.5 m.
+
+        Parameters
+        ----------
+        lr10 : (N, 4, h, w) native 10 m bands (:attr:`guide_bands`), h and w even.
+        target20 : (N, 6, h/2, w/2) native 20 m bands (:attr:`bands`).
+        sr10_mean, sr10_std : (N, 4, 4h, 4w) the 10 m bands super-resolved to 2.5 m and their std.
+
+        Returns
+        -------
+        (mean, std), each (N, 6, 4h, 4w) float32. NaN where the inputs are NaN.
+        """
+        lr10, target20 = _check_pair(lr10, target20, 2, len(self.guide_bands), len(self.bands), "superresolve")
+        sr10_mean, _ = _check_pair(sr10_mean, lr10, 4, len(self.guide_bands), len(self.guide_bands),
+                                   "superresolve (sr10_mean vs lr10)")
+        sr10_std = np.asarray(sr10_std, dtype=np.float32)
+        if sr10_std.shape != sr10_mean.shape:
+            raise InputError(f"superresolve: sr10_std has shape {sr10_std.shape}, expected that of sr10_mean "
+                             f"{sr10_mean.shape}")
+        mean10, std10 = self.sharpen(lr10, target20)
+        invalid = _invalid(sr10_mean, mean10, 4) | np.isnan(sr10_std).any(axis=1)
+        means, stds = [], []
+        for i in range(lr10.shape[0]):
+            m10, g = _fill(mean10[i:i + 1]), _fill(sr10_mean[i:i + 1])
+            est, w = ls_detail_transfer(g, m10, 4, guide_coarse=_fill(lr10[i:i + 1]))
+            means.append(back_project(est, m10, 4, self.config.consistency_iterations))
+            var = np.maximum(bicubic_upsample(_fill(std10[i:i + 1]), 4), 0.0) ** 2
+            var = var + np.einsum("ck,kyx->cyx", (w[0] ** 2).astype(np.float32), _fill(sr10_std[i:i + 1])[0] ** 2)
+            stds.append(np.sqrt(var).astype(np.float32))
+        mean, std = np.concatenate(means), np.concatenate(stds)
+        mean[np.broadcast_to(invalid[:, None], mean.shape)] = np.nan
+        std[np.broadcast_to(invalid[:, None], std.shape)] = np.nan
+        return mean, std
+
+
+def _check_pair(fine: Any, coarse: Any, factor: int, n_fine: int, n_coarse: int, where: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+    fine, coarse = np.asarray(fine, dtype=np.float32), np.asarray(coarse, dtype=np.float32)
+    if fine.ndim != 4 or fine.shape[1] != n_fine or coarse.ndim != 4 or coarse.shape[1] != n_coarse:
+        raise InputError(f"{where}: expected arrays (N, {n_fine}, H, W) and (N, {n_coarse}, H/{factor}, W/{factor}), "
+                         f"got {fine.shape} and {coarse.shape}")
+    h, w = fine.shape[-2:]
+    if h % factor or w % factor or h == 0 or w == 0:
+        raise InputError(f"{where}: the fine grid of {h} x {w} pixels is not a positive multiple of {factor}; "
+                         f"crop or pad it to a multiple of {factor} (e.g. [..., :{h - h % factor}, :{w - w % factor}])")
+    if coarse.shape[0] != fine.shape[0] or coarse.shape[-2:] != (h // factor, w // factor):
+        raise InputError(f"{where}: the coarse array {coarse.shape} does not fit the fine array {fine.shape} "
+                         f"(expected (N, {n_coarse}, {h // factor}, {w // factor}))")
+    return fine, coarse
+
+
+def _invalid(fine: np.ndarray, coarse: np.ndarray, factor: int) -> np.ndarray:
+    """(N, H, W): fine pixels with any NaN band, or under a coarse pixel with any NaN band."""
+    bad = np.isnan(coarse).any(axis=1)
+    return np.isnan(fine).any(axis=1) | np.repeat(np.repeat(bad, factor, axis=-2), factor, axis=-1)
+
+
+def _fill(a: np.ndarray) -> np.ndarray:
+    """NaN -> the band's mean over the image (0 for an all-NaN band); float32."""
+    a = np.asarray(a, dtype=np.float32)
+    nan = np.isnan(a)
+    if not nan.any():
+        return a
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bands
+        fill = np.nan_to_num(np.nanmean(a, axis=(-2, -1), keepdims=True))
+    return np.where(nan, fill, a).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def seeded_guided(seed: int = 0, device: str | torch.device = "cpu", **changes: Any) -> GuidedSR:
+    """An untrained model with reproducible random weights (the zero-initialised last layer filled too):
+    for tests only, its output is not meaningful."""
+    config = GuidedConfig(**{"provenance": {"source": "seeded random weights (not trained): for tests only"},
+                             **changes})
+    gen = torch.Generator().manual_seed(seed)
+    net = GuidedNet(config)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return GuidedSR(config, net, device)
+
+
+def _folder(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    from importlib import resources
+
+    shipped = Path(str(resources.files("xr_opensr") / "weights")) / str(name_or_path)
+    if (shipped / CONFIG_FILE).is_file():
+        return shipped
+    raise InputError(f"no guided model {str(name_or_path)!r}: give 's2-20m' (the shipped model) or a folder "
+                     f"holding {CONFIG_FILE} and {WEIGHTS_FILE}")
+
+
+def load_guided(name_or_path: str | Path = "s2-20m", device: str | torch.device = "cpu") -> GuidedSR:
+    """Load a guided model: ``"s2-20m"`` (shipped in ``xr_opensr/weights/s2-20m``) or a folder.
+
+    The weights are read strictly (every tensor of the config's network, no other) from safetensors.
+    The caller caches the result (one load per process).
+    """
+    from safetensors.torch import load_file
+
+    folder = _folder(name_or_path)
+    cfg_path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    try:
+        data = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read {cfg_path}: {err}") from err
+    config = GuidedConfig.from_dict(data, source=str(cfg_path))
+    if not weights.is_file():
+        raise CheckpointError(f"weights file missing: {weights} (a guided model folder needs {WEIGHTS_FILE})")
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors raises several types on a bad file
+        raise CheckpointError(f"cannot read weights {weights}: {err}; the file is corrupt or not safetensors") from err
+    net = GuidedNet(config)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"weights {weights} do not fit the config {cfg_path}: {str(err)[:300]}") from err
+    if not all(torch.isfinite(v).all() for v in state.values()):
+        raise CheckpointError(f"weights {weights} hold NaN or infinite values: re-export the model")
+    return GuidedSR(config, net, device)
+
+
+def save_guided(model: GuidedSR, folder: str | Path, *, card: str | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ ``MODEL_CARD.md``) into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().float() for k, v in model.net.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT, "name": model.config.name})
+    (folder / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    if card is not None:
+        (folder / "MODEL_CARD.md").write_text(card)
+    return folder
