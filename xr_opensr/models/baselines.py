@@ -103,14 +103,15 @@ class BaselineModel(torch.nn.Module):
 
     def sample_summary(self, lr: Any, samples: int = 1, steps: int | None = None, eta: float | None = None,
                        seed: Any = 0, *, return_samples: bool = False, **_: Any) -> np.ndarray:
-        """(B, K, C, s*h, s*w): the upsampled image, uncertainty 0 (NaN under nodata), and the
-        ``samples`` copies when ``return_samples`` -- the layout of :meth:`SRModel.sample_summary`."""
+        """(B, K, C, s*h, s*w): the upsampled image, uncertainty 0 (NaN under nodata; NaN for
+        ``samples=0``), and the ``samples`` copies when ``return_samples`` -- the layout of
+        :meth:`SRModel.sample_summary`."""
         x = np.asarray(lr)
         _check(x, samples, len(self.config.bands))
         hr = self.upsample(x)
         out = np.empty((hr.shape[0], 2 + (samples if return_samples else 0), *hr.shape[1:]), dtype=np.float32)
         out[:, 0] = hr
-        out[:, 1] = 0.0
+        out[:, 1] = 0.0 if samples else np.nan  # samples=0 (the deterministic path): no uncertainty
         np.copyto(out[:, 1], np.float32(np.nan), where=np.isnan(hr))  # NaN under nodata
         out[:, 2:] = hr[:, None]
         return out
@@ -122,8 +123,8 @@ class BaselineModel(torch.nn.Module):
 def _check(x: np.ndarray, samples: Any, bands: int) -> None:
     if x.ndim != 4 or x.shape[1] != bands:
         raise InputError(f"lr must have shape (B, {bands}, h, w), got {x.shape}")
-    if not isinstance(samples, int | np.integer) or not 1 <= samples <= MAX_SAMPLES:
-        raise InputError(f"samples must be a positive integer <= {MAX_SAMPLES}, got {samples!r}")
+    if not isinstance(samples, int | np.integer) or not 0 <= samples <= MAX_SAMPLES:
+        raise InputError(f"samples must be an integer in [0, {MAX_SAMPLES}], got {samples!r}")
 
 
 def load_baseline(name: str) -> BaselineModel:

@@ -357,7 +357,7 @@ class SRModel(nn.Module):
         out = np.full((b, k_out, c, s * h, s * w), np.nan, dtype=np.float32)
         if not run.todo:
             return out
-        mean, unit = self.mean_and_spread(run.x[run.todo], run.invalid[run.todo])
+        mean, unit = self.mean_and_spread(run.x[run.todo], run.invalid[run.todo], spread=samples >= 2)
         if samples >= 2:
             std = unit * np.float32(self.config.std_scale)
         else:  # one sample has no spread; samples=0: not computed
@@ -374,10 +374,12 @@ class SRModel(nn.Module):
         return out
 
     @torch.inference_mode()
-    def mean_and_spread(self, x: torch.Tensor, invalid: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def mean_and_spread(self, x: torch.Tensor, invalid: torch.Tensor, *,
+                        spread: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Model v2: the mean network's mean (then the consistency step) and its uncalibrated standard
         deviation for LR (B, C, h, w) float32 with ``invalid`` (B, h, w) nodata pixels, one input per
-        network call (batch-invariant); each (B, C, s*h, s*w) float32, NaN under nodata, mean >= 0."""
+        network call (batch-invariant); each (B, C, s*h, s*w) float32, NaN under nodata, mean >= 0.
+        ``spread=False`` skips the spread head (zeros instead)."""
         from ..sensor import bicubic_upsample
         from .regression import LAPLACE_STD
 
@@ -388,7 +390,8 @@ class SRModel(nn.Module):
         for i in range(x.shape[0]):
             xi = x_filled[i : i + 1]
             base = torch.from_numpy(np.asarray(bicubic_upsample(xi.numpy(), s), dtype=np.float32))
-            m, scale = self.mean_net.mean_and_scale(_to_device(xi, self.device), _to_device(base, self.device))
+            m, scale = self.mean_net.mean_and_scale(_to_device(xi, self.device), _to_device(base, self.device),
+                                                    spread=spread)
             means.append(_to_host(m))
             stds.append(_to_host(LAPLACE_STD * scale) if scale is not None else np.zeros_like(means[-1]))
         inv = invalid.numpy()

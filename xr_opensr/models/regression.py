@@ -110,11 +110,13 @@ class RegressionNet(nn.Module):
         """``lr`` (B, C, h, w) and its bicubic upsampling (B, C, s h, s w), reflectance -> mean (B, C, s h, s w)."""
         return self.mean_and_scale(lr, bicubic)[0]
 
-    def mean_and_scale(self, lr: torch.Tensor, bicubic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(mean, Laplace scale ``b`` or None without a spread head), each (B, C, s h, s w)."""
+    def mean_and_scale(self, lr: torch.Tensor, bicubic: torch.Tensor, *,
+                       spread: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean, Laplace scale ``b`` or None without a spread head or with ``spread=False``), each
+        (B, C, s h, s w)."""
         feat = self.features(lr)
         mean = bicubic + self.shuffle(self.up(feat)) / self.gain
-        if self.spread is None:
+        if self.spread is None or not spread:
             return mean, None
         return mean, F.softplus(self.spread(feat.detach())) + 1e-5
 
