@@ -3,7 +3,8 @@
 Three parts, all bound to 127.0.0.1 and all removed again by :meth:`LocalStac.stop`:
 
 * COGs written by seeded code (64 x 64 px at 10 m in EPSG:32632, bands B04/B03/B02/B08 as uint16
-  DN with nodata 0, SCL as uint8 at 20 m), served by a threaded HTTP server that honours
+  DN with nodata 0; B05/B06/B07/B8A/B11/B12 as uint16 DN and SCL as uint8 at 20 m, 32 x 32 px, on
+  the 20 m grid of the tile as in ESA's products), served by a threaded HTTP server that honours
   ``Range`` requests (GDAL reads COGs with range requests, as it does from S3 or Azure);
 * a private PostgreSQL + PostGIS cluster (``initdb`` + ``pg_ctl`` in a temporary folder, run as the
   ``postgres`` OS user when we are root) migrated with pypgstac and loaded with the items;
@@ -36,6 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xr_opensr.sentinel2 import BANDS as S2
+from xr_opensr.sentinel2 import GUIDED_BANDS, MODEL_BANDS
+
 __all__ = [
     "COLLECTION_ES",
     "COLLECTION_PC",
@@ -58,12 +62,13 @@ RES = 10.0
 SCL_RES = 20.0
 X0, Y0 = 500_000.0, 5_000_000.0  # upper-left corner of scene "A" (45.1 N, 9.0 E)
 
-COLLECTION_ES = "sentinel-2-l2a"  # Earth Search v1 asset names: red, green, blue, nir, scl
-COLLECTION_PC = "sentinel-2-l2a-pc"  # Planetary Computer asset names: B04, B03, B02, B08, SCL
+COLLECTION_ES = "sentinel-2-l2a"  # Earth Search v1 asset names: red, green, ..., rededge1, swir16, scl
+COLLECTION_PC = "sentinel-2-l2a-pc"  # Planetary Computer asset names: B04, B03, ..., B05, B11, SCL
 
-BANDS = ("B04", "B03", "B02", "B08")
-ES_KEYS = {"B04": "red", "B03": "green", "B02": "blue", "B08": "nir", "SCL": "scl"}
-COMMON = {"B04": "red", "B03": "green", "B02": "blue", "B08": "nir"}
+BANDS = MODEL_BANDS  # 10 m: B04, B03, B02, B08
+BANDS20 = GUIDED_BANDS  # 20 m: B05, B06, B07, B8A, B11, B12
+COMMON = {b: S2[b].common_name for b in (*BANDS, *BANDS20)}  # red, ..., rededge1, nir08, swir16, swir22
+ES_KEYS = {**COMMON, "SCL": "scl"}
 
 # SCL classes written into the scenes
 SCL_NODATA, SCL_SATURATED, SCL_SHADOW, SCL_VEG, SCL_BARE, SCL_WATER = 0, 1, 3, 4, 5, 6
@@ -150,7 +155,8 @@ SCENES: dict[str, Scene] = {
 
 
 def scene_dn(scene: Scene) -> dict[str, np.ndarray]:
-    """The DN written for a scene: bands (64, 64) uint16 and ``"SCL"`` (32, 32) uint8 at 20 m.
+    """The DN written for a scene: 10 m bands (64, 64) uint16, 20 m bands (32, 32) uint16 and ``"SCL"``
+    (32, 32) uint8 at 20 m.
 
     Every scene has a nodata corner (DN 0, SCL 0), a pixel of DN 500 and one of DN 1000 (negative
     and zero reflectance once the offset applies). Clear scenes carry one patch of each SCL class
@@ -166,6 +172,11 @@ def scene_dn(scene: Scene) -> dict[str, np.ndarray]:
         dn[-8:, -8:] = 0
         out[band] = dn
     n = SIZE // 2
+    rng20 = np.random.default_rng([scene.seed, 20])  # its own stream: the 10 m DN are as before
+    for i, band in enumerate(BANDS20):
+        dn = rng20.integers(1001, 6000, (n, n), dtype=np.uint16) + np.uint16(100 * i)
+        dn[-4:, -4:] = 0
+        out[band] = dn
     scl = np.full((n, n), SCL_VEG, np.uint8)
     if scene.cloudy:
         scl[:, :] = SCL_CLOUD_HIGH
@@ -216,7 +227,7 @@ def write_scene_cogs(folder: Path) -> None:
         if scene.files:
             continue
         for band, data in scene_dn(scene).items():
-            res = SCL_RES if band == "SCL" else RES
+            res = RES if data.shape[0] == SIZE else SCL_RES
             write_cog(folder / f"{scene.file_stem}_{band}.tif", data, res, scene.x0, Y0)
 
 
@@ -243,8 +254,8 @@ def item_dict(scene: Scene, base_url: str) -> dict:
     ys = [p[1] for p in geometry["coordinates"][0]]
     pc = scene.collection == COLLECTION_PC
     assets = {}
-    for band in (*BANDS, "SCL"):
-        res = SCL_RES if band == "SCL" else RES
+    for band in (*BANDS, *BANDS20, "SCL"):
+        res = RES if band in BANDS else SCL_RES
         n = int(SIZE * RES / res)
         raster = {"nodata": 0, "data_type": "uint8" if band == "SCL" else "uint16",
                   "spatial_resolution": res}

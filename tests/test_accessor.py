@@ -15,7 +15,17 @@ import rioxarray
 import torch
 import xarray as xr
 from affine import Affine
-from conftest import CRS, X0, Y0, make_cube, make_dataset, raise_if_dask_computes, seam_ratio
+from conftest import (
+    ALL_BANDS,
+    CRS,
+    S2_BANDS,
+    X0,
+    Y0,
+    make_cube,
+    make_dataset,
+    raise_if_dask_computes,
+    seam_ratio,
+)
 from dask.diagnostics import ProgressBar
 
 import xr_opensr
@@ -183,9 +193,24 @@ def test_task_names_and_progress_bar():
 # --------------------------------------------------------------------------- invariance, seams, seeds
 
 
-@pytest.fixture(scope="module")
-def reference_result():
-    return make_cube(28, 26, times=2, seed=3).opensr.superresolve(2, **KW).compute(scheduler="sync")
+#: the band sets of the invariance and seam tests: the four 10 m bands (the diffusion model alone) and
+#: all ten (the 20 m bands through the 20 m model, guided by the 10 m results of the same patch)
+BAND_SETS = {"4 bands": None, "10 bands": "all"}
+
+
+def _band_kw(band_set: str, model20: str) -> dict:
+    return {} if BAND_SETS[band_set] is None else {"bands": "all", "model20": model20}
+
+
+def _bands_cube(band_set: str, *args, **kwargs):
+    return make_cube(*args, bands=ALL_BANDS if BAND_SETS[band_set] else S2_BANDS, **kwargs)
+
+
+@pytest.fixture(scope="module", params=list(BAND_SETS))
+def reference_result(request, model20):
+    band_set = request.param
+    res = _bands_cube(band_set, 28, 26, times=2, seed=3).opensr.superresolve(2, **KW, **_band_kw(band_set, model20))
+    return band_set, res.compute(scheduler="sync")
 
 
 @pytest.mark.parametrize("chunks", [
@@ -194,18 +219,24 @@ def reference_result():
     {"time": 1, "band": 1, "y": 28, "x": 26},
 ])
 @pytest.mark.parametrize("scheduler", ["sync", "threads"])
-def test_chunk_and_scheduler_invariant(reference_result, chunks, scheduler):
-    cube = make_cube(28, 26, times=2, seed=3, chunks=chunks)
-    res = cube.opensr.superresolve(2, **KW).compute(scheduler=scheduler)
-    xr.testing.assert_identical(res, reference_result)
+def test_chunk_and_scheduler_invariant(reference_result, chunks, scheduler, model20):
+    band_set, reference = reference_result
+    cube = _bands_cube(band_set, 28, 26, times=2, seed=3, chunks=chunks)
+    res = cube.opensr.superresolve(2, **KW, **_band_kw(band_set, model20)).compute(scheduler=scheduler)
+    xr.testing.assert_identical(res, reference)
 
 
-def test_seamless_on_many_patches():
-    cube = make_cube(64, 64, seed=5)  # 5 x 5 patches
-    sr = cube.opensr.superresolve(2, **KW).sr.values
-    assert seam_ratio(sr, 12, 16) <= 1.2
-    hard = cube.opensr.superresolve(2, overlap=0, **KW).sr.values  # no blending: the metric sees seams
-    assert seam_ratio(hard, 16, 16) > 1.5
+@pytest.mark.parametrize("band_set", list(BAND_SETS))
+def test_seamless_on_many_patches(band_set, model20):
+    cube = _bands_cube(band_set, 64, 64, seed=5)  # 5 x 5 patches
+    extra = _band_kw(band_set, model20)
+    sr = cube.opensr.superresolve(2, **KW, **extra).sr.values
+    hard = cube.opensr.superresolve(2, overlap=0, **KW, **extra).sr.values  # no blending: the metric sees seams
+    assert seam_ratio(sr[:4], 12, 16) <= 1.2
+    assert seam_ratio(hard[:4], 16, 16) > 1.5
+    if extra:  # the 20 m bands: patch borders are 20 m pixel borders, compared with the other 20 m borders
+        assert seam_ratio(sr[4:], 12, 16, period=8) <= 1.2
+        assert seam_ratio(hard[4:], 16, 16, period=8) > 1.2
 
 
 def test_seed_from_time_coordinate_not_position():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
-from conftest import make_cube
+from conftest import ALL_BANDS, make_cube
 
 import xr_opensr.accessor  # noqa: F401  (registers .opensr)
 from xr_opensr import _io
@@ -67,7 +67,7 @@ def test_cli_console_script_is_registered():
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["superresolve", "a.tif", "b.tif", "--samples", "0"], "positive int"),
+    (["superresolve", "a.tif", "b.tif", "--samples", "-1"], "integer >= 0"),
     (["superresolve", "a.tif", "b.tif", "--seed", "-1"], "integer >= 0"),
     (["superresolve", "a.tif", "b.tif", "--chunks", "big"], "positive int"),
     (["superresolve", "a.tif", "b.tif", "--workers", "2", "--scheduler", "tcp://x:1"], "not allowed with"),
@@ -179,6 +179,24 @@ def test_cli_superresolve_names_bands_of_plain_geotiffs(tmp_path, capsys):
     assert_cog(out, count=4, shape=(48, 40))
     assert main(["superresolve", str(src), str(tmp_path / "x.tif"), "--bands", "B04", "B03", *FAST]) == 2
     assert "has 4 bands but 2 band names" in capsys.readouterr().err
+
+
+def test_cli_superresolve_bands_all_to_cog_equals_the_accessor(tmp_path, model20, capsys):
+    cube = make_cube(20, 18, bands=ALL_BANDS)
+    src = write_geotiff(tmp_path / "ten.tif", cube)
+    out = tmp_path / "ten_sr.tif"
+    assert main(["superresolve", str(src), str(out), "--bands", "all", "--model20", model20, *FAST]) == 0
+    assert "20 m bands: model s2-20m" in capsys.readouterr().out
+    assert_cog(out, count=10, shape=(80, 72), bands=ALL_BANDS)
+    assert_cog(tmp_path / "ten_sr_uncertainty.tif", count=10, shape=(80, 72), bands=ALL_BANDS)
+    expected = cube.opensr.superresolve(2, bands="all", model20=model20, **SR_KW).compute()
+    got = _io.open_result(out)
+    np.testing.assert_array_equal(got.sr.values, expected.sr.values)
+    np.testing.assert_array_equal(got.uncertainty.values, expected.uncertainty.values)
+    # the 20 m bands need the 10 m ones: exit 2 with the fix
+    src5 = write_geotiff(tmp_path / "five.tif", make_cube(20, 18, bands=("B11", "B04", "B03", "B02", "X")))
+    assert main(["superresolve", str(src5), str(tmp_path / "five_sr.tif"), "--bands", "all", *FAST]) == 2
+    assert "lacks B08 (B8/nir)" in capsys.readouterr().err
 
 
 def test_cli_progress_bar_on_stderr(geotiff, tmp_path, capsys):
@@ -393,6 +411,20 @@ def test_cli_search_stac_all_scenes_to_zarr(stac_api, tmp_path):
     assert main(argv) == 0
     got = xr.open_zarr(out, decode_coords="all")
     assert got.sizes["time"] == 2 and got.sr.dims == ("time", "band", "y", "x")
+
+
+@pytest.mark.stac
+def test_cli_search_stac_all_bands(stac_api, tmp_path, model20):
+    from stac_server import SCENES
+
+    bbox = SCENES["S2A_32TMR_20240610_0_L2A"].lonlat_bbox(inset=50)
+    out = tmp_path / "ten.zarr"
+    argv = ["search", str(out), "--bbox", *map(str, bbox), "--datetime", "2024-06-10", "--bands", "all",
+            "--model20", model20, "--url", stac_api.url, "--max-cloud", "10", *FAST]
+    assert main(argv) == 0
+    got = xr.open_zarr(out, decode_coords="all")
+    assert list(got.band.values) == list(ALL_BANDS) and got.attrs["model20"] == "s2-20m"
+    assert np.isfinite(got.sr.sel(band="B12").values).mean() > 0.5
 
 
 def test_cli_stac_url_default_follows_the_environment(monkeypatch):

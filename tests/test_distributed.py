@@ -12,7 +12,7 @@ import cloudpickle
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import make_cube
+from conftest import ALL_BANDS, make_cube
 
 import xr_opensr.accessor  # noqa: F401
 from xr_opensr import _kernel, _runtime
@@ -66,6 +66,19 @@ def test_graph_carries_a_spec_not_weights():
     assert max(sizes) < 100_000
     blob = b"".join(cloudpickle.dumps(task) for task in ours.values())
     assert b"ModelSpec" in blob and b"OrderedDict" not in blob and b"safetensors" not in blob
+
+
+def test_ten_bands_same_result_and_each_model_loaded_once_per_worker(client, model20):
+    ten = make_cube(24, 24, times=2, seed=7, bands=ALL_BANDS)
+    kw = {**KW, "bands": "all", "model20": model20}
+    expected = ten.opensr.superresolve(2, **kw).compute(scheduler="sync")
+    before = client.run(_runtime.load_count)
+    res = client.compute(ten.chunk({"time": 1, "y": 12}).opensr.superresolve(2, **kw)).result(timeout=300)
+    xr.testing.assert_identical(res, expected)
+    loads = client.run(_runtime.load_count)
+    assert all(loads[w] - before[w] <= 2 for w in loads)  # the 10 m model and the 20 m model, at most once each
+    client.compute(ten.chunk({"time": 1, "y": 12}).opensr.superresolve(2, **kw)).result(timeout=300)
+    assert client.run(_runtime.load_count) == loads
 
 
 def test_worker_killed_mid_compute(client, reference):

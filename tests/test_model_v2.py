@@ -111,3 +111,38 @@ def test_config_rejects_bad_mean_net():
 
     with pytest.raises(ConfigError, match="width"):
         ModelConfig.from_dict(cfg)
+
+
+def test_samples_zero_through_the_accessor_and_the_cli(tmp_path):
+    """The fast deterministic path: the default model's mean, chunk-invariant, no uncertainty; a model
+    without a mean network refuses it with the fix in the message."""
+    import xarray as xr
+    from conftest import make_cube
+
+    import xr_opensr  # noqa: F401
+    from xr_opensr.cli import main
+
+    cube = make_cube(40, 36)
+    fast = cube.opensr.superresolve(0).compute()
+    sampled = cube.opensr.superresolve(4).compute()
+    np.testing.assert_array_equal(fast.sr.values, sampled.sr.values)  # v2: the same mean
+    assert np.isnan(fast.uncertainty.values).all() and np.isfinite(sampled.uncertainty.values).all()
+    xr.testing.assert_identical(fast, cube.chunk({"x": 12, "y": 12}).opensr.superresolve(0).compute())
+    with pytest.raises(InputError, match="mean network"):
+        cube.opensr.superresolve(0, model="tiny").compute()
+    with pytest.raises(InputError, match="integer >= 0"):
+        cube.opensr.superresolve(-1)
+    src = tmp_path / "in.tif"
+    cube.rio.to_raster(src)
+    assert main(["superresolve", str(src), str(tmp_path / "out.tif"), "--samples", "0"]) == 0
+
+
+def test_samples_zero_with_the_20m_bands():
+    import xr_opensr  # noqa: F401
+    from xr_opensr.sentinel2 import SR_BANDS
+    from xr_opensr.testing import s2_cube
+
+    cube = s2_cube(48, 48, bands=SR_BANDS)
+    fast, sampled = (cube.opensr.superresolve(n, bands="all").compute() for n in (0, 4))
+    np.testing.assert_array_equal(fast.sr.values, sampled.sr.values)
+    assert np.isnan(fast.uncertainty.values).all() and np.isfinite(sampled.uncertainty.values).all()

@@ -83,7 +83,9 @@ def test_notebook_02_stac_search_to_sr(stac_api, tmp_path, monkeypatch):
     out = text_of(nb)
     assert f"STAC API: {url}" in out
     assert "least cloudy: S2A_32TMR_20240610_0_L2A" in out
-    assert n_images(nb) >= 1
+    assert "natively 20 m: ['B05', 'B06', 'B07', 'B8A', 'B11', 'B12']" in out and "20 m model 's2-20m'" in out
+    assert "10 bands: B04, B03, B02, B08, B05, B06, B07, B8A, B11, B12 | layout: COG" in out
+    assert n_images(nb) >= 2
     assert seconds < 2 * BUDGET_S, f"took {seconds:.0f} s"
 
 

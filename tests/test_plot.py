@@ -7,7 +7,7 @@ import builtins
 import matplotlib
 import numpy as np
 import pytest
-from conftest import make_cube, make_dataset
+from conftest import ALL_BANDS, S2_BANDS, make_cube, make_dataset
 
 import xr_opensr.accessor  # noqa: F401  (registers .opensr)
 from xr_opensr import plot
@@ -124,3 +124,26 @@ def test_plot_module_imports_matplotlib_lazily():
     top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
     names = [a.name for n in top for a in n.names] + [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
     assert not any(name.startswith("matplotlib") for name in names)
+
+
+def test_quicklook_adds_a_swir_false_colour_row_for_ten_bands(model20, tmp_path):
+    lr = make_cube(12, 10, bands=ALL_BANDS)
+    result = lr.opensr.superresolve(2, model="tiny", steps=2, bands="all", model20=model20).compute()
+    fig = plot.quicklook(lr, result)
+    axes = image_axes(fig)
+    assert len(axes) == 6 and "B12/B8A/B04" in axes[3].get_title() and "SWIR" in axes[5].get_title()
+    assert axes[4].get_images()[0].get_array().shape == (48, 40, 4)
+    shown = np.ma.filled(axes[5].get_images()[0].get_array(), np.nan)
+    np.testing.assert_allclose(shown, result.uncertainty.sel(band=["B12", "B8A", "B04"]).mean("band").values,
+                               rtol=1e-6)
+    refl = plot.to_reflectance(lr.sel(band=["B12", "B8A", "B04"])).values  # the LR composite, stretched 2-98 %
+    lo, hi = np.nanpercentile(refl, 2, axis=(1, 2)), np.nanpercentile(refl, 98, axis=(1, 2))
+    expected = np.clip((refl - lo[:, None, None]) / (hi - lo)[:, None, None], 0, 1)
+    np.testing.assert_allclose(np.moveaxis(axes[3].get_images()[0].get_array()[..., :3], -1, 0), expected, atol=1e-6)
+    fig.savefig(tmp_path / "ql10.png", dpi=40)
+    plt.close(fig)
+    four = plot.quicklook(lr, result, swir=False)  # or true colour only
+    assert len(image_axes(four)) == 3
+    plt.close(four)
+    with pytest.raises(BandError, match="no band 'B12'"):
+        plot.quicklook(lr, result.sel(band=list(S2_BANDS)), swir=True)

@@ -11,6 +11,7 @@ import urllib.request
 import numpy as np
 import pystac
 import pytest
+import rasterio
 import xarray as xr
 from stac_server import (
     COLLECTION_ES,
@@ -24,6 +25,7 @@ from stac_server import (
 
 from xr_opensr import stac
 from xr_opensr.errors import BandError, InputError
+from xr_opensr.sentinel2 import SR_BANDS
 
 pytestmark = pytest.mark.stac
 
@@ -262,3 +264,42 @@ def test_stac_load_then_superresolve(items):
     assert sr.sizes["time"] == 1 and sr.rio.crs == ds.rio.crs
     assert abs(float(sr.x[1] - sr.x[0])) == 2.5
     assert np.isfinite(sr.values).mean() > 0.5
+
+
+# --------------------------------------------------------------------------------- all ten bands
+def test_stac_load_all_bands_puts_the_20m_bands_on_the_10m_grid(items):
+    ds = stac.load_s2([items[A]], bands="all", mask_clouds=False).compute()
+    assert list(ds.data_vars) == list(SR_BANDS) and ds.sizes == {"time": 1, "y": 64, "x": 64}
+    for band in ("B05", "B11", "B12"):
+        dn = np.repeat(np.repeat(scene_dn(SCENES[A])[band], 2, axis=0), 2, axis=1)  # 20 m -> 2 x 2 pixels
+        expected = (dn.astype(np.float32) - np.float32(1000)) / np.float32(10000)
+        expected[dn == 0] = np.nan
+        np.testing.assert_array_equal(ds[band].values[0], expected)
+
+
+def test_stac_search_load_all_bands_superresolve_write_cog_and_zarr(stac_api, tmp_path, model20):
+    """The ten-band path end to end: search -> load_s2(bands="all") -> superresolve(bands="all") -> files
+    whose bands are named, read back equal."""
+    import xr_opensr  # noqa: F401  (registers .opensr)
+    from xr_opensr import _io
+
+    bbox = SCENES[A].lonlat_bbox(inset=110)  # the grid starts in the middle of a 20 m pixel
+    found = stac.search(bbox, "2024-06-10", url=stac_api.url, max_cloud=10)
+    ds = stac.load_s2(found, bands="all", bbox=bbox, chunks={"x": 24, "y": 24})
+    assert ds.opensr.bands20 == ["B05", "B06", "B07", "B8A", "B11", "B12"]
+    assert (float(ds.x[0]), float(ds.y[0])) == (500_115, 4_999_885)  # edges 500110, 4999890: odd multiples of 10
+    out = ds.opensr.superresolve(samples=2, model="tiny", steps=2, bands="all", model20=model20)
+    assert list(out.band.values) == list(SR_BANDS) and out.sr.sizes["y"] == 4 * ds.sizes["y"]
+    result = out.isel(time=0).compute()
+    valid = np.isfinite(ds.to_dataarray("band").isel(time=0).values).all(axis=0).repeat(4, 0).repeat(4, 1)
+    assert valid.mean() > 0.5
+    for name in ("sr", "uncertainty"):  # every band valid where the input is, NaN where it is not
+        assert np.isfinite(result[name].values[:, valid]).all() and np.isnan(result[name].values[:, ~valid]).all()
+    cog = _io.write_result(result, tmp_path / "sr.tif")
+    with rasterio.open(cog[0]) as sr_file, rasterio.open(cog[1]) as unc_file:
+        assert sr_file.descriptions == tuple(SR_BANDS) == unc_file.descriptions and sr_file.count == 10
+        np.testing.assert_array_equal(sr_file.read(), result.sr.values)
+    _io.write_result(out, tmp_path / "sr.zarr")
+    back = xr.open_zarr(tmp_path / "sr.zarr")
+    assert list(back.band.values) == list(SR_BANDS)
+    np.testing.assert_array_equal(back.uncertainty.isel(time=0).values, result.uncertainty.values)

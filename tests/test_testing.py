@@ -8,6 +8,7 @@ import xarray as xr
 from affine import Affine
 
 from xr_opensr import metrics, testing
+from xr_opensr.sentinel2 import SR_BANDS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")  # rioxarray + affine 3
 HELDOUT_NORTHING = 4_169_000.0  # training.data.HELDOUT_NORTHING (the library does not import training)
@@ -136,6 +137,29 @@ def test_cube_rejects_bad_arguments():
         testing.s2_cube(4, 4, layout="table")
     with pytest.raises(ValueError, match="times"):
         testing.s2_cube(4, 4, times=0)
+
+
+def test_cube_with_20m_bands_on_the_10m_grid():
+    ten = testing.s2_cube(21, 19, times=2, clouds=True, nodata_fraction=0.1, bands=SR_BANDS)
+    four = testing.s2_cube(21, 19, times=2, clouds=True, nodata_fraction=0.1)
+    np.testing.assert_array_equal(ten.values[:, :4], four.values)  # the 10 m bands do not change
+    assert list(ten.band.values) == list(SR_BANDS)
+    b11 = ten.sel(band="B11").values
+    assert (b11[:, 0:20:2, 0:18:2] == b11[:, 1:20:2, 1:18:2]).all()  # 2 x 2 blocks of one 20 m pixel
+    assert (b11[:, 1:20:2, 1:18:2] != b11[:, 2:21:2, 2:19:2]).mean() > 0.5  # ... but not across them
+    # plausible spectra: vegetation bright in NIR and the red edge, darker in SWIR 2 than SWIR 1
+    refl = ten.isel(time=0).where(ten.isel(time=0) > 0).mean(("y", "x")).to_series() / 1e4
+    assert refl["B04"] < refl["B05"] < refl["B07"] and refl["B12"] < refl["B11"] < refl["B8A"]
+    # an origin at an odd multiple of 10 m: the blocks start at row / column 1
+    shifted = testing.s2_cube(6, 6, bands=("red", "swir22"), origin=(500_010.0, 4_400_010.0)).values[1]
+    assert (shifted[1:5:2, 1:5:2] == shifted[2:6:2, 2:6:2]).all()
+    ds = testing.s2_cube(8, 8, bands=("B8A", "nir"), layout="dataset")
+    assert list(ds.data_vars) == ["B8A", "nir"]
+    with pytest.raises(ValueError, match="must name bands of"):
+        testing.s2_cube(4, 4, bands=("B05", "X"))
+    scene = testing.synthetic_scene((32, 32))
+    extra = testing.bands20(scene, seed=1)
+    assert extra.shape == (6, 32, 32) and extra.dtype == np.float32 and (extra > 0).all()
 
 
 def test_cubes_are_accepted_by_the_accessor():

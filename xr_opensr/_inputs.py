@@ -31,7 +31,10 @@ from .sentinel2 import (
     BAND_ALIASES,
     BAND_DIM_NAMES,
     GRID_RESOLUTION_M,
+    GUIDED_BANDS,
+    SR_BANDS,
     ReflectanceRule,
+    canonical_band,
     reflectance_rule,
 )
 
@@ -214,27 +217,93 @@ def lr_geobox(obj: xr.DataArray | xr.Dataset, y_dim: Hashable, x_dim: Hashable):
     return GeoBox((obj.sizes[y_dim], obj.sizes[x_dim]), affine, crs.to_wkt())
 
 
+def native20_bands(obj: xr.DataArray | xr.Dataset) -> list[str]:
+    """The native 20 m bands of :data:`GUIDED_BANDS` that ``obj`` holds, by name (Dataset variables,
+    or the string labels of a dim, also inside a Dataset's variables), in that order."""
+    arrays = list(obj.data_vars.values()) if isinstance(obj, xr.Dataset) else [obj]
+    labels: list[Any] = list(obj.data_vars) if isinstance(obj, xr.Dataset) else []
+    for arr in arrays:
+        for dim in arr.dims:
+            if dim in arr.coords and arr[dim].dtype.kind in "OUS" or str(dim).lower() in BAND_DIM_NAMES:
+                labels += _dim_labels(arr, dim)
+    found = {canonical_band(label) for label in labels}
+    return [b for b in GUIDED_BANDS if b in found]
+
+
+def phase20(geobox: Any) -> tuple[int, int]:
+    """(row, column) of the first 10 m pixel within the Sentinel-2 20 m grid, 0 or 1 each.
+
+    The 20 m pixels of Sentinel-2 products have their edges at multiples of 20 m of the CRS (the MGRS
+    tile origins are multiples of 60 m); a 10 m grid on multiples of 10 m holds each in a 2 x 2 block,
+    starting at row/column 0 or 1. A grid off the multiples of 10 m cannot hold them: GridError.
+    """
+    affine = geobox.affine
+    phase = []
+    for dim, edge in (("y", affine.f), ("x", affine.c)):
+        steps = edge / GRID_RESOLUTION_M
+        if abs(steps - round(steps)) > 1e-6:
+            raise GridError(
+                f"the {dim} edge of the grid ({edge:.3f} m) is not on a multiple of {GRID_RESOLUTION_M:g} m, so "
+                "the native 20 m pixels (edges at multiples of 20 m) do not fall on 2 x 2 blocks of its pixels; "
+                "load the cube on the standard grid, e.g. xr_opensr.stac.load_s2(..., bands='all') or "
+                "odc.stac.load(..., resolution=10), or ask for 10 m bands only"
+            )
+        phase.append(int(round(steps)) % 2)
+    return phase[0], phase[1]
+
+
 # --------------------------------------------------------------------------- bands
 
 
 class Selection:
-    """Model bands picked out of the input: raw data (any dims order, incl. ``band_dim``)."""
+    """The bands picked out of the input: raw data (any dims order, incl. ``band_dim``), one channel per band.
+
+    ``names`` are the channels' band ids (the model bands first, then the 20 m bands in the 20 m
+    model's order), ``labels`` their input labels, ``picks`` the channels returned, in the order asked.
+    """
 
     def __init__(self, data: da.Array, dims: list[Hashable], band_dim: Hashable, labels: list,
-                 coords: Mapping, out_dims: list[Hashable], scale, offset, nodata) -> None:
+                 coords: Mapping, out_dims: list[Hashable], scale, offset, nodata,
+                 names: Sequence[str] = (), picks: Sequence[int] | None = None) -> None:
         self.data, self.dims, self.band_dim, self.labels = data, dims, band_dim, labels
         self.coords, self.out_dims = coords, out_dims
         self.scale, self.offset, self.nodata = scale, offset, nodata
+        self.names = list(names)
+        self.picks = list(range(len(labels))) if picks is None else list(picks)
+
+    def bands20(self, model_bands: Sequence[str]) -> tuple[str, ...]:
+        """The channels past the model bands: the native 20 m bands (empty for the 10 m path)."""
+        return tuple(self.names[len(model_bands):])
+
+
+class BandRequest(NamedTuple):
+    """What ``superresolve(bands=...)`` asks for, before looking at the input.
+
+    ``wanted``: the channels the input must hold, as (band id, accepted labels in priority order); the
+    model bands first. ``optional``: further 20 m bands taken when the input holds them (the 20 m model
+    sees all six; a band's result does not depend on which others were asked for). ``requested``: the
+    band ids returned, in order.
+    """
+
+    wanted: list[tuple[str, list[str]]]
+    optional: list[tuple[str, list[str]]]
+    requested: list[str]
+    guided: bool = False  # a native 20 m band is asked for: the 20 m path runs
+    everything: bool = False  # bands="all": the requested bands the input holds
 
 
 def _norm(label: Any) -> str:
     return str(label).strip().lower()
 
 
+def _aliases(band: str) -> list[str]:
+    return [_norm(a) for a in BAND_ALIASES.get(band.upper(), (band,))]
+
+
 def _wanted(model_bands: tuple[str, ...], bands: Any) -> list[tuple[str, list[str]]]:
-    """[(model band, accepted normalised labels in priority order)]."""
+    """[(model band, accepted normalised labels in priority order)]: the four-band forms of ``bands``."""
     if bands is None:
-        return [(b, [_norm(a) for a in BAND_ALIASES.get(b.upper(), (b,))]) for b in model_bands]
+        return [(b, _aliases(b)) for b in model_bands]
     if isinstance(bands, Mapping):
         unknown = sorted(set(map(str, bands)) - set(model_bands))
         missing = [b for b in model_bands if b not in bands]
@@ -247,9 +316,58 @@ def _wanted(model_bands: tuple[str, ...], bands: Any) -> list[tuple[str, list[st
     if isinstance(bands, str) or not isinstance(bands, Sequence) or len(bands) != len(model_bands):
         raise BandError(
             f"bands must list {len(model_bands)} input labels for the model bands {list(model_bands)} in that "
-            f"order (e.g. bands=['red', 'green', 'blue', 'nir']) or map them, got {bands!r}"
+            f"order (e.g. bands=['red', 'green', 'blue', 'nir']) or map them, got {bands!r}; or name the bands "
+            f"to super-resolve (e.g. bands=['B04', 'B11']), or bands='all' for {list(SR_BANDS)}"
         )
     return [(b, [_norm(v)]) for b, v in zip(model_bands, bands)]
+
+
+def band_request(bands: Any, model_bands: tuple[str, ...], guided_bands: tuple[str, ...] = GUIDED_BANDS
+                 ) -> BandRequest:
+    """Parse ``superresolve(bands=...)``.
+
+    * None: the model bands (found by name).
+    * ``"all"``: the model bands, then those of ``guided_bands`` the input holds.
+    * a sequence of band names (``"B11"``, ``"swir16"``, ...: every item a distinct band of
+      :data:`SR_BANDS`, with a 20 m band among them or all four model bands): those bands, in that
+      order, each found by the label given, then its aliases (the 10 m model makes the four at once).
+    * a mapping ``{band: input label}`` with such bands as keys: those bands, found by the labels.
+    * otherwise (the four-band forms): a sequence of four input labels for the model bands in their
+      order (e.g. integer band numbers), or a mapping with exactly the model bands as keys.
+    """
+    sr_bands = (*model_bands, *guided_bands)
+    if bands is None:
+        return BandRequest(_wanted(model_bands, None), [], list(model_bands))
+    labels: dict[str, list[str]] = {}
+    if isinstance(bands, str):
+        if _norm(bands) != "all":
+            raise BandError(
+                f"bands={bands!r} is not understood: give 'all' (the bands {list(sr_bands)}), a list of band "
+                "names (e.g. bands=['B04', 'B11']) or None (the 10 m bands)"
+            )
+        optional = [(b, _aliases(b)) for b in guided_bands]
+        return BandRequest(_wanted(model_bands, None), optional, list(sr_bands), True, True)
+    elif isinstance(bands, Mapping):
+        canon = [canonical_band(k) for k in bands]
+        if set(map(str, bands)) <= set(model_bands) or not all(c in sr_bands for c in canon):
+            return BandRequest(_wanted(model_bands, bands), [], list(model_bands))
+        requested = [str(c) for c in canon]
+        labels = {str(c): [_norm(v)] for c, v in zip(canon, bands.values())}
+    else:
+        canon = [canonical_band(v) for v in bands] if isinstance(bands, Sequence) else [None]
+        if not all(c in sr_bands for c in canon) or not (set(canon) & set(guided_bands) or
+                                                          sorted(map(str, canon)) == sorted(model_bands)):
+            return BandRequest(_wanted(model_bands, bands), [], list(model_bands))
+        requested = [str(c) for c in canon]
+        labels = {str(c): [_norm(v), *_aliases(str(c))] for c, v in zip(canon, bands)}
+    if len(set(requested)) != len(requested):
+        raise BandError(f"bands={bands!r} names a band twice; name each band once")
+    wanted20 = [b for b in guided_bands if b in requested]
+    if not wanted20:  # the 10 m path: the model bands, the requested ones by the labels given
+        return BandRequest([(b, labels.get(b, _aliases(b))) for b in model_bands], [], requested)
+    wanted = [(b, labels.get(b, _aliases(b))) for b in (*model_bands, *wanted20)]
+    optional = [(b, _aliases(b)) for b in guided_bands if b not in requested]
+    return BandRequest(wanted, optional, requested, True)
 
 
 def _match(labels: Sequence[Any], wanted: list[tuple[str, list[str]]]) -> tuple[list[int], list[str]]:
@@ -271,6 +389,21 @@ def _describe(missing: list[str], bands: Any) -> str:
     return ", ".join(f"{b} ({'/'.join(BAND_ALIASES.get(b, (b,))[1:])})" for b in missing)
 
 
+def _check_guides(missing: list[str], request: BandRequest, model_bands: tuple[str, ...], labels: Sequence[Any],
+                  where: str) -> None:
+    """The 20 m bands need every model band as a guide: a BandError naming the missing ones and the fix."""
+    guides = [b for b in missing if b in model_bands]
+    held = {b for b, accepted in request.optional if _match(labels, [(b, accepted)])[0]}
+    asked = [b for b in request.requested if b not in model_bands and (not request.everything or b in held)]
+    if not guides or not request.guided or not asked:
+        return
+    raise BandError(
+        f"the 20 m bands {', '.join(asked)} are super-resolved guided by the four 10 m bands "
+        f"{', '.join(model_bands)}, but {where} lacks {_describe(guides, None)}; add them to the input "
+        f"(e.g. xr_opensr.stac.load_s2(..., bands='all')), or ask for 10 m bands only"
+    )
+
+
 def _check_real(dtype: np.dtype, what: str) -> None:
     if np.dtype(dtype).kind not in "iuf":
         raise InputError(
@@ -288,12 +421,27 @@ def _as_dask(data: Any, dims: Sequence[Hashable], whole: Sequence[Hashable]) -> 
     return da.from_array(np.asarray(data), chunks=chunks)
 
 
+def _channels(labels: Sequence[Any], request: BandRequest, found: list[int]) -> tuple[list[int], list[str], list[int]]:
+    """(indices in ``labels`` of the channels, their band ids, the returned channels in order).
+
+    The channels: the wanted bands (at ``found``) and the optional ones ``labels`` holds; the model
+    bands first, then the 20 m bands in the 20 m model's order."""
+    have = {band: i for (band, _), i in zip(request.wanted, found)}
+    for band, accepted in request.optional:
+        hit, _ = _match(labels, [(band, accepted)])
+        if hit:
+            have[band] = hit[0]
+    order = [b for b, _ in request.wanted if b not in GUIDED_BANDS] + [b for b in GUIDED_BANDS if b in have]
+    return [have[b] for b in order], order, [order.index(b) for b in request.requested if b in have]
+
+
 def select_bands(obj, y_dim, x_dim, model_bands: tuple[str, ...], bands: Any) -> Selection:
-    wanted = _wanted(model_bands, bands)
+    request = band_request(bands, model_bands)
+    wanted = request.wanted
     if isinstance(obj, xr.Dataset):
         spatial = [k for k, v in obj.data_vars.items() if y_dim in v.dims and x_dim in v.dims]
         if len(spatial) != 1 or obj[spatial[0]].ndim < 3:
-            return _select_from_dataset(obj, y_dim, x_dim, model_bands, wanted, bands)
+            return _select_from_dataset(obj, y_dim, x_dim, model_bands, request, bands)
         obj = obj[spatial[0]]  # one cube variable with a band dim (e.g. a DataArray saved to Zarr)
     others = [d for d in obj.dims if d not in (y_dim, x_dim)]
     candidates = []
@@ -311,12 +459,14 @@ def select_bands(obj, y_dim, x_dim, model_bands: tuple[str, ...], bands: Any) ->
                 "obj.expand_dims(band=[...])"
             )
         d, labels, _, missing = named[0]
+        _check_guides(missing, request, model_bands, labels, f"dim {d!r} with labels {list(labels)}")
         raise BandError(
             f"missing bands {_describe(missing, bands)} in dim {d!r} with labels {list(labels)}; "
             f"pass bands=[...] naming the input labels of {list(model_bands)} in that order, "
             f"or label the dim: obj.assign_coords({d}=[...])"
         )
-    band_dim, labels, picks, _ = full[0]
+    band_dim, labels, found, _ = full[0]
+    picks, names, out = _channels(labels, request, found)
     _check_real(obj.dtype, f"DataArray {obj.name!r}" if obj.name is not None else "the DataArray")
     spatial_last = obj.transpose(..., y_dim, x_dim).dims
     data = _as_dask(obj.transpose(*spatial_last).data, spatial_last, (band_dim,))
@@ -327,7 +477,7 @@ def select_bands(obj, y_dim, x_dim, model_bands: tuple[str, ...], bands: Any) ->
     coords = {k: v for k, v in obj.coords.items()}
     return Selection(
         data, list(obj.dims), band_dim, [labels[i] for i in picks], coords, list(obj.dims),
-        rule.scale, rule.offset, rule.nodata,
+        rule.scale, rule.offset, rule.nodata, names, out,
     )
 
 
@@ -343,15 +493,17 @@ def _dim_labels(obj: xr.DataArray, dim: Hashable) -> list:
     return list(range(n))
 
 
-def _select_from_dataset(ds, y_dim, x_dim, model_bands, wanted, bands) -> Selection:
+def _select_from_dataset(ds, y_dim, x_dim, model_bands, request: BandRequest, bands) -> Selection:
     names = [k for k, v in ds.data_vars.items() if y_dim in v.dims and x_dim in v.dims]
-    picks, missing = _match(names, wanted)
+    found, missing = _match(names, request.wanted)
     if missing:
+        _check_guides(missing, request, model_bands, names, f"the Dataset (variables {names})")
         raise BandError(
             f"missing bands {_describe(missing, bands)} among the Dataset variables {names}; "
             f"pass bands=[...] naming the variables of {list(model_bands)} in that order, "
             "or rename them, e.g. ds.rename({'b4': 'red'})"
         )
+    picks, band_ids, out = _channels(names, request, found)
     chosen = [ds[names[i]] for i in picks]
     dims = list(chosen[0].dims)
     for var in chosen:
@@ -371,7 +523,7 @@ def _select_from_dataset(ds, y_dim, x_dim, model_bands, wanted, bands) -> Select
     rule = ReflectanceRule.stack([reflectance_rule(var) for var in chosen])
     return Selection(
         data, all_dims, "band", [names[i] for i in picks], dict(ds.coords), all_dims,
-        rule.scale, rule.offset, rule.nodata,
+        rule.scale, rule.offset, rule.nodata, band_ids, out,
     )
 
 
@@ -439,7 +591,7 @@ def _check_reflectance(spec: _runtime.ModelSpec, patches: np.ndarray) -> None:
     high = np.fmax.reduce(patches, axis=(0, 2, 3))
     if not (np.nanmin(low, initial=lo) < lo or np.nanmax(high, initial=hi) > hi):
         return
-    bands = _runtime.get_model(spec).config.bands
+    bands = (*_runtime.get_model(spec).config.bands, *spec.bands20)
     ranges = ", ".join(f"{b} {a:.4g} to {z:.4g}" for b, a, z in zip(bands, low, high) if a < lo or z > hi)
     outside = int(np.count_nonzero((patches < lo) | (patches > hi)))
     if 100 < np.nanmax(high) <= 70_000 and np.nanmin(low) >= lo:
@@ -456,11 +608,12 @@ def _check_reflectance(spec: _runtime.ModelSpec, patches: np.ndarray) -> None:
 
 
 def _check_result(spec: _runtime.ModelSpec, patches: np.ndarray, out: np.ndarray) -> None:
-    """NaN/inf in the mean or std of a valid pixel is a ModelError; an all-zero band warns."""
+    """NaN/inf in the mean or std of a valid pixel is a ModelError (the std only when computed:
+    ``samples=0`` leaves it NaN); an all-zero band warns."""
     valid = np.isfinite(patches).all(axis=1)  # (N, P, P): the kernel's nodata rule
     s = out.shape[-1] // patches.shape[-1]
     hr_valid = valid.repeat(s, axis=1).repeat(s, axis=2)[:, None, None]  # (N, 1, 1, sP, sP)
-    broken = hr_valid & ~np.isfinite(out[:, :2])
+    broken = hr_valid & ~np.isfinite(out[:, : 2 if spec.samples else 1])
     if broken.any():
         fix = ("use dtype=None (float32)" if spec.dtype not in (None, "float32")
                else "its weights make the networks overflow: re-export or retrain the model")

@@ -636,8 +636,8 @@ def write_result(
 ) -> list[Path]:
     """Write the Dataset of ``superresolve`` to ``path`` (``.tif`` -> COGs, ``.zarr`` -> Zarr).
 
-    A ``.tif`` output gets ``sr`` (4 bands, reflectance) in ``path`` and ``uncertainty`` (per-band
-    standard deviation, reflectance) in ``<stem>_uncertainty.tif``; both are computed in one pass,
+    A ``.tif`` output gets ``sr`` (its bands, reflectance; the band labels as band descriptions) in
+    ``path`` and ``uncertainty`` (per-band standard deviation, reflectance) in ``<stem>_uncertainty.tif``; both are computed in one pass,
     verified, and published together (``path`` last). Returns the paths written.
     """
     kind = output_kind(path)

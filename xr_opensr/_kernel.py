@@ -9,15 +9,23 @@ batch size (``spec.batch_size`` or the model's choice for the device, the last c
 patch's result depends on its data and seed only: not on its batch mates, its position in the
 batch or the number of patches in the block (see :meth:`SRModel.sample_summary`). Memory does not
 grow with ``samples``: the samples are reduced to running sums as they are drawn.
+
+With ``spec.bands20`` the patches hold native 20 m bands after the model bands, on the 10 m grid
+(each 20 m pixel a 2 x 2 block of equal 10 m pixels, as odc-stac's nearest-neighbour resampling
+delivers them). After the 10 m path, the 20 m path takes each block's mean as the native 20 m value
+and runs the 20 m model (:class:`~xr_opensr.models.guided.GuidedSR`) with the native 10 m bands and
+their super-resolution as the guide; its uncertainty is the model's standard deviation.
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 
-from ._runtime import ModelSpec, get_model, model_lock, torch_threads
+from ._runtime import ModelSpec, get_guided, get_model, model_lock, torch_threads
+from .sentinel2 import BANDS
 
 __all__ = ["run_patches", "kernel_stats", "reset_kernel_stats"]
 
@@ -53,6 +61,9 @@ def run_patches(spec: ModelSpec, patches: np.ndarray, seeds: np.ndarray) -> np.n
     plane 1 the per-band sample standard deviation times ``config.std_scale`` (0 when samples == 1),
     planes 2.. the samples when ``spec.return_samples`` (K = 2 + samples), else K = 2.
     NaN in the s x s HR pixels of every nodata LR pixel.
+
+    With ``spec.bands20``: C = model bands + 20 m bands (:func:`guided_path`); a pixel that is nodata
+    in any band is NaN in every band; the kernel returns K = 2 (mean, std).
     """
     patches = np.asarray(patches, dtype=np.float32)
     seeds = np.asarray(seeds)
@@ -60,9 +71,10 @@ def run_patches(spec: ModelSpec, patches: np.ndarray, seeds: np.ndarray) -> np.n
         raise ValueError(f"need one seed per patch: patches {patches.shape}, seeds {seeds.shape}")
     net = get_model(spec)
     threads = spec.cpu_threads if net.device.type == "cpu" else None
+    n10 = len(net.config.bands)
     with model_lock(net), torch_threads(threads):
         out = net.sample_summary(
-            patches,
+            patches[:, :n10] if spec.bands20 else patches,
             samples=spec.samples,
             steps=spec.steps,
             eta=spec.eta,
@@ -71,7 +83,70 @@ def run_patches(spec: ModelSpec, patches: np.ndarray, seeds: np.ndarray) -> np.n
             batch_size=spec.batch_size,
             return_samples=spec.return_samples,
         )
+        if spec.bands20:
+            out20 = guided_path(spec, patches, out[:, 0], out[:, 1])
+            out = np.concatenate([out[:, :2], out20], axis=2)
+            invalid = ~np.isfinite(patches).all(axis=1)  # (N, P, P): nodata in any band
+            s = out.shape[-1] // patches.shape[-1]
+            out[np.broadcast_to(invalid.repeat(s, 1).repeat(s, 2)[:, None, None], out.shape)] = np.nan
     with _STATS_LOCK:
         _STATS["calls"] += 1
         _STATS["patches"] += patches.shape[0]
     return out
+
+
+def guided_path(spec: ModelSpec, patches: np.ndarray, mean10: np.ndarray, std10: np.ndarray) -> np.ndarray:
+    """The 20 m bands of the patches super-resolved by the 20 m model.
+
+    Parameters
+    ----------
+    spec : ``spec.bands20`` names the channels after the model bands, ``spec.phase20`` the (row,
+        column) within the 20 m grid of the patches' first pixel.
+    patches : (N, C, P, P) float32 reflectance: the model bands, then the 20 m bands on the 10 m grid.
+    mean10, std10 : (N, c10, sP, sP) the 10 m path's mean and standard deviation.
+
+    Returns
+    -------
+    (N, 2, len(bands20), sP, sP) float32: mean (clipped at 0, as the 10 m path) and standard deviation.
+
+    A 20 m pixel cut by the patch edge (phase 1) is completed by one row/column of edge padding of
+    every input (its value is known from its half inside), and the output cropped back. 20 m bands the
+    input lacks are stood in for by the present 20 m band nearest in wavelength (the model sees six).
+    """
+    guided = get_guided(spec)
+    n10 = mean10.shape[1]
+    size = patches.shape[-1]
+    s = mean10.shape[-1] // size
+    py, px = spec.phase20
+    pad = ((0, 0), (0, 0), (py, (size + py) % 2), (px, (size + px) % 2))
+    lr10, fine20 = patches[:, :n10], patches[:, n10:]
+    if any(p for axis in pad for p in axis):
+        lr10, fine20 = np.pad(lr10, pad, mode="edge"), np.pad(fine20, pad, mode="edge")
+        hr_pad = tuple((s * a, s * b) for a, b in pad)
+        mean10, std10 = np.pad(mean10, hr_pad, mode="edge"), np.pad(std10, hr_pad, mode="edge")
+    n, k, h, w = fine20.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
+        native = np.nanmean(fine20.reshape(n, k, h // 2, 2, w // 2, 2), axis=(3, 5)).astype(np.float32)
+    target = native[:, _stand_ins(spec.bands20, guided.bands)]
+    if not spec.samples:  # the fast path has no 10 m uncertainty to propagate: the 20 m std is not computed
+        std10 = np.where(np.isnan(mean10), np.float32(np.nan), np.float32(0.0))
+    mean, std = guided.superresolve(lr10, target, mean10, std10)
+    if not spec.samples:
+        std = np.full_like(std, np.nan)
+    index = [guided.bands.index(b) for b in spec.bands20]
+    crop = (slice(None), index, slice(s * py, s * (py + size)), slice(s * px, s * (px + size)))
+    mean = np.maximum(mean[crop], np.float32(0.0))  # reflectance is not negative (as the 10 m path; NaN stays)
+    return np.stack([mean, std[crop]], axis=1).astype(np.float32)
+
+
+def _stand_ins(present: tuple[str, ...], order: tuple[str, ...]) -> list[int]:
+    """For each band of ``order``, the index in ``present`` of that band or, if absent, of the present
+    band nearest in central wavelength."""
+    def nearest(band: str) -> int:
+        if band in present:
+            return present.index(band)
+        wl = BANDS[band].wavelength_nm
+        return min(range(len(present)), key=lambda i: abs(BANDS[present[i]].wavelength_nm - wl))
+
+    return [nearest(b) for b in order]

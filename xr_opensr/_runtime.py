@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from .models import SRModel
 
-__all__ = ["ModelSpec", "get_model", "load_count", "clear_cache", "model_lock", "torch_threads", "local_cluster"]
+__all__ = ["ModelSpec", "get_model", "get_guided", "load_count", "clear_cache", "model_lock", "torch_threads", "local_cluster"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,11 @@ class ModelSpec:
         process has more cores than concurrent tasks (one block, or a dask worker with
         ``nthreads=1`` on a multi-core machine).
     compile : run the denoiser through ``torch.compile`` (CUDA graphs on a GPU).
+    model20 : the 20 m-band model (``"s2-20m"`` or the absolute path of a folder), None: no 20 m path.
+    bands20 : the native 20 m bands in the patches after the model bands (the 20 m path runs when
+        not empty), in the 20 m model's order.
+    phase20 : (row, column) of the patches' first pixel within the 20 m grid, 0 or 1 (10 m pixels):
+        where the 2 x 2 blocks of 10 m pixels holding one 20 m pixel begin.
     """
 
     model: str = "default"
@@ -59,6 +64,9 @@ class ModelSpec:
     batch_size: int | None = None
     cpu_threads: int = 1
     compile: bool = False
+    model20: str | None = None
+    bands20: tuple[str, ...] = ()
+    phase20: tuple[int, int] = (0, 0)
 
     @property
     def n_outputs(self) -> int:
@@ -100,13 +108,37 @@ def get_model(spec: ModelSpec) -> SRModel:
     from .errors import InputError
     from .models.pipeline import MAX_SAMPLES
 
-    if not 1 <= spec.samples <= MAX_SAMPLES:
-        raise InputError(f"samples must be in [1, {MAX_SAMPLES}] (memory does not grow with samples, time "
+    if not 0 <= spec.samples <= MAX_SAMPLES:
+        raise InputError(f"samples must be in [0, {MAX_SAMPLES}] (memory does not grow with samples, time "
                          f"does), got {spec.samples}")
     if spec.cpu_threads < 1:
         raise InputError(f"threads must be a positive integer, got {spec.cpu_threads}")
     with _LOAD_LOCK:  # two threads asking at once load once
         return _load(spec.model, spec.device, spec.dtype, spec.ema, spec.compile)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_guided(model20: str, device: str) -> Any:
+    global _LOADS
+    from .models.guided import load_guided
+
+    net = load_guided(model20, device=device)
+    with _LOADS_LOCK:
+        _LOADS += 1
+    return net
+
+
+def get_guided(spec: ModelSpec) -> Any:
+    """The 20 m-band model of ``spec`` (:class:`~xr_opensr.models.guided.GuidedSR`), on the device of
+    ``get_model(spec)``, loaded on first use in this process and cached. Raises the errors of
+    :func:`~xr_opensr.models.guided.load_guided` (InputError, ConfigError, CheckpointError)."""
+    from .errors import InputError
+
+    if spec.model20 is None:
+        raise InputError("no 20 m model in this ModelSpec: set model20 (e.g. 's2-20m')")
+    device = str(get_model(spec).device)
+    with _LOAD_LOCK:
+        return _load_guided(spec.model20, device)
 
 
 def load_count() -> int:
@@ -117,6 +149,7 @@ def load_count() -> int:
 def clear_cache() -> None:
     """Forget the cached models of this process (the next :func:`get_model` loads again)."""
     _load.cache_clear()
+    _load_guided.cache_clear()
 
 
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}

@@ -19,10 +19,18 @@ __all__ = ["OpenSRAccessor"]
 
 class OpenSRAccessor:
     """``obj.opensr``: super-resolution of Sentinel-2 cubes (DataArray with a band dim, or a
-    Dataset with one variable per band)."""
+    Dataset with one variable per band); it knows which bands are natively 20 m (:attr:`bands20`)."""
 
     def __init__(self, obj: xr.DataArray | xr.Dataset) -> None:
         self._obj = obj
+
+    @property
+    def bands20(self) -> list[str]:
+        """The native 20 m bands the object holds that ``superresolve`` can take (band ids, e.g. ``["B11"]``),
+        found by name as ``superresolve(bands="all")`` finds them."""
+        from ._inputs import native20_bands
+
+        return native20_bands(self._obj)
 
     def superresolve(
         self,
@@ -42,16 +50,19 @@ class OpenSRAccessor:
         histogram_matching: bool = True,
         return_samples: bool = False,
         output_dtype: Any = None,
+        model20: str | Path = "s2-20m",
     ) -> xr.Dataset:
-        """Lazy 4x super-resolution (10 m -> 2.5 m) with per-pixel uncertainty.
+        """Lazy 4x super-resolution (10 m and 20 m bands -> 2.5 m) with per-pixel uncertainty.
 
-        Returns a Dataset with ``sr`` and ``uncertainty`` (and ``samples``); see
+        ``bands="all"`` (or a list such as ``["B04", "B11"]``) adds the native 20 m bands; the default
+        is the four 10 m bands. Returns a Dataset with ``sr`` and ``uncertainty`` (and ``samples``); see
         :func:`xr_opensr.superresolve` for the parameters, input conventions and errors.
         """
         return superresolve(
             self._obj, samples, model=model, steps=steps, eta=eta, seed=seed, bands=bands, patch=patch,
             overlap=overlap, batch_size=batch_size, threads=threads, device=device, dtype=dtype,
             histogram_matching=histogram_matching, return_samples=return_samples, output_dtype=output_dtype,
+            model20=model20,
         )
 
 

@@ -121,6 +121,8 @@ def _model_report(result: Any, model: str, caught: Sequence[warnings.WarningMess
         f"model: {name} {version} (requested {model!r}); {attrs.get('samples')} samples, "
         f"{attrs.get('steps')} DDIM steps, seed {attrs.get('seed')}, patch {attrs.get('patch')} px"
     )
+    if attrs.get("model20"):
+        _say(f"20 m bands: model {attrs['model20']} {attrs.get('model20_version', '?')}")
     for w in caught:
         if _UNTRAINED_MARK not in str(w.message):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -202,8 +204,23 @@ def _superresolve(obj: Any, args: argparse.Namespace) -> tuple[Any, bool]:
             args.samples, model=args.model, steps=args.steps, seed=args.seed, device=args.device,
             output_dtype=args.dtype, threads=args.threads,
             dtype=None if args.precision == "float32" else args.precision,
+            bands=_sr_bands(args), model20=args.model20,
         )
     return result, _model_report(result, args.model, caught)
+
+
+def _all_bands(bands: Sequence[str] | None) -> bool:
+    """``--bands all``."""
+    return bands is not None and [b.strip().lower() for b in bands] == ["all"]
+
+
+def _sr_bands(args: argparse.Namespace) -> Any:
+    """``superresolve(bands=...)`` of the CLI options: "all" for ``--bands all``; for ``search``, the bands
+    named; otherwise None (the 10 m bands; ``superresolve --bands NAMES`` names a GeoTIFF's bands)."""
+    bands = getattr(args, "bands", None)
+    if _all_bands(bands):
+        return "all"
+    return list(bands) if bands and args.command == "search" else None
 
 
 def _describe_written(paths: Sequence[Path], seconds: float) -> None:
@@ -291,7 +308,8 @@ def cmd_superresolve(args: argparse.Namespace) -> int:
 
     _io.check_outputs(args.output, overwrite=args.overwrite, inputs=[args.input])
     with _io.reserve(_io.output_paths(args.output), overwrite=args.overwrite):  # before any work: exit 2 at once
-        obj = _io.open_input(args.input, chunks=args.chunks, bands=args.bands, variable=args.variable)
+        labels = None if _all_bands(args.bands) else args.bands
+        obj = _io.open_input(args.input, chunks=args.chunks, bands=labels, variable=args.variable)
         obj = _select_time(obj, args.time, args.input)
         _say(f"input: {args.input} {dict(obj.sizes)}")
         return _superresolve_and_write(obj, args)
@@ -331,10 +349,17 @@ def _cloud(item: Any) -> float:
     return float(value) if value is not None else float("inf")
 
 
-def _load_for_bbox(stac: Any, items: Sequence[Any], bbox: Sequence[float], chunks: Any) -> Any:
-    """``stac.load_s2`` cropped to the bbox, one dask block per ``chunks`` LR pixels."""
+def _load_for_bbox(stac: Any, items: Sequence[Any], bbox: Sequence[float], chunks: Any,
+                   bands: Sequence[str] | None = None) -> Any:
+    """``stac.load_s2`` of ``bands`` (``--bands``: "all", or names, loaded with the 10 m bands that guide
+    them; default the 10 m bands) cropped to the bbox, one dask block per ``chunks`` LR pixels."""
     chunk_arg = {"x": chunks, "y": chunks} if isinstance(chunks, int) else None
-    return stac.load_s2(list(items), chunks=chunk_arg, bbox=tuple(bbox))
+    load: Any = stac.DEFAULT_BANDS
+    if _all_bands(bands):
+        load = "all"
+    elif bands:
+        load = list(dict.fromkeys([*stac.DEFAULT_BANDS, *bands]))
+    return stac.load_s2(list(items), bands=load, chunks=chunk_arg, bbox=tuple(bbox))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -362,7 +387,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         day = best.datetime.date()
         items = [it for it in items if it.datetime.date() == day]  # the whole pass over the bbox
         _say(f"using the least cloudy: {best.id} ({day}, {len(items)} item(s) of that day)")
-    ds = _load_for_bbox(stac, items, bbox, args.chunks)
+    ds = _load_for_bbox(stac, items, bbox, args.chunks, args.bands)
     if not args.all and "time" in ds.dims and ds.sizes["time"] > 1:
         ds = ds.isel(time=[0])
     _say(f"loaded {dict(ds.sizes)}")
@@ -430,9 +455,13 @@ def _add_sr_options(p: argparse.ArgumentParser, *, chunks: int = 256) -> None:
     g = p.add_argument_group("super-resolution")
     g.add_argument("--model", default="default",
                    help="registered name (default, tiny), model folder or LDSR-S2 .ckpt (default: %(default)s)")
-    g.add_argument("--samples", type=_positive(int), default=10,
-                   help="diffusion samples per pixel; sr is their mean, uncertainty their std (default: %(default)s)")
+    g.add_argument("--samples", type=_non_negative_int, default=10,
+                   help="samples per pixel; sr is their mean, uncertainty their std; 0: the model's mean alone, "
+                        "fastest, no uncertainty (default: %(default)s)")
     g.add_argument("--steps", type=_positive(int), default=None, help="DDIM steps (default: the model's)")
+    g.add_argument("--model20", default="s2-20m",
+                   help="the 20 m-band model, used for B05, B06, B07, B8A, B11, B12 (--bands all): a name or a "
+                   "model folder (default: %(default)s)")
     g.add_argument("--seed", type=_non_negative_int, default=0, help="base seed (default: %(default)s)")
     g.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     g.add_argument("--dtype", choices=("float32", "uint16"), default="float32",
@@ -479,16 +508,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "superresolve", help="super-resolve a GeoTIFF/COG or Zarr file to a COG or Zarr store", formatter_class=fmt,
-        description="Super-resolve INPUT (GeoTIFF/COG or Zarr; 10 m B04, B03, B02, B08 as DN or reflectance) 4x.\n"
+        description="Super-resolve INPUT (GeoTIFF/COG or Zarr; 10 m B04, B03, B02, B08 as DN or reflectance) 4x;\n"
+        "with --bands all also the 20 m bands B05, B06, B07, B8A, B11, B12 the input holds (on the 10 m grid).\n"
         "OUTPUT.tif: sr -> OUTPUT.tif and uncertainty -> OUTPUT_uncertainty.tif (COGs, one time step);\n"
         "OUTPUT.zarr: one Zarr store with sr and uncertainty (any number of time steps).",
         epilog="examples:\n  xr-opensr superresolve s2.tif sr.tif --bands B04 B03 B02 B08\n"
+        "  xr-opensr superresolve ten_bands.zarr sr.zarr --bands all\n"
         "  xr-opensr superresolve cube.zarr sr.zarr --workers 4 --samples 20",
     )
     p.add_argument("input", help="GeoTIFF/COG (.tif) or Zarr store (.zarr)")
     p.add_argument("output", help="output path ending in .tif (COG) or .zarr")
     p.add_argument("--bands", nargs="+", metavar="NAME",
-                   help="names of the GeoTIFF's bands in file order when it has no band descriptions, e.g. B04 B03 B02 B08")
+                   help="'all': every band the input holds of the ten (B04, B03, B02, B08, B05, B06, B07, B8A, B11, "
+                   "B12); or the names of the GeoTIFF's bands in file order when it has no band descriptions, e.g. "
+                   "B04 B03 B02 B08")
     p.add_argument("--variable", help="the variable of a Zarr store to use, if not named like S2 bands")
     p.add_argument("--time", help="only this time step: an ISO date (nearest) or an integer position")
     _add_sr_options(p)
@@ -510,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cloud", type=_cloud_percent, default=20, help="largest eo:cloud_cover in %% (default: %(default)s)")
     p.add_argument("--limit", type=_positive(int), default=None, help="at most this many items from the search")
     p.add_argument("--all", action="store_true", help="super-resolve every scene found (needs a .zarr OUTPUT)")
+    p.add_argument("--bands", nargs="+", metavar="NAME",
+                   help="bands to load and super-resolve: 'all' (the four 10 m and six 20 m bands) or names, e.g. "
+                   "B04 B11 (default: B04 B03 B02 B08)")
     _add_sr_options(p)
     p.set_defaults(func=cmd_search)
 

@@ -8,6 +8,7 @@ geometry comes from an odc-geo ``GeoBox`` and the data from a dask graph (``_gra
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Hashable, Mapping, Sequence
@@ -44,8 +45,13 @@ def superresolve(
     histogram_matching: bool = True,
     return_samples: bool = False,
     output_dtype: Any = None,
+    model20: str | Path = "s2-20m",
 ) -> xr.Dataset:
-    """Super-resolve Sentinel-2 10 m bands 4x (to 2.5 m), lazily, with per-pixel uncertainty.
+    """Super-resolve Sentinel-2 bands 4x (to 2.5 m), lazily, with per-pixel uncertainty.
+
+    The four 10 m bands (B04, B03, B02, B08) go through the diffusion model (``model``); the six
+    native 20 m bands (B05, B06, B07, B8A, B11, B12), when asked for, through the 20 m model
+    (``model20``), guided by the four 10 m bands and their super-resolution in the same patch.
 
     Parameters
     ----------
@@ -66,14 +72,29 @@ def superresolve(
         Checked when computed (the data are only known then): reflectance outside
         ``REFLECTANCE_RANGE`` (-0.1, 2) after scaling raises InputError; results are clipped at 0,
         and a band that comes out all 0 from input <= 0 warns (OpenSRWarning).
-    samples : diffusion samples per patch (>= 1); ``sr`` is their mean, ``uncertainty`` their std.
+    samples : samples per patch (>= 0); ``sr`` is their mean, ``uncertainty`` their std. With the
+        default model (v2) both come from its mean network and calibrated spread, and the diffusion
+        model runs only for ``return_samples``; ``samples=0`` is the fast deterministic path: the
+        mean alone, ``uncertainty`` NaN (models without a mean network refuse it when computed).
     model : registered name (``"default"``, ``"tiny"``) or path of a model folder / ``.ckpt``.
     steps, eta : DDIM steps and eta (None = the model's defaults).
     seed : base seed (>= 0). A patch's noise depends only on (seed, patch row, patch column, the
         leading coordinates, e.g. the time stamp): results do not depend on chunks or scheduler.
-    bands : input labels of the model bands (default order B04, B03, B02, B08 = red, green, blue,
-        nir) as a sequence, or a mapping ``{"B04": label, ...}``. Default: found by name,
-        case-insensitive (``B04``/``B4``/``red`` ...), extra bands ignored.
+    bands : the bands to super-resolve. None (default): the 10 m bands B04, B03, B02, B08 (red,
+        green, blue, nir), found by name, case-insensitive (``B04``/``B4``/``red`` ...), extra bands
+        ignored. ``"all"``: those four, then those of B05, B06, B07, B8A, B11, B12 the input holds.
+        A list of band names (ids or common names) with a 20 m band among them or all four 10 m
+        bands, e.g. ``["B04", "B08", "swir16"]``: those bands in that order, each found by the name
+        given, then by its aliases. A mapping ``{"B11": "my_label", ...}``: those bands, found by the
+        labels given. For inputs whose labels are not band names: a list of the input labels of B04,
+        B03, B02, B08 in that order (e.g. ``[1, 2, 3, 4]``), or a mapping ``{"B04": label, "B03": ...,
+        "B02": ..., "B08": ...}``.
+        The 20 m bands are expected on the 10 m grid as odc-stac and ``xr_opensr.stac.load_s2`` deliver
+        them by default (nearest neighbour: each 20 m pixel a 2 x 2 block of 10 m pixels, blocks on the
+        Sentinel-2 20 m grid, i.e. at multiples of 20 m of the CRS); the mean of each block is taken as
+        the native value (other resamplings: an approximation). They need the four 10 m bands in the
+        input (the guide). The 20 m model sees all six 20 m bands the input holds (asked for or not; a
+        missing one is stood in for by the present band nearest in wavelength).
     patch, overlap : LR pixels per patch side and of overlap between neighbours (default: the
         model's ``patch_size`` and ``default_overlap``; ``0 <= overlap <= patch/2``).
     batch_size : (patch, sample) latents per network call, the same in every call (None: the
@@ -89,6 +110,9 @@ def superresolve(
     return_samples : also return the samples (variable ``samples``, extra leading dim ``sample``).
     output_dtype : None/"float32" (reflectance) or "uint16": DN = round(reflectance x 10000), nodata 0,
         CF ``scale_factor``/``_FillValue`` attrs (lossless to 1e-4; see ``xr_opensr._encode``).
+    model20 : the 20 m-band model: ``"s2-20m"`` (shipped) or a model folder; used only when 20 m
+        bands are asked for. Its uncertainty is its predicted standard deviation (``samples`` and
+        ``steps`` concern the 10 m bands); ``return_samples`` is not available with 20 m bands.
 
     Returns
     -------
@@ -108,7 +132,7 @@ def superresolve(
         reflectance, ModelError for NaN/inf results of valid pixels.
     """
     # 1. options (cheap, first)
-    samples = _positive_int("samples", samples)
+    samples = _count("samples", samples)
     steps = None if steps is None else _positive_int("steps", steps)
     eta = _eta(eta)
     seed = _seed(seed)
@@ -133,6 +157,9 @@ def superresolve(
     # 4. bands -> (*lead, band, y, x) raw dask array + per-band conversion -> graph
     inp = _inputs.model_input(obj, y_dim, x_dim, tuple(cfg.bands), bands)
     sel = inp.selection
+    bands20 = sel.bands20(tuple(cfg.bands))
+    if bands20:
+        spec = _guided_spec(spec, model20, bands20, geobox, patch, overlap)
     out = _graph.superresolve_array(
         inp.data, _inputs.kernel_for(spec), patch=patch, overlap=overlap, n_outputs=spec.n_outputs, seed=seed,
         scale=cfg.scale, lead_keys=inp.keys, band_scale=sel.scale, band_offset=sel.offset, band_nodata=sel.nodata,
@@ -141,6 +168,8 @@ def superresolve(
     # 5. xarray wrapping: coords from the 4x finer GeoBox, input dim order, attrs
     hr = geobox.zoom_out(1 / cfg.scale)
     ds = _wrap(out, inp, hr, y_dim, x_dim, samples if return_samples else 0)
+    if sel.picks != list(range(len(sel.labels))):
+        ds = ds.isel({sel.band_dim: sel.picks})
     ds.attrs = {
         "title": "Sentinel-2 4x super-resolution (xr-opensr)",
         "model": cfg.name,
@@ -158,11 +187,21 @@ def superresolve(
         "units": "1 (surface reflectance)",
         "resolution_m": GRID_RESOLUTION_M / cfg.scale,
     }
+    if bands20:
+        guided = _runtime.get_guided(spec).config
+        ds.attrs.update(model20=guided.name, model20_version=guided.version)
     ds = ds.rio.write_crs(obj.rio.crs).rio.write_transform(hr.affine)
     return _encode.encode(ds, output_dtype)
 
 
 # --------------------------------------------------------------------------- options
+
+
+def _count(name: str, value: Any) -> int:
+    """A non-negative integer (``samples=0``: the fast deterministic path of a model with a mean network)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise InputError(f"{name} must be an integer >= 0 (0: the mean alone, without uncertainty), got {value!r}")
+    return int(value)
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -244,6 +283,32 @@ def _patch_grid(cfg: Any, steps: int | None, patch: int | None, overlap: int | N
             f"(e.g. overlap={cfg.default_overlap})"
         )
     return patch, overlap
+
+
+def _guided_spec(spec: _runtime.ModelSpec, model20: Any, bands20: tuple[str, ...], geobox: Any, patch: int,
+                 overlap: int) -> _runtime.ModelSpec:
+    """``spec`` with the 20 m path (checked, its model loaded): the 20 m grid must tile the patch grid."""
+    if spec.return_samples:
+        raise InputError(
+            f"return_samples=True with the 20 m bands {list(bands20)}: the 20 m model gives a mean and a "
+            "standard deviation, not samples; use return_samples=False, or ask for 10 m bands only"
+        )
+    if patch % 2 or overlap % 2:
+        raise InputError(
+            f"patch={patch} and overlap={overlap} with 20 m bands: both must be even (10 m pixels), so that "
+            "every patch starts on the 20 m grid; e.g. overlap=8"
+        )
+    spec = dataclasses.replace(spec, model20=_model20_id(model20), bands20=bands20,
+                               phase20=_inputs.phase20(geobox))
+    _runtime.get_guided(spec)  # eager: a missing or broken 20 m model fails here, not in a task
+    return spec
+
+
+def _model20_id(model20: Any) -> str:
+    if not isinstance(model20, str | Path):
+        raise InputError(f"model20 must be a name ('s2-20m') or a model folder, got {type(model20).__name__}")
+    path = Path(model20).expanduser()
+    return str(path.resolve()) if path.exists() else str(model20)
 
 
 # --------------------------------------------------------------------------- output

@@ -1,4 +1,5 @@
-"""Quicklook figures: the 10 m input, the 2.5 m super-resolution and its uncertainty side by side.
+"""Quicklook figures: the 10 m input, the 2.5 m super-resolution and its uncertainty side by side (true
+colour, and a false-colour SWIR composite when the 20 m bands were super-resolved).
 
 matplotlib is an optional dependency (``pip install "xr-opensr[plot]"``), imported when a function
 here is called.
@@ -15,7 +16,7 @@ import xarray as xr
 from . import sentinel2
 from .errors import BandError, InputError
 
-__all__ = ["quicklook", "to_reflectance"]
+__all__ = ["SWIR_BANDS", "quicklook", "to_reflectance"]
 
 _PLOT_EXTRA = 'pip install "xr-opensr[plot]"'
 
@@ -118,17 +119,33 @@ def _stretch(rgb: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return out
 
 
+#: the false-colour SWIR composite of the quicklook (red = SWIR 2.2 um, green = narrow NIR, blue = red):
+#: vegetation green, bare soil and built-up areas pink to brown, water black, burnt areas red
+SWIR_BANDS: tuple[str, ...] = ("B12", "B8A", "B04")
+
+
+def _has_bands(obj: Any, bands: Sequence[str]) -> bool:
+    try:
+        _pick_bands(_as_band_array(obj, "obj"), bands, "obj")
+    except (BandError, InputError):
+        return False
+    return True
+
+
 def quicklook(
     lr: xr.DataArray | xr.Dataset,
     result: xr.Dataset,
     *,
     bands: Sequence[Hashable] = sentinel2.RGB_BANDS,
+    swir: bool | None = None,
+    swir_bands: Sequence[Hashable] = SWIR_BANDS,
     time: Any = None,
     ax: Sequence[Any] | None = None,
-    figsize: tuple[float, float] = (15.0, 5.2),
+    figsize: tuple[float, float] | None = None,
     robust: tuple[float, float] = (2, 98),
 ):
-    """Plot the 10 m input, the 2.5 m super-resolution and its uncertainty side by side.
+    """Plot the 10 m input, the 2.5 m super-resolution and its uncertainty side by side; and below, when
+    the 20 m bands were super-resolved, the same for a false-colour SWIR composite (B12, B8A, B04).
 
     Parameters
     ----------
@@ -138,9 +155,13 @@ def quicklook(
         lazy (only the plotted bands and time step are loaded). Compute it once beforehand
         (``result = result.compute()``) or read it back from disk so the model does not run again.
     bands : red, green, blue band names (S2 ids or common names) for the true-colour images.
+    swir : add the row of the false-colour composite ``swir_bands``: None (default) when both ``lr``
+        and ``result`` hold those bands (e.g. ``superresolve(bands="all")``) and ``ax`` is None or six Axes.
+    swir_bands : the bands shown as red, green, blue in that row (default :data:`SWIR_BANDS`).
     time : time step to show (a label, selected nearest, or an integer position); default the first.
-    ax : three matplotlib Axes to draw into (a new figure is made when None).
-    figsize : figure size in inches when ``ax`` is None.
+    ax : three matplotlib Axes to draw into (six with the SWIR row: true colour first); a new figure
+        is made when None.
+    figsize : figure size in inches when ``ax`` is None (default 15 x 5.2 per row).
     robust : lower and upper percentiles of the LR reflectance (per band, NaN ignored) mapped to
         black and full brightness; the same stretch is applied to the super-resolved image.
 
@@ -148,19 +169,57 @@ def quicklook(
     -------
     matplotlib.figure.Figure
         Axes 1-3: LR (10 m), SR (2.5 m) and uncertainty (mean over the RGB bands of the per-band
-        standard deviation, reflectance units, with a colorbar). All three share the extent in map
-        coordinates (metres of the CRS).
+        standard deviation, reflectance units, with a colorbar); 4-6 the same for the SWIR composite.
+        All share the extent in map coordinates (metres of the CRS).
     """
     _, plt = _pyplot()
     if not isinstance(result, xr.Dataset) or "sr" not in result or "uncertainty" not in result:
         raise InputError("result must be the Dataset returned by .opensr.superresolve() (with 'sr' and 'uncertainty')")
-    bands = tuple(str(b) for b in bands)
-    if len(bands) != 3:
-        raise BandError(f"bands must name 3 bands (red, green, blue), got {bands}")
+    rows = [tuple(str(b) for b in bands)]
+    for row in rows:
+        if len(row) != 3:
+            raise BandError(f"bands must name 3 bands (red, green, blue), got {row}")
     lo_pct, hi_pct = (float(v) for v in robust)
     if not 0 <= lo_pct < hi_pct <= 100:
         raise InputError(f"robust must be two percentiles 0 <= low < high <= 100, got {robust}")
+    swir_row = tuple(str(b) for b in swir_bands)
+    if swir is None:
+        swir = (ax is None or len(list(ax)) == 6) and _has_bands(lr, swir_row) and _has_bands(result["sr"], swir_row)
+    if swir:
+        if len(swir_row) != 3:
+            raise BandError(f"swir_bands must name 3 bands (red, green, blue), got {swir_row}")
+        rows.append(swir_row)
 
+    if ax is None:
+        size = figsize or (15.0, 5.2 * len(rows))
+        fig, grid = plt.subplots(len(rows), 3, figsize=size, sharex=True, sharey=True, layout="constrained",
+                                 squeeze=False)
+        axes = [a for row in grid for a in row]
+    else:
+        axes = list(ax)
+        if len(axes) != 3 * len(rows):
+            raise InputError(f"ax must be {3 * len(rows)} matplotlib Axes, got {len(axes)}"
+                             if swir else f"ax must be three matplotlib Axes, got {len(axes)}")
+        fig = axes[0].figure
+    for i, row in enumerate(rows):
+        extent, crs = _draw_row(axes[3 * i:3 * i + 3], lr, result, row, time, (lo_pct, hi_pct),
+                                "RGB" if i == 0 else "SWIR composite")
+    crs_text = f", {crs.to_string()}" if crs is not None else ""
+    for a in axes:
+        a.set_xlim(extent[0], extent[1])
+        a.set_ylim(extent[2], extent[3])
+        a.set_aspect("equal")
+        a.ticklabel_format(style="plain", useOffset=False)
+        a.tick_params(axis="x", labelrotation=30)
+        a.set_xlabel(f"x (m{crs_text})")
+    for a in axes[::3]:
+        a.set_ylabel(f"y (m{crs_text})")
+    return fig
+
+
+def _draw_row(axes: Sequence[Any], lr: Any, result: xr.Dataset, bands: tuple[str, ...], time: Any,
+              robust: tuple[float, float], what: str) -> tuple[tuple[float, float, float, float], Any]:
+    """LR, SR and uncertainty of the composite ``bands`` into three Axes; returns (extent, CRS or None)."""
     lr_rgb = to_reflectance(_select_time(_pick_bands(_as_band_array(lr, "lr"), bands, "lr"), time, "lr"))
     sr_rgb = _select_time(_pick_bands(result["sr"], bands, "result.sr"), time, "result.sr")
     unc = _select_time(_pick_bands(result["uncertainty"], bands, "result.uncertainty"), time, "result.uncertainty")
@@ -172,17 +231,9 @@ def quicklook(
     if not np.isfinite(flat).any():
         raise InputError("the LR image has no valid pixels in the bands to plot (all nodata)")
     with np.errstate(all="ignore"):
-        lo = np.nanpercentile(flat, lo_pct, axis=1)
-        hi = np.nanpercentile(flat, hi_pct, axis=1)
+        lo = np.nanpercentile(flat, robust[0], axis=1)
+        hi = np.nanpercentile(flat, robust[1], axis=1)
     lo, hi = np.nan_to_num(lo), np.nan_to_num(hi, nan=1.0)
-
-    if ax is None:
-        fig, axes = plt.subplots(1, 3, figsize=figsize, sharex=True, sharey=True, layout="constrained")
-    else:
-        axes = list(ax)
-        if len(axes) != 3:
-            raise InputError(f"ax must be three matplotlib Axes, got {len(axes)}")
-        fig = axes[0].figure
     extent = _extent(lr_rgb)
 
     stamp = ""
@@ -198,7 +249,9 @@ def quicklook(
     axes[0].set_title(f"input {res_lr:g} m ({rgb_name}){stamp}")
     axes[1].imshow(_stretch(sr_np, lo, hi), extent=_extent(sr_rgb), interpolation="nearest")
     sr_title = f"super-resolved {res_sr:g} m"
-    if model:
+    if what != "RGB":
+        sr_title += f" ({rgb_name})"
+    elif model:
         sr_title += f" (model {model}" + (f", {samples} samples)" if samples else ")")
     axes[1].set_title(sr_title)
     finite = unc_np[np.isfinite(unc_np)]
@@ -207,21 +260,12 @@ def quicklook(
         np.ma.masked_invalid(unc_np), extent=_extent(unc), cmap="magma", vmin=0,
         vmax=vmax if vmax > 0 else None, interpolation="nearest",
     )
-    axes[2].set_title("uncertainty (mean over RGB)")
-    fig.colorbar(img, ax=axes[2], shrink=0.85, label="reflectance std")
+    axes[2].set_title(f"uncertainty (mean over {what if what != 'RGB' else 'RGB'})")
+    axes[2].figure.colorbar(img, ax=axes[2], shrink=0.85, label="reflectance std")
 
     crs = None
     try:
         crs = result.rio.crs or lr_rgb.rio.crs
     except Exception:  # no CRS recorded
         crs = None
-    crs_text = f", {crs.to_string()}" if crs is not None else ""
-    for a in axes:
-        a.set_xlim(extent[0], extent[1])
-        a.set_ylim(extent[2], extent[3])
-        a.set_aspect("equal")
-        a.ticklabel_format(style="plain", useOffset=False)
-        a.tick_params(axis="x", labelrotation=30)
-        a.set_xlabel(f"x (m{crs_text})")
-    axes[0].set_ylabel(f"y (m{crs_text})")
-    return fig
+    return extent, crs

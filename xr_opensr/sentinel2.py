@@ -32,11 +32,13 @@ __all__ = [
     "BAND_ALIASES",
     "BAND_DIM_NAMES",
     "GRID_RESOLUTION_M",
+    "GUIDED_BANDS",
     "MODEL_BANDS",
     "QUANTIFICATION",
     "RGB_BANDS",
     "SCL_CLASSES",
     "SCL_MASKED",
+    "SR_BANDS",
     "Band",
     "ReflectanceRule",
     "canonical_band",
@@ -108,6 +110,13 @@ ASSET_KEYS: dict[str, tuple[str, ...]] = {name: band.asset_keys for name, band i
 
 #: The bands of the shipped models, in the order their networks expect (red, green, blue, NIR).
 MODEL_BANDS: tuple[str, ...] = ("B04", "B03", "B02", "B08")
+
+#: The native 20 m bands the package super-resolves, guided by :data:`MODEL_BANDS`, in the order of
+#: the 20 m model (``xr_opensr.models.guided``): red edge 1-3, narrow NIR, SWIR 1-2.
+GUIDED_BANDS: tuple[str, ...] = ("B05", "B06", "B07", "B8A", "B11", "B12")
+
+#: Every band ``superresolve(bands="all")`` returns: the four 10 m bands, then the six 20 m bands.
+SR_BANDS: tuple[str, ...] = MODEL_BANDS + GUIDED_BANDS
 
 #: The true-colour bands (red, green, blue).
 RGB_BANDS: tuple[str, ...] = ("B04", "B03", "B02")

@@ -141,6 +141,8 @@ def _canonical_band(name: Any) -> str:
 
 
 def _resolve_bands(bands: Any) -> list[str]:
+    if isinstance(bands, str) and bands.strip().lower() == "all":
+        return list(_s2.SR_BANDS)
     if isinstance(bands, str):
         bands = (bands,)
     try:
@@ -510,9 +512,13 @@ def load_s2(
     ----------
     items_or_search : pystac.Item, sequence of Items, ItemCollection or pystac_client.ItemSearch
         E.g. the result of :func:`search`; the order is the mosaic priority.
-    bands : sequence of str
-        Band names (``S2_BANDS``: "B04"... or asset keys such as "red"); default the model's
-        ("B04", "B03", "B02", "B08"). Add "SCL" to get the scene classification back (uint8).
+    bands : sequence of str, or "all"
+        Band names (``S2_BANDS``: "B04"... or asset keys such as "red", "swir16"); default the 10 m
+        bands of the models ("B04", "B03", "B02", "B08"); "all": those and the six 20 m bands that
+        ``superresolve(bands="all")`` takes (B05, B06, B07, B8A, B11, B12). Add "SCL" to get the scene
+        classification back (uint8). Bands of another native resolution are put on the output grid
+        by nearest neighbour: at ``resolution=10`` each 20 m pixel is a 2 x 2 block of equal pixels,
+        what ``superresolve`` expects.
     resolution : float
         Pixel size in units of the output CRS (metres for UTM). 10 for the super-resolution model.
     chunks : dict, optional

@@ -3,10 +3,12 @@
 * :func:`synthetic_scene` -- a 2.5 m "truth": (4, H, W) float32 reflectance in the model band order
   B04, B03, B02, B08 (red, green, blue, NIR) with land-cover parcels, texture, roads, field
   boundaries, water and, on request, clouds and nodata (NaN).
+* :func:`bands20` -- plausible native 20 m bands (B05, B06, B07, B8A, B11, B12) for such a scene.
 * :func:`s2_cube` -- that scene brought to a 10 m grid (Gaussian PSF + 4 x 4 area mean) as an
   xarray object laid out like real data: UTM CRS, pixel-centre coordinates, uint16 DN =
   reflectance x 10000 with nodata 0 (or float32 reflectance), DataArray with a ``band`` dim or
-  Dataset with one variable per band (odc-stac), optional ``time`` dim.
+  Dataset with one variable per band (odc-stac), optional ``time`` dim; any of the ten bands, the
+  20 m ones at 20 m and put on the 10 m grid by nearest neighbour (as odc-stac delivers them).
 * :func:`demo_cube` -- a real 128 x 128 px Sentinel-2 L1C crop shipped with the package.
 
 Everything is a pure function of its arguments (``numpy.random.SeedSequence``); nothing imports
@@ -26,9 +28,9 @@ import pandas as pd
 import xarray as xr
 
 from . import sensor
-from .sentinel2 import MODEL_BANDS, QUANTIFICATION
+from .sentinel2 import GUIDED_BANDS, MODEL_BANDS, QUANTIFICATION, SR_BANDS, canonical_band
 
-__all__ = ["BANDS", "LAND_COVER", "SceneStyle", "demo_cube", "s2_cube", "synthetic_scene"]
+__all__ = ["BANDS", "LAND_COVER", "SceneStyle", "bands20", "demo_cube", "s2_cube", "synthetic_scene"]
 
 #: band order of every array made here (and of the model): red, green, blue, NIR
 BANDS = MODEL_BANDS
@@ -49,6 +51,10 @@ _ROOFS = (  # (B04, B03, B02, B08): clay tiles, light concrete / metal, dark bit
 _ASPHALT = (0.09, 0.09, 0.085, 0.12)
 _TRACK = (0.16, 0.13, 0.10, 0.22)
 _CLOUD = (0.45, 0.46, 0.48, 0.47)
+_CLOUD20 = (0.47, 0.47, 0.47, 0.47, 0.38, 0.30)  # B05, B06, B07, B8A, B11, B12: SWIR darker (ice/water)
+#: where each 20 m band lies between red (0) and NIR (1): vegetation (a steep red edge), other cover
+_EDGE_VEG = (0.12, 0.55, 0.88, 1.02)
+_EDGE_FLAT = (0.24, 0.45, 0.70, 1.05)
 
 #: default HR pixel size (m) of :func:`synthetic_scene`, and the 10 m grid of :func:`s2_cube`
 HR_PIXEL_M = 2.5
@@ -327,14 +333,16 @@ def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
 
 
 def _add_clouds(scene: np.ndarray, rng: np.random.Generator, px: float,
-                cover: tuple[float, float] = (0.15, 0.4)) -> None:
-    """Bright clouds (cover drawn in ``cover``, default 15-40 %) with soft edges, and their shadows; in place."""
+                cover: tuple[float, float] = (0.15, 0.4), spectrum: Sequence[float] = _CLOUD) -> None:
+    """Bright clouds (cover drawn in ``cover``, default 15-40 %) with soft edges, and their shadows; in place.
+
+    ``spectrum``: the clouds' reflectance per band of ``scene`` (the draws do not depend on it)."""
     _, h, w = scene.shape
     field = _smooth_noise(rng, h, w, 60.0 / px) + 0.25 * _smooth_noise(rng, h, w, 10.0 / px)
     threshold = np.quantile(field, 1.0 - rng.uniform(*cover))
     alpha = np.clip((field - threshold) / 0.5, 0.0, 1.0)
     brightness = rng.uniform(0.75, 1.25) * (1 + 0.1 * _smooth_noise(rng, h, w, 8.0 / px))
-    cloud = np.clip(np.asarray(_CLOUD)[:, None, None] * brightness[None], 0.3, 0.6)
+    cloud = np.clip(np.asarray(spectrum)[:, None, None] * brightness[None], 0.3, 0.6)
     dy, dx = (int(round(v / px)) for v in rng.uniform(40.0, 120.0, 2) * rng.choice([-1, 1], 2))
     shadow = np.roll(alpha, (dy, dx), axis=(0, 1))
     scene *= (1.0 - 0.55 * shadow)[None]
@@ -351,6 +359,60 @@ def _add_nodata(scene: np.ndarray, rng: np.random.Generator, fraction: float) ->
     if n:
         cut = np.argsort(proj, axis=None)[:n]
         scene[:, cut // w, cut % w] = np.nan
+
+
+# --------------------------------------------------------------------------- 20 m bands
+
+
+def bands20(scene: np.ndarray, seed: Seed = 0, *, pixel_size: float = HR_PIXEL_M) -> np.ndarray:
+    """Plausible B05, B06, B07, B8A, B11, B12 reflectance for a scene of :data:`BANDS` (same grid).
+
+    The red-edge bands and B8A lie between red and NIR, on a steep red edge where the scene is green
+    (NDVI) and a straight line elsewhere; SWIR follows NIR and, on bare ground, red (B12 a fraction
+    of B11, smaller over vegetation). Each band then gets its own smooth texture (moisture, ~20 m;
+    2 % red edge, 6 % SWIR), so the 20 m bands are not a fixed combination of the 10 m bands.
+
+    Parameters
+    ----------
+    scene : (4, H, W) float reflectance, bands :data:`BANDS` (NaN = nodata, kept).
+    seed : the texture's seed.
+    pixel_size : metres per pixel of ``scene``.
+
+    Returns
+    -------
+    numpy.ndarray (6, H, W) float32 reflectance in [1e-4, 1], bands :data:`~xr_opensr.sentinel2.GUIDED_BANDS`.
+    """
+    red, nir = scene[0].astype(np.float64), scene[3].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        veg = np.clip((nir - red) / (nir + red), 0.0, 1.0)
+    out = [red + (v * a + (1 - v) * b) * (nir - red) for a, b, v in zip(_EDGE_VEG, _EDGE_FLAT, [veg] * 4)]
+    swir16 = 0.55 * nir + 0.9 * red * (1.0 - veg)
+    out += [swir16, swir16 * (0.45 + 0.4 * (1.0 - veg))]
+    rng = np.random.default_rng(_seed_sequence(seed))
+    h, w = red.shape
+    amplitude = (0.02, 0.02, 0.02, 0.02, 0.06, 0.06)
+    stack = [b * (1.0 + a * _smooth_noise(rng, h, w, 20.0 / pixel_size)) for b, a in zip(out, amplitude)]
+    return np.clip(np.stack(stack), 1e-4, 1.0).astype(np.float32)
+
+
+def _native20(hr: np.ndarray, ny: int, nx: int, phase: tuple[int, int]) -> np.ndarray:
+    """(k, 4 ny, 4 nx) 2.5 m bands -> (k, ny, nx): the 20 m sensor model (PSF twice the 10 m one, 8 x 8
+    area mean) on the 20 m grid whose blocks start at row/column ``phase``, repeated over 2 x 2 10 m
+    pixels (nearest neighbour); the grid is padded by edge values where a 20 m pixel reaches past it."""
+    py, px = phase
+    pad = ((0, 0), (4 * py, 4 * ((ny + py) % 2)), (4 * px, 4 * ((nx + px) % 2)))
+    coarse = sensor.degrade(np.pad(hr, pad, mode="edge"), 8, psf_sigma=2 * PSF_SIGMA_HR)
+    fine = coarse.repeat(2, axis=-2).repeat(2, axis=-1)
+    return fine[:, py:py + ny, px:px + nx]
+
+
+def _band_ids(bands: Sequence[str]) -> list[str] | None:
+    """The band ids of ``bands`` when every label names a distinct band of SR_BANDS, else None (labels
+    of the four model bands in their order)."""
+    ids = [canonical_band(b) for b in bands]
+    if all(i in SR_BANDS for i in ids) and len(set(ids)) == len(ids):
+        return [str(i) for i in ids]
+    return None
 
 
 # --------------------------------------------------------------------------- 10 m cube
@@ -383,7 +445,12 @@ def s2_cube(ny: int = 64, nx: int = 64, *, times: int | Sequence[Any] | None = N
     layout : "dataarray" -> DataArray (``[time,] band, y, x``) with band labels; "dataset" ->
         Dataset with one variable per band (the odc-stac layout).
     clouds, nodata_fraction : see :func:`synthetic_scene`.
-    bands : labels of the 4 bands (red, green, blue, NIR order).
+    bands : band labels: names of any of the ten bands (ids or common names, e.g. ``("B04", "B11")``
+        or ``("red", "swir16")``) in any order, or four labels of the bands red, green, blue, NIR in
+        that order. 20 m bands (:func:`bands20`) are made at 20 m (PSF twice the 10 m one, 8 x 8 area
+        mean) on the grid of multiples of 20 m of the CRS and put on the 10 m grid by nearest neighbour:
+        constant over 2 x 2 pixels, blocks starting at row/column 1 when ``origin`` is an odd multiple of
+        10 m. The 10 m bands do not depend on which 20 m bands are asked for.
 
     Returns
     -------
@@ -399,24 +466,38 @@ def s2_cube(ny: int = 64, nx: int = 64, *, times: int | Sequence[Any] | None = N
         raise ValueError(f"dtype must be 'uint16' or 'float32', got {dtype!r}")
     if layout not in ("dataarray", "dataset"):
         raise ValueError(f"layout must be 'dataarray' or 'dataset', got {layout!r}")
-    if len(bands) != 4:
-        raise ValueError(f"bands must name 4 bands (red, green, blue, NIR), got {bands}")
+    ids = _band_ids(bands)
+    if ids is None and len(bands) != 4:
+        raise ValueError(f"bands must name bands of {list(SR_BANDS)} or label the 4 bands red, green, blue, NIR, "
+                         f"got {bands}")
+    ids = ids if ids is not None else list(BANDS)
+    picks = [SR_BANDS.index(b) for b in ids]
+    want20 = any(b in GUIDED_BANDS for b in ids)
     if ny < 1 or nx < 1:
         raise ValueError(f"ny and nx must be >= 1, got {ny} x {nx}")
     stamps = _times(times)
-    land_ss, extra_ss = _seed_sequence(seed).spawn(2)
+    land_ss, extra_ss, band_ss = _seed_sequence(seed).spawn(3)  # the first two as before 20 m bands existed
     hr_px = resolution / 4.0
     hr_land = _land(np.random.default_rng(land_ss), 4 * ny, 4 * nx, hr_px)
+    if want20:
+        hr_land = np.concatenate([hr_land, bands20(hr_land, band_ss, pixel_size=hr_px)])
+    x0, y0 = (float(v) for v in origin)
+    phase = tuple(int(round(v / resolution)) % 2 for v in (y0, x0))
     layers = []
     for k, child in enumerate(extra_ss.spawn(1 if stamps is None else len(stamps))):
         gain_rng, cloud_rng, nodata_rng = (np.random.default_rng(s) for s in child.spawn(3))
         gain = np.ones(4) if k == 0 else 1.0 + gain_rng.normal(0.0, 0.03, 4)  # date 0: the scene as is
+        if want20:
+            gain = np.concatenate([gain, np.ones(6) if k == 0 else 1.0 + gain_rng.normal(0.0, 0.03, 6)])
         hr = hr_land * gain.astype(np.float32)[:, None, None]
         if clouds:
-            _add_clouds(hr, cloud_rng, hr_px)
+            _add_clouds(hr, cloud_rng, hr_px, spectrum=(*_CLOUD, *_CLOUD20) if want20 else _CLOUD)
         if nodata_fraction > 0:
             _add_nodata(hr, nodata_rng, nodata_fraction)
-        layers.append(sensor.degrade(np.clip(hr, 0.0, 1.0), 4, psf_sigma=PSF_SIGMA_HR))
+        lr = sensor.degrade(np.clip(hr[:4], 0.0, 1.0), 4, psf_sigma=PSF_SIGMA_HR)
+        if want20:
+            lr = np.concatenate([lr, _native20(np.clip(hr[4:], 0.0, 1.0), ny, nx, phase)])
+        layers.append(lr[picks])
     data = layers[0] if stamps is None else np.stack(layers)
     if dtype == "uint16":
         dn = np.clip(np.round(np.nan_to_num(data, nan=0.0) * QUANTIFICATION), 1, 65_535).astype(np.uint16)
@@ -425,7 +506,6 @@ def s2_cube(ny: int = 64, nx: int = 64, *, times: int | Sequence[Any] | None = N
     else:
         data = data.astype(np.float32)
 
-    x0, y0 = (float(v) for v in origin)
     coords: dict[str, Any] = {
         "y": y0 - resolution * (np.arange(ny) + 0.5),
         "x": x0 + resolution * (np.arange(nx) + 0.5),

@@ -37,6 +37,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError, InputError
 from ..sensor import PSF_SIGMA_HR, bicubic_upsample, degrade
+from ..sentinel2 import GUIDED_BANDS, MODEL_BANDS
 
 __all__ = [
     "BANDS",
@@ -53,9 +54,9 @@ __all__ = [
 ]
 
 #: the bands the model super-resolves (native 20 m), in its channel order
-BANDS: tuple[str, ...] = ("B05", "B06", "B07", "B8A", "B11", "B12")
+BANDS: tuple[str, ...] = GUIDED_BANDS
 #: the guide bands (native 10 m), in its channel order
-GUIDE_BANDS: tuple[str, ...] = ("B04", "B03", "B02", "B08")
+GUIDE_BANDS: tuple[str, ...] = MODEL_BANDS
 #: ``format`` of a guided model's config.json (tells it from the diffusion models' configs)
 FORMAT = "xr-opensr-guided"
 FORMAT_VERSION = 1
