@@ -326,8 +326,8 @@ def _cube_with_x(values):
 
 
 ERRORS = [
-    (lambda: make_cube(6, 6), {"samples": 0}, errors.InputError, "samples must be a positive integer, got 0"),
-    (lambda: make_cube(6, 6), {"samples": 2.5}, errors.InputError, "samples must be a positive integer"),
+    (lambda: make_cube(6, 6), {"samples": -1}, errors.InputError, "samples must be an integer >= 0 .* got -1"),
+    (lambda: make_cube(6, 6), {"samples": 2.5}, errors.InputError, "samples must be an integer >= 0"),
     (lambda: make_cube(6, 6), {"steps": 0}, errors.InputError, "steps must be a positive integer"),
     (lambda: make_cube(6, 6), {"steps": 5000}, errors.InputError, r"steps must be in \[1, 1000\]"),
     (lambda: make_cube(6, 6), {"eta": -1.0}, errors.InputError, "eta must be"),

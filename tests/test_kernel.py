@@ -92,7 +92,7 @@ def test_threads_are_a_per_run_setting_and_restored():
 
 def test_samples_have_an_upper_bound():
     cube = make_cube(16, 16)
-    with pytest.raises(errors.InputError, match=f"samples must be in \\[1, {MAX_SAMPLES}\\]"):
+    with pytest.raises(errors.InputError, match=f"samples must be in \\[0, {MAX_SAMPLES}\\]"):
         cube.opensr.superresolve(MAX_SAMPLES + 1, model="tiny")
     with pytest.raises(errors.InputError, match=f"samples must be a positive integer <= {MAX_SAMPLES}"):
         load_model("tiny", device="cpu").sample(lr_patches(2, 16), samples=MAX_SAMPLES + 1)
