@@ -30,6 +30,7 @@ from xr_opensr.models.autoencoder import AutoencoderKL
 from .config import TrainConfig
 from .loop import (
     LOG,
+    Checkpointed,
     PairSampler,
     cosine_schedule,
     run_stage,
@@ -53,7 +54,7 @@ AE_WEIGHTS = "autoencoder.safetensors"
 LATENT_STATS = "latent_stats.json"
 
 
-class AutoencoderStage:
+class AutoencoderStage(Checkpointed):
     """Holds the autoencoder, discriminator, perceptual net, optimisers and data of stage 1."""
 
     name = "autoencoder"
@@ -85,19 +86,7 @@ class AutoencoderStage:
                  n_ae / 1e6, n_d / 1e6, cfg.hr_patch, sc.batch_size)
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "autoencoder": self.ae.state_dict(),
-            "discriminator": self.disc.state_dict(),
-            "opt": self.opt.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.ae.load_state_dict(state["autoencoder"])
-        self.disc.load_state_dict(state["discriminator"])
-        self.opt.load_state_dict(state["opt"])
-        self.opt_d.load_state_dict(state["opt_d"])
+    CHECKPOINTED = {"autoencoder": "ae", "discriminator": "disc", "opt": "opt", "opt_d": "opt_d"}
 
     # ------------------------------------------------------------------ training
     def losses(self, x: torch.Tensor, hr: torch.Tensor, step: int,

@@ -33,6 +33,7 @@ from .config import TrainConfig
 from .loop import (
     EMA,
     LOG,
+    Checkpointed,
     PairSampler,
     cosine_schedule,
     run_stage,
@@ -57,7 +58,7 @@ def load_autoencoder(net: SRModel, path: Path) -> None:
     net.autoencoder.load_state_dict(load_file(str(path)), strict=True)
 
 
-class DiffusionStage:
+class DiffusionStage(Checkpointed):
     """UNet + EMA + optimiser + (optionally) the cached latent posteriors of stage 2."""
 
     name = "diffusion"
@@ -126,17 +127,7 @@ class DiffusionStage:
         return self.encode(hr, lr)
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "unet": self.unet.state_dict(),
-            "ema": self.ema.state_dict(),
-            "opt": self.opt.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.unet.load_state_dict(state["unet"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["opt"])
+    CHECKPOINTED = {"unet": "unet", "ema": "ema", "opt": "opt"}
 
     # ------------------------------------------------------------------ training
     def loss(self, lat: dict[str, torch.Tensor], gen: torch.Generator) -> torch.Tensor:

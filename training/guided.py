@@ -45,7 +45,15 @@ from xr_opensr.models.guided import (
 from xr_opensr.sensor import area_downsample, bicubic_upsample, degrade
 
 from .data import _split_rows, real_scene_path
-from .loop import LOG, cosine_schedule, set_lr, setup_runtime, step_generator, train_stage
+from .loop import (
+    LOG,
+    Checkpointed,
+    cosine_schedule,
+    set_lr,
+    setup_runtime,
+    step_generator,
+    train_stage,
+)
 
 __all__ = ["GuidedTrainConfig", "evaluate_guided", "ls_baseline", "scene_bands", "train_guided", "wald_crops"]
 
@@ -223,7 +231,7 @@ def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.flip(x, dims=(-1,)) if k >= 4 else x
 
 
-class GuidedStage:
+class GuidedStage(Checkpointed):
     """The guided CNN, its optimiser and its crops (a :class:`training.loop.Stage`).
 
     Loss: L1 of the mean (normalised reflectance) plus ``nll_weight`` x the Laplace NLL of the
@@ -253,12 +261,7 @@ class GuidedStage:
         arrays = [np.concatenate([p[j] for p in parts]) for j in range(3)] + [truth, target]
         return tuple(torch.from_numpy((a - off) / sc).float() for a in arrays)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "opt": self.opt.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.opt.load_state_dict(state["opt"])
+    CHECKPOINTED = {"net": "net", "opt": "opt"}
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg

@@ -565,6 +565,20 @@ def prepare_stage(cfg, stage_dir: Path, resume: bool) -> tuple[torch.device, Pai
     return device, sampler, preview, info
 
 
+class Checkpointed:
+    """A stage's ``state_dict``/``load_state_dict`` over its parts: ``CHECKPOINTED`` maps a checkpoint
+    key to the attribute holding the part (a module, an optimiser, an EMA: anything with both methods)."""
+
+    CHECKPOINTED: dict[str, str] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, attr).state_dict() for key, attr in self.CHECKPOINTED.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, attr in self.CHECKPOINTED.items():
+            getattr(self, attr).load_state_dict(state[key])
+
+
 class Stage(Protocol):
     name: str
 

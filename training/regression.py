@@ -32,7 +32,7 @@ from xr_opensr.models.regression import MeanNetConfig, RegressionNet, laplace_nl
 from xr_opensr.sensor import bicubic_upsample
 
 from .config import TrainConfig
-from .loop import LOG, PairSampler, cosine_schedule, run_stage, save_grid, set_lr
+from .loop import LOG, Checkpointed, PairSampler, cosine_schedule, run_stage, save_grid, set_lr
 
 __all__ = ["REGRESSION_FILE", "RegressionConfig", "RegressionNet", "RegressionStage", "load_regression",
            "train_regression"]
@@ -98,7 +98,7 @@ def load_regression(path: str | Path, device: str | torch.device = "cpu") -> Reg
     return net.to(device).eval()
 
 
-class RegressionStage:
+class RegressionStage(Checkpointed):
     """The regression network, its optimiser and data (a :class:`training.loop.Stage`)."""
 
     name = "regression"
@@ -114,12 +114,7 @@ class RegressionStage:
         LOG.info("regression: %d blocks x %d channels, %.0f k parameters, batch %d", self.sc.blocks,
                  self.sc.channels, n / 1e3, self.sc.batch_size)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "opt": self.opt.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.opt.load_state_dict(state["opt"])
+    CHECKPOINTED = {"net": "net", "opt": "opt"}
 
     def train_step(self, step: int) -> dict[str, float]:
         lr_now = self.sc.lr * self.lr_factor(step)
