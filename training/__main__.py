@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from xr_opensr.errors import OpenSRError
@@ -113,52 +114,63 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
 
     from .export import record_command
-    from .loop import setup_logging
 
     if args.stage != "data":
         record_command(run_dir, argv)
-    try:
-        if args.stage == "data":
-            from .loop import preview_data
+    return _reported(lambda: _run_stage(args, cfg, run_dir, model_dir, progress))
 
-            setup_logging(run_dir / "data" / "log.txt")
-            if args.export_real is not None:
-                from .data import export_real_split
 
-                print(f"wrote {export_real_split(args.export_real, 'train', path=cfg.data_config().real_path)}")
-            preview_data(cfg, run_dir / "data")
-        elif args.stage == "autoencoder":
-            from .autoencoder import train_autoencoder
+def _run_stage(args: argparse.Namespace, cfg: TrainConfig, run_dir: Path, model_dir: Path, progress: bool) -> None:
+    """The stage ``args.stage`` of the diffusion model's recipe ``cfg``."""
+    from .loop import setup_logging
 
-            train_autoencoder(cfg, run_dir, resume=args.resume, progress=progress)
-        elif args.stage == "diffusion":
-            from .diffusion import train_diffusion
+    if args.stage == "data":
+        from .loop import preview_data
 
-            train_diffusion(cfg, run_dir, resume=args.resume, progress=progress)
-        elif args.stage == "regression":
-            from .regression import train_regression
+        setup_logging(run_dir / "data" / "log.txt")
+        if args.export_real is not None:
+            from .data import export_real_split
 
-            train_regression(cfg, run_dir, resume=args.resume, progress=progress)
-        elif args.stage == "export":
-            from .export import export_model
+            print(f"wrote {export_real_split(args.export_real, 'train', path=cfg.data_config().real_path)}")
+        preview_data(cfg, run_dir / "data")
+    elif args.stage == "autoencoder":
+        from .autoencoder import train_autoencoder
 
-            setup_logging(run_dir / "export.log")
-            if args.base_model is not None:
-                from .mean_net import export_v2
+        train_autoencoder(cfg, run_dir, resume=args.resume, progress=progress)
+    elif args.stage == "diffusion":
+        from .diffusion import train_diffusion
 
-                export_v2(cfg, run_dir, model_dir, args.base_model, overwrite=args.overwrite)
-            else:
-                export_model(cfg, run_dir, model_dir, overwrite=args.overwrite)
-            if args.calibrate:
-                from .evaluate import calibrate
+        train_diffusion(cfg, run_dir, resume=args.resume, progress=progress)
+    elif args.stage == "regression":
+        from .regression import train_regression
 
-                calibrate(cfg, run_dir, model_dir)
+        train_regression(cfg, run_dir, resume=args.resume, progress=progress)
+    elif args.stage == "export":
+        from .export import export_model
+
+        setup_logging(run_dir / "export.log")
+        if args.base_model is not None:
+            from .mean_net import export_v2
+
+            export_v2(cfg, run_dir, model_dir, args.base_model, overwrite=args.overwrite)
         else:
-            from .evaluate import evaluate
+            export_model(cfg, run_dir, model_dir, overwrite=args.overwrite)
+        if args.calibrate:
+            from .evaluate import calibrate
 
-            setup_logging(run_dir / "evaluate.log")
-            evaluate(cfg, run_dir, model_dir, calibrate_first=not args.no_calibrate, progress=progress,
-                     regression_path=args.regression)
+            calibrate(cfg, run_dir, model_dir)
+    else:
+        from .evaluate import evaluate
+
+        setup_logging(run_dir / "evaluate.log")
+        evaluate(cfg, run_dir, model_dir, calibrate_first=not args.no_calibrate, progress=progress,
+                 regression_path=args.regression)
+
+
+def _reported(run: Callable[[], object]) -> int:
+    """Run a stage: 0 when it ends, 130 on Ctrl-C (it can be resumed), 2 with one line for a known error."""
+    try:
+        run()
     except KeyboardInterrupt:
         print("interrupted: continue with --resume", file=sys.stderr)
         return 130
@@ -183,19 +195,10 @@ def _guided(args: argparse.Namespace, argv: list[str]) -> int:
     run_dir = args.out if args.out is not None else Path("runs") / cfg.name
     record_command(run_dir, argv)
     setup_logging(run_dir / f"{args.stage}.log")
-    try:
-        if args.stage == "guided":
-            guided.train_guided(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
-        else:
-            model_dir = args.model_dir if args.model_dir is not None else run_dir / "guided" / "model"
-            guided.evaluate_guided(cfg, model_dir, split=args.split)
-    except KeyboardInterrupt:
-        print("interrupted: continue with --resume", file=sys.stderr)
-        return 130
-    except (FileNotFoundError, FileExistsError, OpenSRError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    if args.stage == "guided":
+        return _reported(lambda: guided.train_guided(cfg, run_dir, resume=args.resume, progress=not args.no_progress))
+    model_dir = args.model_dir if args.model_dir is not None else run_dir / "guided" / "model"
+    return _reported(lambda: guided.evaluate_guided(cfg, model_dir, split=args.split))
 
 
 if __name__ == "__main__":
