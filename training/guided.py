@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from xr_opensr import sentinel2
 from xr_opensr.metrics import gradient_magnitude, psnr, spectral_angle, uncertainty_calibration
+from xr_opensr.models.config import load_config
 from xr_opensr.models.guided import (
     BANDS,
     GUIDE_BANDS,
@@ -101,7 +102,7 @@ class GuidedTrainConfig:
     log_every: int = 20
     checkpoint_every: int = 200
     sample_every: int = 500
-    model: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.crop % 4 or self.eval_crop % 4 or self.crop < 8:
@@ -110,12 +111,7 @@ class GuidedTrainConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> GuidedTrainConfig:
-        data = json.loads(Path(path).read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown keys in {path}: {unknown}; expected a subset of {sorted(known)}")
-        return cls(**data)
+        return load_config(cls, json.loads(Path(path).read_text()), f"guided training config {path}", defaults=True)
 
     def model_config(self, **changes: Any) -> GuidedConfig:
         return GuidedConfig(**{**self.model, **changes})

@@ -19,12 +19,20 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ._layout import ArrayLike, _float_array, _spatial_dims
 
-__all__ = ["PSF_SIGMA_HR", "area_downsample", "bicubic_upsample", "degrade", "gaussian_filter", "mtf_at_nyquist"]
+__all__ = ["PSF_SIGMA_HR", "area_downsample", "bicubic_upsample", "degrade", "gaussian_filter", "mtf_at_nyquist",
+           "sensor_sigma"]
 
 #: Standard deviation (HR pixels, 2.5 m) of the Gaussian PSF of the 10 m bands: 1.7 px = 4.25 m. With
 #: the 4 x 4 area mean, the MTF at the 10 m Nyquist frequency is ~0.27 (:func:`mtf_at_nyquist`), inside
 #: the 0.2-0.3 measured for the Sentinel-2 MSI 10 m bands (ESA S2 MPC data quality reports).
 PSF_SIGMA_HR = 1.7
+
+
+def sensor_sigma(factor: int) -> float:
+    """PSF sigma (fine pixels) of the sensor model at ``factor``: the 10 m bands' PSF
+    (:data:`PSF_SIGMA_HR` at factor 4) scaled to the pixel size, the same PSF width in coarse pixels
+    (0.425) at every resolution (MTF at Nyquist 0.27 at factor 4, 0.29 at 2)."""
+    return PSF_SIGMA_HR * factor / 4.0
 
 
 def degrade(hr: ArrayLike, factor: int = 4, *, psf_sigma: float = PSF_SIGMA_HR, truncate: float = 4.0) -> np.ndarray:

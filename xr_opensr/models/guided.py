@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, InputError
-from ..sensor import PSF_SIGMA_HR, bicubic_upsample, degrade
+from ..sensor import bicubic_upsample, degrade, sensor_sigma
 from ..sentinel2 import GUIDED_BANDS, MODEL_BANDS
+from .config import load_config
 
 __all__ = [
     "BANDS",
@@ -63,13 +64,6 @@ FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 #: ridge term of the least-squares fits, relative to the guide's variance
 _RIDGE = 1e-6
-
-
-def sensor_sigma(factor: int) -> float:
-    """PSF sigma (fine pixels) of the sensor model at ``factor``: the 10 m bands' PSF
-    (:data:`~xr_opensr.sensor.PSF_SIGMA_HR` at factor 4) scaled to the pixel size, the same PSF
-    width in coarse pixels (0.425) at every resolution (MTF at Nyquist 0.27 at factor 4, 0.29 at 2)."""
-    return PSF_SIGMA_HR * factor / 4.0
 
 
 # --------------------------------------------------------------------------- config
@@ -101,7 +95,7 @@ class GuidedConfig:
     norm_scale: float = 0.1
     consistency_iterations: int = 5
     std_scale: tuple[float, ...] = (1.0,) * 6
-    provenance: Mapping[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = []
@@ -140,14 +134,7 @@ class GuidedConfig:
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ConfigError(f"{source} has format_version {version!r}; this xr-opensr reads up to "
                               f"{FORMAT_VERSION}: upgrade xr-opensr")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown keys in {source}: {unknown}; expected a subset of {sorted(known)}")
-        for key in ("bands", "guide_bands", "std_scale"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return cls(**data)
+        return load_config(cls, data, source, defaults=True)  # keys, types (lists -> tuples), then __post_init__
 
 
 # --------------------------------------------------------------------------- network
