@@ -127,7 +127,7 @@ def calibrate(cfg: TrainConfig, run_dir: Path, model_dir: Path, progress: bool =
     if net.is_v2:
         from .mean_net import calibrate_v2, write_card_v2
 
-        scale = calibrate_v2(cfg, model_dir)
+        scale = calibrate_v2(cfg, model_dir, net)
         (model_dir / METRICS_FILE).unlink(missing_ok=True)
         write_card_v2(model_dir, cfg, run_dir, None)
         return scale

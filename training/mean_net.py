@@ -70,19 +70,17 @@ def export_v2(cfg: TrainConfig, run_dir: Path, out: Path, base: str, *, overwrit
     return Path(out)
 
 
-def calibrate_v2(cfg: TrainConfig, model_dir: Path) -> float:
-    """Fit ``std_scale`` so that +-2 std covers ``evaluate.coverage_target`` of |mean - HR| on the
-    validation mix; writes it into ``config.json`` and returns it."""
+def calibrate_v2(cfg: TrainConfig, model_dir: Path, net: SRModel) -> float:
+    """Fit ``std_scale`` of ``net`` (loaded from ``model_dir``) so that +-2 std covers
+    ``evaluate.coverage_target`` of |mean - HR| on the validation mix; writes it into
+    ``model_dir/config.json`` and returns it."""
     import torch
-
-    import xr_opensr
 
     from .data import synthetic_pairs as raw_pairs
     from .export import set_std_scale
     from .loop import PairSampler
 
     ev = cfg.evaluate
-    net = xr_opensr.load_model(str(model_dir), device="cpu")
     ratios = []
     seeds = range(ev.validation_seed, ev.validation_seed + ev.validation_items)
     from .evaluate import fixed_sensor
