@@ -131,6 +131,31 @@ def test_training_recipes_use_the_same_loader():
         TrainConfig.from_dict({"diffusion": {"stepz": 3}})
 
 
+def test_data_degradation_and_scene_configs_use_the_same_loader():
+    import xr_opensr._config
+    from training.data import DataConfig
+    from training.degradation import DegradationConfig
+    from xr_opensr.testing import SceneStyle
+
+    assert load_config is xr_opensr._config.load_config  # re-exported, one function
+    with pytest.raises(ConfigError, match=r"degradation config 'factor' must be int, got str '4'"):
+        DegradationConfig.from_dict({"factor": "4"})
+    with pytest.raises(ConfigError, match=r"unknown degradation keys \['sigma'\]; expected a subset of"):
+        DegradationConfig.from_dict({"sigma": 1})
+    assert DegradationConfig.from_dict({"psf_sigma_range": [1, 2]}).psf_sigma_range == (1.0, 2.0)
+    with pytest.raises(ConfigError, match=r"data config 'augment' must be bool, got int"):
+        DataConfig.from_dict({"augment": 1})
+    with pytest.raises(ConfigError, match=r"data config 'user_paths' must be a list, got str"):
+        DataConfig.from_dict({"user_paths": "a.tif"})
+    many = [f"tile{i}.tif" for i in range(40)]  # no cap on the number of user paths (model tuples: 16)
+    assert DataConfig.from_dict({"user_paths": many, "user_weight": 1.0}).user_paths == tuple(many)
+    with pytest.raises(ConfigError, match=r"SceneStyle 'land_cover' must be float, got str"):
+        SceneStyle.from_dict({"land_cover": {"water": "much"}})
+    assert SceneStyle.from_dict({"land_cover": {"water": 1}}).land_cover == {"water": 1.0}
+    with pytest.raises(ConfigError, match=r"^invalid SceneStyle: cloud_cover must be"):  # said once
+        SceneStyle.from_dict({"cloud_cover": [0.5, 0.2]})
+
+
 def test_malformed_files_are_typed(tiny_folder):
     (tiny_folder / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):

@@ -7,6 +7,7 @@
 * ``_graph`` (the dask layer) reaches no module that imports torch; the xarray-layer modules never
   import torch, not even inside a function;
 * ``sentinel2`` is a leaf: numpy, xarray and ``xr_opensr.errors`` only.
+* ``_config`` (the one config loader) is a leaf too: the standard library and ``xr_opensr.errors``.
 
 Imports are read at every level (inside functions too), so a lazy import counts.
 """
@@ -75,16 +76,24 @@ def test_import_parser_resolves_relative_imports_and_sees_lazy_ones():
     assert len(LIB) > 20 and "xr_opensr.core" in LIB and "xr_opensr.models.pipeline" in LIB
 
 
-def test_import_xr_opensr_loads_neither_torch_nor_training():
-    code = (
-        "import sys, xr_opensr, xr_opensr.sentinel2, xr_opensr.stac, xr_opensr.plot, xr_opensr._io, xr_opensr.sensor\n"
-        "import xr_opensr.metrics, xr_opensr.testing\n"
+def assert_runs_without_torch(code: str) -> None:
+    """``code`` runs in a fresh interpreter and leaves neither torch nor ``training`` imported."""
+    check = (
+        "import sys\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training'))\n"
         "print(bad)\n"
         "sys.exit(1 if bad else 0)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code + "\n" + check], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_import_xr_opensr_loads_neither_torch_nor_training():
+    assert_runs_without_torch(
+        "import xr_opensr, xr_opensr.sentinel2, xr_opensr.stac, xr_opensr.plot, xr_opensr._io, xr_opensr.sensor\n"
+        "import xr_opensr.metrics, xr_opensr.testing\n"
+    )
 
 
 def test_the_library_never_imports_training():
@@ -137,3 +146,18 @@ def test_sentinel2_is_a_leaf():
     third = {name.split(".")[0] for name in LIB["xr_opensr.sentinel2"] if not name.startswith("xr_opensr")}
     assert own <= {"xr_opensr.errors", "xr_opensr.errors.InputError"}
     assert third <= {"__future__", "collections", "dataclasses", "typing", "numpy", "xarray"}
+
+
+def test_the_config_loader_is_torch_free_and_the_one_loader():
+    # xr_opensr._config is a leaf (the standard library and xr_opensr.errors), so the torch-free
+    # modules (testing's SceneStyle) load their configs with the same loader as the models
+    own = {name for name in LIB["xr_opensr._config"] if name.startswith("xr_opensr")}
+    third = {name.split(".")[0] for name in LIB["xr_opensr._config"] if not name.startswith("xr_opensr")}
+    assert own <= {"xr_opensr.errors", "xr_opensr.errors.ConfigError", "xr_opensr.errors.ModelError"}
+    assert third <= {"__future__", "collections", "contextlib", "dataclasses", "math", "types", "typing"}
+    assert touches(LIB["xr_opensr.testing"], "xr_opensr._config")
+    assert_runs_without_torch(
+        "from xr_opensr._config import load_config\n"
+        "from xr_opensr.testing import SceneStyle\n"
+        "assert SceneStyle.from_dict({'cloud_cover': [0.1, 0.2]}).cloud_cover == (0.1, 0.2)\n"
+    )

@@ -132,15 +132,12 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``, missing keys take defaults."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown data keys {unknown}; expected a subset of {sorted(known)}")
-        values = dict(data)
-        if "user_paths" in values:
-            values["user_paths"] = tuple(str(p) for p in values["user_paths"])
-        return cls(**values)
+        """Inverse of :meth:`to_dict`, by the one config loader (:func:`xr_opensr._config.load_config`):
+        unknown keys and wrong types raise ``ConfigError`` (a ``ValueError``), missing keys take
+        defaults; ``user_paths`` may list any number of paths."""
+        from xr_opensr._config import Rules, load_config  # here: this method is the config's loader
+
+        return load_config(cls, data, "data config", defaults=True, rules=Rules(max_length=None, keys_name="data"))
 
 
 # --------------------------------------------------------------------------- the real scene

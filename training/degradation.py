@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from xr_opensr import sensor
+from xr_opensr._config import Rules, load_config
 from xr_opensr.sensor import PSF_SIGMA_HR, area_downsample, gaussian_filter
 
 __all__ = ["DegradationConfig", "area_downsample", "degrade", "psf_blur", "shift_image"]
@@ -90,16 +91,9 @@ class DegradationConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DegradationConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``, missing keys take defaults."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown degradation keys {unknown}; expected a subset of {sorted(known)}")
-        values = dict(data)
-        for name in ("psf_sigma_range", "noise_std_range"):
-            if values.get(name) is not None:
-                values[name] = tuple(float(v) for v in values[name])
-        return cls(**values)
+        """Inverse of :meth:`to_dict`, by the one config loader (:func:`xr_opensr._config.load_config`):
+        unknown keys and wrong types raise ``ConfigError`` (a ``ValueError``), missing keys take defaults."""
+        return load_config(cls, data, "degradation config", defaults=True, rules=Rules(keys_name="degradation"))
 
     def mtf_at_nyquist(self) -> float:
         """MTF of PSF x area mean at the LR Nyquist frequency (1 / (2 factor) cycles per HR pixel)."""

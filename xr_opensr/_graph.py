@@ -422,119 +422,159 @@ def superresolve_array(
     *lead_shape, c, h, w = x.shape
     lead_nd = len(lead_shape)
     grid = PatchGrid(h, w, patch, overlap, scale)
-    S, ov = grid.stride, grid.overlap
-    if lead_keys is None:
-        lead_keys = np.arange(int(np.prod(lead_shape)), dtype=np.uint64).reshape(lead_shape)
-    lead_keys = np.asarray(lead_keys, dtype=np.uint64)
-    if lead_keys.shape != tuple(lead_shape):
-        raise ValueError(f"lead_keys must have shape {tuple(lead_shape)}, got {lead_keys.shape}")
+    lead_keys = _lead_keys(lead_keys, tuple(lead_shape))
     conversion = tuple(None if v is None else np.asarray(v, dtype=np.float64)
                        for v in (band_scale, band_offset, band_nodata))
     target_block = TARGET_BLOCK_LR if target_block is None else target_block
     if block_tiles is None:
-        block_tiles = (_tiles_per_block(x.chunks[-2], h, S, target_block),
-                       _tiles_per_block(x.chunks[-1], w, S, target_block))
-    ychunks = _tile_chunks(h, S, block_tiles[0])
-    xchunks = _tile_chunks(w, S, block_tiles[1])
+        block_tiles = (_tiles_per_block(x.chunks[-2], h, grid.stride, target_block),
+                       _tiles_per_block(x.chunks[-1], w, grid.stride, target_block))
+    ychunks = _tile_chunks(h, grid.stride, block_tiles[0])
+    xchunks = _tile_chunks(w, grid.stride, block_tiles[1])
     x = x.rechunk((*x.chunks[:lead_nd], (c,), ychunks, xchunks))
-    lead_chunks = x.chunks[:lead_nd]
 
     token = tokenize(x.name, kernel, grid, n_outputs, seed, lead_keys, conversion, block_tiles)
-    names = {k: f"opensr-{k}-{token}" for k in
-             ("halo-row", "halo-col", "halo-corner", "spill", "edge-row", "edge-col", "edge-corner", "blend")}
-    layers: dict[str, dict] = {k: {} for k in names}
-
-    # global (patch start, patch stop, first LR pixel, stop LR pixel) of each block along each axis
-    def blocks(chunks: tuple[int, ...], n_patches: int) -> list[tuple[int, int, int, int]]:
-        out, start = [], 0
-        for size in chunks:
-            t0, t1 = start // S, (start + size + S - 1) // S
-            out.append((min(t0, n_patches), min(t1, n_patches), start, start + size))
-            start += size
-        return out
-
-    yb, xb = blocks(ychunks, grid.rows), blocks(xchunks, grid.cols)
-    lead_offsets = [np.concatenate([[0], np.cumsum(ch)]) for ch in lead_chunks]
-    lead_blocks = list(itertools.product(*[range(len(ch)) for ch in lead_chunks]))
-    halo_row = functools.partial(_take, index=(Ellipsis, slice(0, ov), slice(None)))
-    halo_col = functools.partial(_take, index=(Ellipsis, slice(0, ov)))
-    halo_corner = functools.partial(_take, index=(Ellipsis, slice(0, ov), slice(0, ov)))
-    crop = scale * S  # HR rows/cols of a patch before its spill into the next block
-    for lb in lead_blocks:
-        key_slice = tuple(slice(off[i], off[i + 1]) for off, i in zip(lead_offsets, lb))
-        keys = lead_keys[key_slice]
-        for bi, bj in itertools.product(range(len(yb)), range(len(xb))):
-            src = (x.name, *lb, 0, bi, bj)
-            p0, p1, r0, r1 = yb[bi]
-            q0, q1, c0, c1 = xb[bj]
-            nxt_r, nxt_c = bi + 1 < len(yb) and ov > 0, bj + 1 < len(xb) and ov > 0
-            # halo strips of this input block, for the spill patches of the previous blocks
-            if bi > 0 and ov > 0:
-                layers["halo-row"][(names["halo-row"], *lb, bi, bj)] = (halo_row, src)
-            if bj > 0 and ov > 0:
-                layers["halo-col"][(names["halo-col"], *lb, bi, bj)] = (halo_col, src)
-            if bi > 0 and bj > 0 and ov > 0:
-                layers["halo-corner"][(names["halo-corner"], *lb, bi, bj)] = (halo_corner, src)
-            # the block's last patch row / column spill into the next blocks: they are computed
-            # apart ("spill", needed by 2-4 blends); the rest (the interior, needed by this
-            # block only) inside the blend task, so results waiting for a later blend are thin
-            sr, sc = nxt_r and p1 > p0 and q1 > q0, nxt_c and p1 > p0 and q1 > q0
-            inner = (p0, p1 - sr, q0, q1 - sc)
-            spill_rects = ((p1 - 1, p1, q0, q1),) * sr + ((p0, p1 - sr, q1 - 1, q1),) * sc
-            common = dict(kernel=kernel, grid=grid, origin=(r0, c0), keys=keys, seed=seed,
-                          n_outputs=n_outputs, conversion=conversion)
-            has_inner = inner[1] > inner[0] and inner[3] > inner[2]
-            if spill_rects:
-                layers["spill"][(names["spill"], *lb, bi, bj)] = (
-                    functools.partial(_patch_block, rects=spill_rects, **common),
-                    src,
-                    (names["halo-row"], *lb, bi + 1, bj) if sr else None,
-                    (names["halo-col"], *lb, bi, bj + 1) if sc else None,
-                    (names["halo-corner"], *lb, bi + 1, bj + 1) if sr and sc else None,
-                )
-                spill_key = (names["spill"], *lb, bi, bj)
-                if sr:
-                    layers["edge-row"][(names["edge-row"], *lb, bi, bj)] = (
-                        functools.partial(_edge, which="row", has_row=True, crop=crop), spill_key)
-                if sc:
-                    layers["edge-col"][(names["edge-col"], *lb, bi, bj)] = (
-                        functools.partial(_edge, which="col", has_row=sr, crop=crop), spill_key)
-                if sr and sc:
-                    layers["edge-corner"][(names["edge-corner"], *lb, bi, bj)] = (
-                        functools.partial(_edge, which="corner", has_row=True, crop=crop), spill_key)
-            # previous blocks whose spill reaches into this one
-            prev_r = bi > 0 and ov > 0 and (names["edge-row"], *lb, bi - 1, bj) in layers["edge-row"]
-            prev_c = bj > 0 and ov > 0 and (names["edge-col"], *lb, bi, bj - 1) in layers["edge-col"]
-            prev_rc = (names["edge-corner"], *lb, bi - 1, bj - 1) in layers["edge-corner"]
-            finish = functools.partial(
-                _finish_block,
-                interior=dict(rects=(inner,), **common) if has_inner else None,
-                blend=dict(grid=grid, patches=(p0, p1, q0, q1), spills=(sr, sc), rows=(r0, r1), cols=(c0, c1)),
-            )
-            layers["blend"][(names["blend"], *lb, 0, 0, bi, bj)] = (
-                finish,
-                src,
-                (names["spill"], *lb, bi, bj) if spill_rects else None,
-                (names["edge-row"], *lb, bi - 1, bj) if prev_r else None,
-                (names["edge-col"], *lb, bi, bj - 1) if prev_c else None,
-                (names["edge-corner"], *lb, bi - 1, bj - 1) if prev_rc else None,
-            )
-
-    deps = {
-        "halo-row": ["x"], "halo-col": ["x"], "halo-corner": ["x"],
-        "spill": ["x", "halo-row", "halo-col", "halo-corner"],
-        "edge-row": ["spill"], "edge-col": ["spill"], "edge-corner": ["spill"],
-        "blend": ["x", "spill", "edge-row", "edge-col", "edge-corner"],
-    }
-    names["x"] = x.__dask_layers__()[0]
-    hlg_layers = dict(x.dask.layers)
-    hlg_deps = dict(x.dask.dependencies)
-    for k, tasks in layers.items():
-        if tasks:  # (halo and edge layers are empty without overlap)
-            hlg_layers[names[k]] = MaterializedLayer(tasks)
-            hlg_deps[names[k]] = {names[d] for d in deps[k] if d == "x" or layers[d]}
-    graph = HighLevelGraph(hlg_layers, hlg_deps)
-    out_chunks = (*lead_chunks, (n_outputs,), (c,),
+    tasks = _BlockTasks({k: f"opensr-{k}-{token}" for k in _LAYER_DEPS}, x.name, ychunks, xchunks, grid,
+                        dict(kernel=kernel, grid=grid, seed=seed, n_outputs=n_outputs, conversion=conversion))
+    lead_offsets = [np.concatenate([[0], np.cumsum(ch)]) for ch in x.chunks[:lead_nd]]
+    for lb in itertools.product(*[range(len(ch)) for ch in x.chunks[:lead_nd]]):
+        keys = lead_keys[tuple(slice(off[i], off[i + 1]) for off, i in zip(lead_offsets, lb))]
+        for bi, bj in itertools.product(range(len(ychunks)), range(len(xchunks))):
+            tasks.add(lb, keys, bi, bj)
+    out_chunks = (*x.chunks[:lead_nd], (n_outputs,), (c,),
                   tuple(scale * v for v in ychunks), tuple(scale * v for v in xchunks))
     meta = np.empty((0,) * (lead_nd + 4), dtype=np.float32)
-    return da.Array(graph, names["blend"], out_chunks, meta=meta, dtype=np.float32)
+    return da.Array(tasks.graph(x), tasks.names["blend"], out_chunks, meta=meta, dtype=np.float32)
+
+
+def _lead_keys(lead_keys: np.ndarray | None, lead_shape: tuple[int, ...]) -> np.ndarray:
+    """The (*L,) uint64 seed keys of the leading elements (default: the flat index), shape checked."""
+    if lead_keys is None:
+        lead_keys = np.arange(int(np.prod(lead_shape)), dtype=np.uint64).reshape(lead_shape)
+    lead_keys = np.asarray(lead_keys, dtype=np.uint64)
+    if lead_keys.shape != lead_shape:
+        raise ValueError(f"lead_keys must have shape {lead_shape}, got {lead_keys.shape}")
+    return lead_keys
+
+
+def _block_extents(chunks: tuple[int, ...], stride: int, n_patches: int) -> list[tuple[int, int, int, int]]:
+    """Global (patch start, patch stop, first LR pixel, stop LR pixel) of each block along an axis."""
+    out, start = [], 0
+    for size in chunks:
+        t0, t1 = start // stride, (start + size + stride - 1) // stride
+        out.append((min(t0, n_patches), min(t1, n_patches), start, start + size))
+        start += size
+    return out
+
+
+#: the graph's layers (task name ``opensr-<layer>-<token>``) and the layers each one reads ("x": the input)
+_LAYER_DEPS: dict[str, list[str]] = {
+    "halo-row": ["x"], "halo-col": ["x"], "halo-corner": ["x"],
+    "spill": ["x", "halo-row", "halo-col", "halo-corner"],
+    "edge-row": ["spill"], "edge-col": ["spill"], "edge-corner": ["spill"],
+    "blend": ["x", "spill", "edge-row", "edge-col", "edge-corner"],
+}
+
+
+class _BlockTasks:
+    """The tasks of :func:`superresolve_array`'s layers, added block by block (the module docstring's
+    two stages), then assembled into a ``HighLevelGraph``.
+
+    ``names``: layer -> task name; ``src``: the (rechunked) input's name; ``ychunks``/``xchunks``: its
+    spatial chunks (whole tiles); ``task_args``: the patch arguments every block shares (kernel,
+    grid, seed, n_outputs, conversion).
+    """
+
+    def __init__(self, names: dict[str, str], src: str, ychunks: tuple[int, ...], xchunks: tuple[int, ...],
+                 grid: PatchGrid, task_args: dict) -> None:
+        self.names, self.src, self.grid, self.task_args = names, src, grid, task_args
+        stride, ov = grid.stride, grid.overlap
+        self.yb = _block_extents(ychunks, stride, grid.rows)
+        self.xb = _block_extents(xchunks, stride, grid.cols)
+        self.crop = grid.scale * stride  # HR rows/cols of a patch before its spill into the next block
+        self.halos = {
+            "halo-row": functools.partial(_take, index=(Ellipsis, slice(0, ov), slice(None))),
+            "halo-col": functools.partial(_take, index=(Ellipsis, slice(0, ov))),
+            "halo-corner": functools.partial(_take, index=(Ellipsis, slice(0, ov), slice(0, ov))),
+        }
+        self.layers: dict[str, dict] = {k: {} for k in names}
+
+    def add(self, lb: tuple[int, ...], keys: np.ndarray, bi: int, bj: int) -> None:
+        """Block (bi, bj) of the leading block ``lb`` (seed keys ``keys``): halos, spill, blend."""
+        src = (self.src, *lb, 0, bi, bj)
+        origin = (self.yb[bi][2], self.xb[bj][2])
+        patch_args = dict(origin=origin, keys=keys, **self.task_args)
+        self._add_halos(src, lb, bi, bj)
+        sr, sc = self._add_spill(src, lb, bi, bj, patch_args)
+        self._add_blend(src, lb, bi, bj, (sr, sc), patch_args)
+
+    def _add_halos(self, src: tuple, lb: tuple[int, ...], bi: int, bj: int) -> None:
+        """Halo strips of this input block, for the spill patches of the previous blocks."""
+        if not self.grid.overlap:
+            return
+        for layer, wanted in (("halo-row", bi > 0), ("halo-col", bj > 0), ("halo-corner", bi > 0 and bj > 0)):
+            if wanted:
+                self.layers[layer][(self.names[layer], *lb, bi, bj)] = (self.halos[layer], src)
+
+    def _add_spill(self, src: tuple, lb: tuple[int, ...], bi: int, bj: int, patch_args: dict) -> tuple[bool, bool]:
+        """The block's last patch row / column, which spill into the next blocks: computed apart
+        ("spill", needed by 2-4 blends), with the edges the next blocks take from them. Returns
+        whether the block spills into the next block row and the next block column."""
+        names, ov = self.names, self.grid.overlap
+        (p0, p1, _, _), (q0, q1, _, _) = self.yb[bi], self.xb[bj]
+        sr = bi + 1 < len(self.yb) and ov > 0 and p1 > p0 and q1 > q0
+        sc = bj + 1 < len(self.xb) and ov > 0 and p1 > p0 and q1 > q0
+        if not (sr or sc):
+            return sr, sc
+        rects = ((p1 - 1, p1, q0, q1),) * sr + ((p0, p1 - sr, q1 - 1, q1),) * sc
+        spill_key = (names["spill"], *lb, bi, bj)
+        self.layers["spill"][spill_key] = (
+            functools.partial(_patch_block, rects=rects, **patch_args),
+            src,
+            (names["halo-row"], *lb, bi + 1, bj) if sr else None,
+            (names["halo-col"], *lb, bi, bj + 1) if sc else None,
+            (names["halo-corner"], *lb, bi + 1, bj + 1) if sr and sc else None,
+        )
+        for which, wanted, has_row in (("row", sr, True), ("col", sc, sr), ("corner", sr and sc, True)):
+            if wanted:
+                self.layers[f"edge-{which}"][(names[f"edge-{which}"], *lb, bi, bj)] = (
+                    functools.partial(_edge, which=which, has_row=has_row, crop=self.crop), spill_key)
+        return sr, sc
+
+    def _add_blend(self, src: tuple, lb: tuple[int, ...], bi: int, bj: int, spills: tuple[bool, bool],
+                   patch_args: dict) -> None:
+        """The block's interior patches (needed by this block only: made inside the blend task, so
+        results waiting for a later blend are thin) and the blend with its spill and the previous
+        blocks' edges that reach into it."""
+        names, layers, ov = self.names, self.layers, self.grid.overlap
+        (p0, p1, r0, r1), (q0, q1, c0, c1) = self.yb[bi], self.xb[bj]
+        sr, sc = spills
+        inner = (p0, p1 - sr, q0, q1 - sc)
+        has_inner = inner[1] > inner[0] and inner[3] > inner[2]
+        prev_r = bi > 0 and ov > 0 and (names["edge-row"], *lb, bi - 1, bj) in layers["edge-row"]
+        prev_c = bj > 0 and ov > 0 and (names["edge-col"], *lb, bi, bj - 1) in layers["edge-col"]
+        prev_rc = (names["edge-corner"], *lb, bi - 1, bj - 1) in layers["edge-corner"]
+        finish = functools.partial(
+            _finish_block,
+            interior=dict(rects=(inner,), **patch_args) if has_inner else None,
+            blend=dict(grid=self.grid, patches=(p0, p1, q0, q1), spills=(sr, sc), rows=(r0, r1), cols=(c0, c1)),
+        )
+        layers["blend"][(names["blend"], *lb, 0, 0, bi, bj)] = (
+            finish,
+            src,
+            (names["spill"], *lb, bi, bj) if sr or sc else None,
+            (names["edge-row"], *lb, bi - 1, bj) if prev_r else None,
+            (names["edge-col"], *lb, bi, bj - 1) if prev_c else None,
+            (names["edge-corner"], *lb, bi - 1, bj - 1) if prev_rc else None,
+        )
+
+    def graph(self, x: da.Array) -> HighLevelGraph:
+        """``x``'s graph plus the non-empty layers (halo and edge layers are empty without overlap)."""
+        names = {**self.names, "x": x.__dask_layers__()[0]}
+        hlg_layers = dict(x.dask.layers)
+        hlg_deps = dict(x.dask.dependencies)
+        for k, tasks in self.layers.items():
+            if tasks:
+                hlg_layers[names[k]] = MaterializedLayer(tasks)
+                hlg_deps[names[k]] = {names[d] for d in _LAYER_DEPS[k] if d == "x" or self.layers[d]}
+        return HighLevelGraph(hlg_layers, hlg_deps)

@@ -156,41 +156,10 @@ def superresolve(
 
     # 4. bands -> (*lead, band, y, x) raw dask array + per-band conversion -> graph
     inp = _inputs.model_input(obj, y_dim, x_dim, tuple(cfg.bands), bands)
-    sel = inp.selection
-    bands20 = sel.bands20(tuple(cfg.bands))
-    if bands20:
-        spec = _guided_spec(spec, model20, bands20, geobox, patch, overlap)
-    out = _graph.superresolve_array(
-        inp.data, _inputs.kernel_for(spec), patch=patch, overlap=overlap, n_outputs=spec.n_outputs, seed=seed,
-        scale=cfg.scale, lead_keys=inp.keys, band_scale=sel.scale, band_offset=sel.offset, band_nodata=sel.nodata,
-    )
+    spec, out = _build_graph(inp, spec, cfg, model20, geobox, patch=patch, overlap=overlap, seed=seed)
 
     # 5. xarray wrapping: coords from the 4x finer GeoBox, input dim order, attrs
-    hr = geobox.zoom_out(1 / cfg.scale)
-    ds = _wrap(out, inp, hr, y_dim, x_dim, samples if return_samples else 0)
-    if sel.picks != list(range(len(sel.labels))):
-        ds = ds.isel({sel.band_dim: sel.picks})
-    ds.attrs = {
-        "title": "Sentinel-2 4x super-resolution (xr-opensr)",
-        "model": cfg.name,
-        "model_version": cfg.version,
-        "samples": samples,
-        "steps": int(steps if steps is not None else cfg.sampler.steps),
-        "eta": float(eta if eta is not None else cfg.sampler.eta),
-        "seed": seed,
-        "patch": patch,
-        "overlap": overlap,
-        "scale": cfg.scale,
-        "std_scale": float(cfg.std_scale),
-        "histogram_matching": int(bool(histogram_matching)),
-        "consistency": cfg.consistency.describe(),
-        "units": "1 (surface reflectance)",
-        "resolution_m": GRID_RESOLUTION_M / cfg.scale,
-    }
-    if bands20:
-        guided = _runtime.get_guided(spec).config
-        ds.attrs.update(model20=guided.name, model20_version=guided.version)
-    ds = ds.rio.write_crs(obj.rio.crs).rio.write_transform(hr.affine)
+    ds = _wrap_result(out, inp, spec, cfg, geobox, y_dim, x_dim, obj.rio.crs, seed=seed, patch=patch, overlap=overlap)
     return _encode.encode(ds, output_dtype)
 
 
@@ -311,7 +280,58 @@ def _model20_id(model20: Any) -> str:
     return str(path.resolve()) if path.exists() else str(model20)
 
 
+# --------------------------------------------------------------------------- graph
+
+
+def _build_graph(inp: _inputs.ModelInput, spec: _runtime.ModelSpec, cfg: Any, model20: Any, geobox: Any, *,
+                 patch: int, overlap: int, seed: int) -> tuple[_runtime.ModelSpec, da.Array]:
+    """The lazy (*lead, K, C, H, W) output of the selected bands, and ``spec`` with the 20 m path
+    when 20 m bands are among them."""
+    sel = inp.selection
+    bands20 = sel.bands20(tuple(cfg.bands))
+    if bands20:
+        spec = _guided_spec(spec, model20, bands20, geobox, patch, overlap)
+    out = _graph.superresolve_array(
+        inp.data, _inputs.kernel_for(spec), patch=patch, overlap=overlap, n_outputs=spec.n_outputs, seed=seed,
+        scale=cfg.scale, lead_keys=inp.keys, band_scale=sel.scale, band_offset=sel.offset, band_nodata=sel.nodata,
+    )
+    return spec, out
+
+
 # --------------------------------------------------------------------------- output
+
+
+def _wrap_result(out: da.Array, inp: _inputs.ModelInput, spec: _runtime.ModelSpec, cfg: Any, geobox: Any,
+                 y_dim: Hashable, x_dim: Hashable, crs: Any, *, seed: int, patch: int, overlap: int) -> xr.Dataset:
+    """The graph's output as :func:`superresolve`'s Dataset (before encoding): on the 4x finer GeoBox
+    (``crs`` and its transform written), in the input's dim and band order, with the attrs that
+    describe the run."""
+    sel = inp.selection
+    hr = geobox.zoom_out(1 / cfg.scale)
+    ds = _wrap(out, inp, hr, y_dim, x_dim, spec.samples if spec.return_samples else 0)
+    if sel.picks != list(range(len(sel.labels))):
+        ds = ds.isel({sel.band_dim: sel.picks})
+    ds.attrs = {
+        "title": "Sentinel-2 4x super-resolution (xr-opensr)",
+        "model": cfg.name,
+        "model_version": cfg.version,
+        "samples": spec.samples,
+        "steps": int(spec.steps if spec.steps is not None else cfg.sampler.steps),
+        "eta": float(spec.eta if spec.eta is not None else cfg.sampler.eta),
+        "seed": seed,
+        "patch": patch,
+        "overlap": overlap,
+        "scale": cfg.scale,
+        "std_scale": float(cfg.std_scale),
+        "histogram_matching": int(spec.histogram_matching),
+        "consistency": cfg.consistency.describe(),
+        "units": "1 (surface reflectance)",
+        "resolution_m": GRID_RESOLUTION_M / cfg.scale,
+    }
+    if spec.bands20:
+        guided = _runtime.get_guided(spec).config
+        ds.attrs.update(model20=guided.name, model20_version=guided.version)
+    return ds.rio.write_crs(crs).rio.write_transform(hr.affine)
 
 
 def _wrap(out: da.Array, inp: _inputs.ModelInput, hr: Any, y_dim: Hashable, x_dim: Hashable,

@@ -365,6 +365,25 @@ def search(
     InputError
         Bad bbox, max_cloud or limit; or no item matched (widen the dates or raise max_cloud).
     """
+    bbox = _check_search_args(bbox, datetime, max_cloud, limit)
+    collections = [collection] if isinstance(collection, str) else list(collection)
+    client = _open_client(url, modifier)
+    kwargs = _search_kwargs(client, collections, bbox, datetime, max_cloud, limit)
+    found = _run_search(client, kwargs, datetime)
+    if max_cloud is not None:  # also where the API could not filter
+        found = [it for it in found if _cloud_cover(it) <= max_cloud]
+    if not found:
+        cloud = f" with eo:cloud_cover <= {max_cloud}%" if max_cloud is not None else ""
+        raise InputError(
+            f"no {', '.join(collections)} items at {url} for bbox {list(bbox)} and datetime "
+            f"{datetime!r}{cloud}; widen the datetime range, enlarge the bbox or raise max_cloud"
+        )
+    return sorted(found, key=lambda it: (_cloud_cover(it), str(it.datetime), it.id))
+
+
+def _check_search_args(bbox: Sequence[float], datetime: Any, max_cloud: float | None,
+                       limit: int) -> tuple[float, float, float, float]:
+    """:func:`search`'s bbox (checked, as a tuple), after checking max_cloud, limit and datetime."""
     bbox = _check_bbox(bbox)
     if max_cloud is not None and not (_is_real(max_cloud) and 0 <= max_cloud <= 100):
         raise InputError(f"max_cloud must be a percentage in [0, 100] or None; got {max_cloud!r}")
@@ -375,15 +394,22 @@ def search(
             "datetime is required, e.g. '2024-06-01/2024-06-30', '2024-06' or (start, end); got "
             f"{datetime!r}"
         )
-    collections = [collection] if isinstance(collection, str) else list(collection)
-    pystac_client = _import_pystac_client()
-    from pystac_client.warnings import DoesNotConformTo
+    return bbox
 
+
+def _open_client(url: str, modifier: Callable[[Any], Any] | None) -> Any:
+    """A pystac-client ``Client`` of the STAC API at ``url``, checked for item search."""
+    pystac_client = _import_pystac_client()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # NoConformsTo: reported below, with the fix
+        warnings.simplefilter("ignore")  # NoConformsTo: reported by _check_item_search, with the fix
         client = pystac_client.Client.open(url, modifier=modifier)
     _check_item_search(client, url)
+    return client
 
+
+def _search_kwargs(client: Any, collections: list[str], bbox: Sequence[float], datetime: Any,
+                   max_cloud: float | None, limit: int) -> dict[str, Any]:
+    """Arguments of ``client.search``: the cloud filter and sort order in the forms the API declares."""
     kwargs: dict[str, Any] = {
         "collections": collections,
         "bbox": list(bbox),
@@ -399,6 +425,13 @@ def search(
             kwargs["filter_lang"] = "cql2-json"
     if _conforms(client, "/item-search#sort"):
         kwargs["sortby"] = [{"field": "properties.eo:cloud_cover", "direction": "asc"}]
+    return kwargs
+
+
+def _run_search(client: Any, kwargs: dict[str, Any], datetime: Any) -> list[pystac.Item]:
+    """The items of ``client.search(**kwargs)``; a datetime pystac-client rejects is an InputError."""
+    from pystac_client.warnings import DoesNotConformTo
+
     with warnings.catch_warnings():
         # pystac-client warns for conformance URIs newer than v1.0 that _conforms accepted
         warnings.simplefilter("ignore", DoesNotConformTo)
@@ -409,16 +442,7 @@ def search(
                 f"datetime {datetime!r} is not a STAC datetime ({err}); use e.g. "
                 f"'2024-06-01/2024-06-30', '2024-06' or (start, end)"
             ) from err
-        found = list(item_search.items())
-    if max_cloud is not None:  # also where the API could not filter
-        found = [it for it in found if _cloud_cover(it) <= max_cloud]
-    if not found:
-        cloud = f" with eo:cloud_cover <= {max_cloud}%" if max_cloud is not None else ""
-        raise InputError(
-            f"no {', '.join(collections)} items at {url} for bbox {list(bbox)} and datetime "
-            f"{datetime!r}{cloud}; widen the datetime range, enlarge the bbox or raise max_cloud"
-        )
-    return sorted(found, key=lambda it: (_cloud_cover(it), str(it.datetime), it.id))
+        return list(item_search.items())
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -551,6 +575,24 @@ def load_s2(
         asset when ``mask_clouds=True``.
     """
     items = _as_items(items_or_search)
+    names, load_names, bbox, asset_map, base_key = _check_load_args(
+        items, bands, resolution, bbox, assets, groupby, mask_clouds)
+    odc_stac = _import_odc_stac()
+    import rioxarray  # noqa: F401  (registers ds.rio: the result's CRS is ds.rio.crs)
+
+    items, dropped = _drop_duplicates(items)
+    normalised = [_normalise(item, load_names, mask_clouds, asset_map) for item in items]
+    rules = [offset_rule(item) for item in items]
+    raw, slices = _load_slices(odc_stac, normalised, load_names, base_key, resolution, chunks, crs, bbox)
+    out, log = _mosaic_reflectance(raw, slices, items, rules, names, mask_clouds)
+    out.attrs.update(_load_attrs(mask_clouds, log, dropped))
+    return out
+
+
+def _check_load_args(items: list, bands: Any, resolution: Any, bbox: Any, assets: Any, groupby: Any,
+                     mask_clouds: bool) -> tuple[list[str], list[str], Any, dict[str, str], Callable]:
+    """:func:`load_s2`'s arguments checked: the band names, the names to load (with SCL for the
+    cloud mask), the bbox (or None), the band -> asset key map and the group key function."""
     if not items:
         raise InputError(
             "load_s2 got no items; search(bbox, datetime, ...) found none or the list is empty. "
@@ -561,41 +603,51 @@ def load_s2(
     if not (_is_real(resolution) and resolution > 0):
         raise InputError(f"resolution must be a positive number (metres for UTM); got {resolution!r}")
     bbox = _check_bbox(bbox) if bbox is not None else None
-    asset_map = _check_assets(assets)
-    base_key = _group_key(groupby)
-    odc_stac = _import_odc_stac()
-    import rioxarray  # noqa: F401  (registers ds.rio: the result's CRS is ds.rio.crs)
+    return names, load_names, bbox, _check_assets(assets), _group_key(groupby)
 
-    items, dropped = _drop_duplicates(items)
-    normalised = [_normalise(item, load_names, mask_clouds, asset_map) for item in items]
-    rules = [offset_rule(item) for item in items]
+
+def _load_slices(odc_stac: Any, items: list[pystac.Item], names: list[str],
+                 base_key: Callable[[Any, Any, int], Hashable], resolution: float, chunks: Any, crs: Any,
+                 bbox: Any) -> tuple[xr.Dataset, list[tuple[Hashable, int]]]:
+    """The raw odc-stac cube of ``items`` with one time slice per item, and the slices' keys.
+
+    Slice ``t`` holds item ``slices[t][1]`` of group ``slices[t][0]``: the slices are ordered by
+    group, then by the caller's order (they are mosaicked per group afterwards).
+    """
     keys: dict[int, tuple[Hashable, int]] = {}
 
     def group_key(item: Any, parsed: Any, idx: int) -> tuple[Hashable, int]:
-        # one time slice per item, ordered by group then by the caller's order; mosaicked below
+        # one time slice per item, ordered by group then by the caller's order; mosaicked afterwards
         keys[idx] = (base_key(item, parsed, idx), idx)
         return keys[idx]
 
-    raw = _odc_load(odc_stac, normalised, load_names, group_key, resolution, chunks, crs, bbox)
+    raw = _odc_load(odc_stac, items, names, group_key, resolution, chunks, crs, bbox)
     slices = sorted(set(keys.values()))  # odc-stac orders time slices by group key
     if len(slices) != raw.sizes["time"]:  # pragma: no cover - would mean odc-stac changed
         raise RuntimeError(f"odc-stac returned {raw.sizes['time']} time slices for {len(slices)} items")
+    return raw, slices
 
+
+def _mosaic_reflectance(raw: xr.Dataset, slices: list[tuple[Hashable, int]], items: list, rules: list,
+                        names: list[str], mask_clouds: bool) -> tuple[xr.Dataset, list[dict[str, Any]]]:
+    """The per-item slices of ``raw`` as reflectance (each item's offset), mosaicked per group, and
+    the log of the items and offsets of every output time step."""
     offset = xr.DataArray(np.array([rules[s[1]][0] for s in slices], np.float32), dims="time")
     out = _reflectance(raw, names, offset, mask_clouds)
     groups = [s[0] for s in slices]
     log = _offset_log(out.time.values, groups, [items[s[1]] for s in slices], [rules[s[1]] for s in slices])
-    out = _merge_groups(out, groups)
-    out.attrs.update(
-        {
-            "reflectance": "(DN + processing-baseline offset) / 10000; DN 0 -> NaN",
-            "cloud_mask": ("SCL " + ",".join(map(str, SCL_MASKED)) + " -> NaN") if mask_clouds else "none",
-            "mosaic": "per time step, the first valid pixel in the order the items were given",
-            "offset_rules": json.dumps(log),
-            "duplicates_dropped": json.dumps(dropped),
-        }
-    )
-    return out
+    return _merge_groups(out, groups), log
+
+
+def _load_attrs(mask_clouds: bool, log: list, dropped: list[str]) -> dict[str, str]:
+    """The attributes of :func:`load_s2`'s result: the conversion, the mask, the mosaic, the logs (JSON)."""
+    return {
+        "reflectance": "(DN + processing-baseline offset) / 10000; DN 0 -> NaN",
+        "cloud_mask": ("SCL " + ",".join(map(str, SCL_MASKED)) + " -> NaN") if mask_clouds else "none",
+        "mosaic": "per time step, the first valid pixel in the order the items were given",
+        "offset_rules": json.dumps(log),
+        "duplicates_dropped": json.dumps(dropped),
+    }
 
 
 def _odc_load(odc_stac: Any, items: list, bands: list[str], group_key: Callable, resolution: float,

@@ -28,6 +28,7 @@ import pandas as pd
 import xarray as xr
 
 from . import sensor
+from ._config import Rules, load_config
 from .sentinel2 import GUIDED_BANDS, MODEL_BANDS, QUANTIFICATION, SR_BANDS, canonical_band
 
 __all__ = ["BANDS", "LAND_COVER", "SceneStyle", "bands20", "demo_cube", "s2_cube", "synthetic_scene"]
@@ -124,17 +125,10 @@ class SceneStyle:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SceneStyle:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown SceneStyle keys {unknown}; expected a subset of {sorted(known)}")
-        values = dict(data)
-        if "cloud_cover" in values:
-            values["cloud_cover"] = tuple(float(v) for v in values["cloud_cover"])
-        if values.get("land_cover") is not None:
-            values["land_cover"] = {str(k): float(v) for k, v in values["land_cover"].items()}
-        return cls(**values)
+        """Inverse of :meth:`to_dict`, by the one config loader (:func:`xr_opensr._config.load_config`):
+        unknown keys (the known ones named) and wrong types raise ``ConfigError`` (a ``ValueError``),
+        missing keys take defaults."""
+        return load_config(cls, data, "SceneStyle", defaults=True, rules=Rules(keys_name="SceneStyle"))
 
 
 # --------------------------------------------------------------------------- HR scene

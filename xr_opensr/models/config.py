@@ -1,23 +1,22 @@
 """Model configuration: everything but the weights, stored as ``config.json`` in a model folder.
 
-:func:`load_config` is the one loader of every config dataclass (this model config and its parts,
-and the sections of a training recipe): keys, types, bounds and choices are checked, and every
-problem is reported by name, before anything is built. Reading a config never touches weights.
+:func:`load_config` (from :mod:`xr_opensr._config`, re-exported here) is the one loader of every
+config dataclass (this model config and its parts, the sections of a training recipe, ...): keys,
+types, bounds and choices are checked, and every problem is reported by name, before anything is
+built. This module registers the bounds, choices and optional keys of the model classes. Reading a
+config never touches weights.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import math
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._config import Rules, load_config, register_rules
 from ..errors import ConfigError, ModelError
 from ..sentinel2 import MODEL_BANDS
 from .autoencoder import AutoencoderConfig
@@ -153,146 +152,37 @@ class ModelConfig:
         return load_config(ModelConfig, {**self.to_dict(), **plain}, "model config")
 
 
-# --------------------------------------------------------------------------- the one config loader
+# --------------------------------------------------------------------------- rules of the model classes
+# Sizes a network may have (inclusive bounds of numbers and of every entry of a tuple of numbers), so
+# that no config asks for memory or time out of proportion to any model; the keys a model's
+# config.json may leave out (they then take the class default; all others are required); the allowed
+# strings of a key.
 
-#: keys a model's config.json may leave out (they then take the class default); all others are required
-_OPTIONAL: dict[type, frozenset[str]] = {
-    ModelConfig: frozenset({"name", "version", "std_scale", "consistency", "mean_net", "provenance",
-                            "format_version"}),
-    AutoencoderConfig: frozenset({"dropout"}),
-    UNetConfig: frozenset({"dropout"}),
-    ScheduleConfig: frozenset({"kind", "parameterization"}),
-}
-
-#: inclusive bounds of numbers (and of every entry of a tuple of numbers), per class and key: sizes
-#: a network may have, so that no config asks for memory or time out of proportion to any model
-_BOUNDS: dict[type, dict[str, tuple[float, float]]] = {
-    ModelConfig: {"scale": (2, 8), "patch_size": (1, 512), "default_overlap": (0, 256), "std_scale": (1e-6, 1e6),
-                  "input_gain": (-1e6, 1e6), "input_offset": (-1e6, 1e6), "format_version": (1, 10**6)},
-    AutoencoderConfig: {"in_channels": (1, 64), "out_ch": (1, 64), "ch": (1, 2048), "ch_mult": (1, 64),
-                        "num_res_blocks": (1, 16), "attn_resolutions": (1, 16384), "z_channels": (1, 1024),
-                        "embed_dim": (1, 1024), "resolution": (1, 16384), "dropout": (0, 1), "num_groups": (1, 1024)},
-    UNetConfig: {"in_channels": (1, 2048), "out_channels": (1, 1024), "model_channels": (1, 4096),
-                 "channel_mult": (1, 64), "num_res_blocks": (1, 16), "attention_resolutions": (1, 1024),
-                 "num_head_channels": (1, 4096), "image_size": (1, 16384), "dropout": (0, 1), "num_groups": (1, 1024)},
-    ScheduleConfig: {"timesteps": (1, 100_000), "linear_start": (1e-12, 1), "linear_end": (1e-12, 1)},
-    SamplerConfig: {"steps": (1, 100_000), "eta": (0, 100), "temperature": (1e-6, 100)},
-    ConsistencyConfig: {"psf_sigma": (1e-6, 100), "iterations": (0, 100)},
-    MeanNetConfig: {"channels": (1, 1024), "blocks": (1, 64), "res_scale": (0, 10), "uncertainty_channels": (0, 1024)},
-}
-
-#: the allowed strings of a key, per class
-_CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
-    ModelConfig: {"conditioning": ("sample", "mode")},
-    ScheduleConfig: {"kind": ("linear",), "parameterization": ("eps",)},
-}
-
-#: most entries of a tuple (bands, channel multipliers, ...)
-_MAX_LENGTH = 16
-
-
-def load_config(kind: type, data: Any, where: str, *, defaults: bool = False) -> Any:
-    """The one loader of config dataclasses (model configs, their parts, training recipe sections).
-
-    Checks ``data`` (a JSON object) against the fields of ``kind`` before anything is built:
-    unknown keys, missing keys (all are required unless ``defaults`` or listed as optional for
-    ``kind``), the type of every value (from the field annotations; nested dataclasses recursively;
-    lists become tuples; an int is accepted for a float), bounds and choices. All problems are
-    reported at once, by key, in one :class:`~xr_opensr.errors.ConfigError`.
-
-    Parameters
-    ----------
-    kind : a dataclass.
-    data : mapping of field name -> JSON value.
-    where : what ``data`` is, for the messages (e.g. ``"model config 'denoiser'"``).
-    defaults : missing keys take the dataclass defaults (training recipes), instead of being errors.
-    """
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(kind) if f.init}
-    hints = typing.get_type_hints(kind)
-    problems = []
-    unknown = sorted(map(str, set(data) - set(fields)))
-    if unknown:
-        problems.append(f"unknown keys in {where}: {unknown}; expected a subset of {sorted(fields)}")
-    optional = set(fields) if defaults else _OPTIONAL.get(kind, frozenset())
-    missing = [name for name in fields if name not in data and name not in optional]
-    if missing:
-        problems.append(f"missing keys in {where}: {missing} (no default is assumed for them)")
-    kwargs = {}
-    for name, value in data.items():
-        if name in fields:
-            try:
-                kwargs[name] = _check_value(kind, name, value, hints[name], where, defaults)
-            except ConfigError as err:
-                problems.append(str(err))
-    if problems:
-        raise ConfigError("; ".join(problems))
-    try:
-        return kind(**kwargs)
-    except ConfigError:
-        raise
-    except (ModelError, TypeError, ValueError, ZeroDivisionError) as err:
-        raise ConfigError(f"invalid {where}: {err}") from err
-
-
-def _check_value(kind: type, name: str, value: Any, hint: Any, where: str, defaults: bool) -> Any:
-    """``value`` of field ``name`` checked against its annotation ``hint``, bounds and choices."""
-    label = _key(where, name)
-    if dataclasses.is_dataclass(hint):
-        return load_config(hint, value, label, defaults=defaults)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):  # e.g. str | None
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        for option in options[:-1]:
-            with contextlib.suppress(ConfigError):
-                return _check_value(kind, name, value, option, where, defaults)
-        return _check_value(kind, name, value, options[-1], where, defaults)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{label} must be a list, got {type(value).__name__} {value!r}")
-        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
-        if len(items) != len(value) or len(value) > _MAX_LENGTH:
-            size = f"{len(args)} entries" if items is args else f"at most {_MAX_LENGTH} entries"
-            raise ConfigError(f"{label} must have {size}, got {len(value)}")
-        return tuple(_check_value(kind, name, v, t, where, defaults) for v, t in zip(value, items))
-    if origin is dict or hint is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{label} must be a JSON object, got {type(value).__name__}")
-        return dict(value)
-    if hint is Any:
-        return value
-    value = _scalar(value, hint, label)
-    choices = _CHOICES.get(kind, {}).get(name)
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{label} must be one of {list(choices)}, got {value!r}")
-    lo, hi = _BOUNDS.get(kind, {}).get(name, (-math.inf, math.inf))
-    if isinstance(value, int | float) and not isinstance(value, bool) and not lo <= value <= hi:
-        raise ConfigError(f"{label} must be in [{lo:g}, {hi:g}], got {value!r}")
-    return value
-
-
-def _scalar(value: Any, hint: Any, label: str) -> Any:
-    """A JSON scalar checked against ``bool``, ``int``, ``float`` or ``str`` (float: int accepted, finite)."""
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, int | float) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }
-    if hint not in ok:
-        raise ConfigError(f"{label}: unsupported annotation {hint!r} (a bug in xr-opensr)")
-    if not ok[hint]:
-        raise ConfigError(f"{label} must be {hint.__name__}, got {type(value).__name__} {value!r}")
-    if hint is float:
-        if not math.isfinite(value):
-            raise ConfigError(f"{label} must be a finite number, got {value!r}")
-        return float(value)
-    return value
-
-
-def _key(where: str, name: str) -> str:
-    """``"model config"``, ``"denoiser"`` -> ``"model config 'denoiser'"``; one level down: ``"... 'a.b'"``."""
-    return f"{where[:-1]}.{name}'" if where.endswith("'") else f"{where} '{name}'"
+register_rules(ModelConfig, Rules(
+    optional=frozenset({"name", "version", "std_scale", "consistency", "mean_net", "provenance", "format_version"}),
+    bounds={"scale": (2, 8), "patch_size": (1, 512), "default_overlap": (0, 256), "std_scale": (1e-6, 1e6),
+            "input_gain": (-1e6, 1e6), "input_offset": (-1e6, 1e6), "format_version": (1, 10**6)},
+    choices={"conditioning": ("sample", "mode")},
+))
+register_rules(AutoencoderConfig, Rules(
+    optional=frozenset({"dropout"}),
+    bounds={"in_channels": (1, 64), "out_ch": (1, 64), "ch": (1, 2048), "ch_mult": (1, 64),
+            "num_res_blocks": (1, 16), "attn_resolutions": (1, 16384), "z_channels": (1, 1024),
+            "embed_dim": (1, 1024), "resolution": (1, 16384), "dropout": (0, 1), "num_groups": (1, 1024)},
+))
+register_rules(UNetConfig, Rules(
+    optional=frozenset({"dropout"}),
+    bounds={"in_channels": (1, 2048), "out_channels": (1, 1024), "model_channels": (1, 4096),
+            "channel_mult": (1, 64), "num_res_blocks": (1, 16), "attention_resolutions": (1, 1024),
+            "num_head_channels": (1, 4096), "image_size": (1, 16384), "dropout": (0, 1), "num_groups": (1, 1024)},
+))
+register_rules(ScheduleConfig, Rules(
+    optional=frozenset({"kind", "parameterization"}),
+    bounds={"timesteps": (1, 100_000), "linear_start": (1e-12, 1), "linear_end": (1e-12, 1)},
+    choices={"kind": ("linear",), "parameterization": ("eps",)},
+))
+register_rules(SamplerConfig, Rules(bounds={"steps": (1, 100_000), "eta": (0, 100), "temperature": (1e-6, 100)}))
+register_rules(ConsistencyConfig, Rules(bounds={"psf_sigma": (1e-6, 100), "iterations": (0, 100)}))
+register_rules(MeanNetConfig, Rules(optional=frozenset({"uncertainty_depth", "uncertainty_detail"}),  # 0.2.0 had neither
+                                    bounds={"channels": (1, 1024), "blocks": (1, 64), "res_scale": (0, 10),
+                                            "uncertainty_channels": (0, 1024), "uncertainty_depth": (2, 16)}))
