@@ -105,6 +105,49 @@ def test_regression_stage_resumes_to_the_same_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_spread_stage_refits_the_head_alone_and_resumes(tmp_path):
+    """``training spread``: a deeper head with the detail inputs on the frozen mean; the mean and its
+    file are unchanged, the head's loss falls, and a stopped run resumes to the same weights."""
+    from training.regression import mean_net_file, train_spread
+
+    cfg = TrainConfig.from_json(TINY).replace(run={"sample_every": 0, "log_every": 10, "checkpoint_every": 20},
+                                              data={"real_weight": 0.0, "size": 4}, regression={"steps": 6})
+    train_regression(cfg, tmp_path / "a", progress=False)
+    assert mean_net_file(tmp_path / "a") == tmp_path / "a" / "regression" / REGRESSION_FILE
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "regression").symlink_to(tmp_path / "a" / "regression")
+    head = {"uncertainty_depth": 3, "uncertainty_detail": True, "uncertainty_channels": 16, "spread_steps": 40,
+            "spread_lr": 3e-3}
+    refit = cfg.replace(regression=head)
+    train_spread(refit, tmp_path / "a", progress=False)
+    train_spread(refit, tmp_path / "b", progress=False, stop_at=20)
+    train_spread(refit, tmp_path / "b", progress=False, resume=True)
+    assert mean_net_file(tmp_path / "a") == tmp_path / "a" / "spread" / REGRESSION_FILE
+    old = load_regression(tmp_path / "a" / "regression" / REGRESSION_FILE)
+    new, again = (load_regression(p / "spread" / REGRESSION_FILE) for p in (tmp_path / "a", tmp_path / "b"))
+    assert (new.config.uncertainty_depth, new.config.uncertainty_detail, new.config.uncertainty_channels) == (3, True, 16)
+    a, b = new.state_dict(), again.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for k, v in old.state_dict().items():
+        if not k.startswith("spread."):
+            assert torch.equal(v, a[k]), k  # the mean network is frozen
+    with (tmp_path / "a" / "spread" / loop.METRICS).open() as fh:
+        nll = [float(r["loss_nll"]) for r in csv.DictReader(fh)]
+    assert len(nll) == 4 and nll[-1] < nll[0]
+    _, lr = loop.PairSampler(loop.training_dataset(cfg)).items([0, 1])
+    (m_old, _), (m_new, s_new) = old.predict(lr.numpy()), new.predict(lr.numpy())
+    np.testing.assert_array_equal(m_old, m_new)
+    assert (s_new > 0).all() and np.isfinite(s_new).all()
+
+
+def test_spread_head_gradient_input_is_numpy_gradient():
+    from xr_opensr.models.regression import _gradient
+
+    x = np.random.default_rng(0).random((2, 3, 9, 7)).astype(np.float32)
+    gy, gx = np.gradient(x, axis=(-2, -1))
+    np.testing.assert_allclose(_gradient(torch.from_numpy(x)).numpy(), np.hypot(gy, gx), atol=1e-6)
+
+
 def test_default_regression_baseline_has_the_size_of_the_issue():
     from training.regression import RegressionConfig
 
@@ -143,11 +186,13 @@ def test_evaluate_reports_every_field_on_all_three_sets(trained):
             assert 0 <= u["coverage_2std"] <= 1 and -1 <= u["spearman_std_err"] <= 1
             assert -1 <= u["spearman_gradient_err"] <= 1
         assert r["timing"]["regression_ms_per_patch"] > 0 and r["timing"]["sample_s_per_patch"] > 0
+        # the reference's own consistency: finite (the sensor's PSF separates HR from its LR)
+        assert 20 < r["reference_consistency_db"] < 80, r["reference_consistency_db"]
     summary = metrics["summary"]
     for prefix in (SETS[name] for name in present):
         for key in ("psnr_gain_over_bicubic_consistency_db", "psnr_bicubic_consistency", "lpips_sample",
                     "coverage_2std_s2", "coverage_2std_s3", "spearman_gradient_err_s3", "psnr_regression",
-                    "improvement_sr", "hallucination_sr"):
+                    "improvement_sr", "hallucination_sr", "reference_consistency_db"):
             assert f"{prefix}_{key}" in summary, f"{prefix}_{key}"
     assert summary["std_scale"] > 0 and "unseen_domain" in metrics["settings"]["sets"]
     assert metrics["settings"]["consistency_baseline"].startswith("1 back-projection step")

@@ -113,6 +113,31 @@ def test_config_rejects_bad_mean_net():
         ModelConfig.from_dict(cfg)
 
 
+def test_mean_net_config_of_0_2_0_loads_and_deeper_heads_round_trip(lr, tmp_path):
+    """A 0.2.0 config (no head depth, no detail inputs) loads as the depth-2 head; a depth-3 head with
+    the detail inputs saves, loads and gives the same uncertainty; depth 1 is refused."""
+    from xr_opensr.errors import ConfigError
+    from xr_opensr.models import ModelConfig
+
+    cfg = tiny_config(mean_net=MeanNetConfig(channels=8, blocks=2, uncertainty_channels=8)).to_dict()
+    for key in ("uncertainty_depth", "uncertainty_detail"):
+        del cfg["mean_net"][key]
+    assert ModelConfig.from_dict(cfg).mean_net == MeanNetConfig(channels=8, blocks=2, uncertainty_channels=8,
+                                                                 uncertainty_depth=2, uncertainty_detail=False)
+    deep = seeded_model(tiny_config(mean_net=MeanNetConfig(channels=8, blocks=2, uncertainty_channels=8,
+                                                           uncertainty_depth=3, uncertainty_detail=True)), 0)
+    with torch.no_grad():
+        deep.mean_net.spread[4].weight.normal_(0.0, 0.05)
+        deep.mean_net.up.weight.normal_(0.0, 0.01)
+    out = deep.sample_summary(lr, samples=0)
+    again = load_model(save_model(deep, tmp_path / "deep"), device="cpu")
+    np.testing.assert_array_equal(again.sample_summary(lr, samples=2, steps=2), deep.sample_summary(lr, samples=2, steps=2))
+    assert np.isfinite(out[:, 0][~np.isnan(out[:, 0])]).all()
+    cfg["mean_net"]["uncertainty_depth"] = 1
+    with pytest.raises(ConfigError, match="uncertainty_depth"):
+        ModelConfig.from_dict(cfg)
+
+
 def test_samples_zero_through_the_accessor_and_the_cli(tmp_path):
     """The fast deterministic path: the default model's mean, chunk-invariant, no uncertainty; a model
     without a mean network refuses it with the fix in the message."""

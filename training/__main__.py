@@ -1,10 +1,11 @@
-"""Command line: ``python -m training {data,autoencoder,diffusion,regression,export,evaluate} --config FILE``.
+"""Command line: ``python -m training {data,autoencoder,diffusion,regression,spread,export,evaluate} --config FILE``.
 
 Train, export and evaluate the default model (outputs in runs/default/)::
 
     python -m training autoencoder --config training/configs/default.json
     python -m training diffusion   --config training/configs/default.json
     python -m training regression  --config training/configs/default.json   # the deterministic baseline
+    python -m training spread      --config training/configs/v2.json        # refit the spread head alone
     python -m training export      --config training/configs/default.json
     python -m training evaluate    --config training/configs/default.json
 
@@ -33,9 +34,9 @@ from xr_opensr.errors import OpenSRError
 from .config import TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.json"
-STAGES = ("data", "autoencoder", "diffusion", "regression", "export", "evaluate", "guided", "evaluate-guided")
+STAGES = ("data", "autoencoder", "diffusion", "regression", "spread", "export", "evaluate", "guided", "evaluate-guided")
 GUIDED = ("guided", "evaluate-guided")
-TRAINED = ("autoencoder", "diffusion", "regression")
+TRAINED = ("autoencoder", "diffusion", "regression", "spread")
 
 
 def _override(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None:
         if args.stage not in TRAINED:
             raise SystemExit(f"--steps applies to the stages {', '.join(TRAINED)}")
-        cfg = cfg.replace(**{args.stage: {"steps": args.steps}})
+        section, key = ("regression", "spread_steps") if args.stage == "spread" else (args.stage, "steps")
+        cfg = cfg.replace(**{section: {key: args.steps}})
     run_dir = args.out if args.out is not None else Path("runs") / cfg.name
     model_dir = args.model_dir if args.model_dir is not None else run_dir / "model"
     progress = not args.no_progress
@@ -145,6 +147,10 @@ def _run_stage(args: argparse.Namespace, cfg: TrainConfig, run_dir: Path, model_
         from .regression import train_regression
 
         train_regression(cfg, run_dir, resume=args.resume, progress=progress)
+    elif args.stage == "spread":
+        from .regression import train_spread
+
+        train_spread(cfg, run_dir, resume=args.resume, progress=progress)
     elif args.stage == "export":
         from .export import export_model
 

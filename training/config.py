@@ -104,6 +104,11 @@ class RegressionStageConfig:
     blocks: int = 10
     res_scale: float = 1.0
     uncertainty_channels: int = 32
+    uncertainty_depth: int = 2
+    uncertainty_detail: bool = False
+    #: ``python -m training spread``: the spread head alone refitted on the trained (frozen) mean
+    spread_steps: int = 3000
+    spread_lr: float = 1e-3
 
 
 #: The unseen-domain set's scenes (``evaluate.unseen_scene``): another land-cover mix (more urban,

@@ -295,6 +295,9 @@ def score(net, hr: torch.Tensor, lr: torch.Tensor, cfg: TrainConfig, raw: np.nda
         "methods": methods,
         "uncertainty": uncertainty_metrics(net, samples, hr_np, bicubic, counts, lr_np),
         "ae_round_trip_psnr": M.psnr(autoencoder_round_trip(net, hr), hr_np),
+        # what a perfect SR would score: the reference's own consistency with its LR (below the
+        # 40 dB goal where the sensor's PSF, noise and misregistration separate the two)
+        "reference_consistency_db": M.reflectance_consistency(hr_np, lr_np, scale),
         "timing": timing,
     }
     if "lpips" in methods["bicubic"]:
@@ -317,6 +320,7 @@ def _set_summary(prefix: str, r: dict[str, Any], samples: int) -> dict[str, Any]
         "improvement_sr": sr["improvement"], "hallucination_sr": sr["hallucination"],
         "improvement_bicubic_consistency": bc["improvement"],
         "ae_round_trip_psnr": r["ae_round_trip_psnr"],
+        "reference_consistency_db": r.get("reference_consistency_db"),
     }
     if f"samples_{samples}" in unc:
         u = unc[f"samples_{samples}"]
@@ -468,7 +472,9 @@ def metrics_table(results: dict[str, Any]) -> str:
         if "methods" not in r:
             lines += [f"Not measured: {r.get('unavailable', 'missing')}", ""]
             continue
-        lines += [f"{r['items']} patches.", "", "| method | " + " | ".join(t for _, t in _COLUMNS) + " |",
+        ref = r.get("reference_consistency_db")
+        lines += [f"{r['items']} patches." + (f" The reference's own consistency with its LR (a perfect SR's): "
+                                              f"{ref:.2f} dB." if ref is not None else ""), "", "| method | " + " | ".join(t for _, t in _COLUMNS) + " |",
                   "| --- |" + " --- |" * len(_COLUMNS)]
         for method, values in r["methods"].items():
             cells = [_cell(values.get(k), signed=k.startswith("psnr_gain")) for k, _ in _COLUMNS]

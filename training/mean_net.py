@@ -37,13 +37,13 @@ def export_v2(cfg: TrainConfig, run_dir: Path, out: Path, base: str, *, overwrit
 
     import xr_opensr
 
-    from .regression import REGRESSION_FILE, load_regression
+    from .regression import load_regression, mean_net_file
 
     base_net = xr_opensr.load_model(base, device="cpu")
     if base_net.is_v2:
         raise ModelError(f"--base-model {base!r} already has a mean network; give a model v1 (e.g. the default "
                          "0.1.0 folder) whose diffusion networks v2 should use")
-    reg = load_regression(Path(run_dir) / "regression" / REGRESSION_FILE)
+    reg = load_regression(mean_net_file(run_dir))
     bc = base_net.config
     if reg.bands != tuple(bc.bands) or reg.scale != bc.scale or not torch.equal(
             reg.gain.flatten(), torch.tensor(bc.input_gain, dtype=torch.float32)):
@@ -53,6 +53,8 @@ def export_v2(cfg: TrainConfig, run_dir: Path, out: Path, base: str, *, overwrit
     stage = _stage_summary(run_dir)
     provenance = {**bc.provenance, "base_model": f"{bc.name} {bc.version}", "mean_net_steps": stage.get("steps"),
                   "mean_net_loss": "L1 (mean) + Laplace NLL (spread head, detached)", "training_config": cfg.name}
+    if _spread_summary(run_dir):
+        provenance["spread_head_steps"] = _spread_summary(run_dir).get("steps")
     config = bc.replace(name=cfg.model.name, version=cfg.model.version, mean_net=reg.config, std_scale=1.0,
                         provenance=provenance)
     net = SRModel(config)
@@ -102,6 +104,17 @@ def _stage_summary(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _spread_summary(run_dir: Path) -> dict[str, Any]:
+    """The summary of the spread stage (``python -m training spread``), {} when it has not run."""
+    path = Path(run_dir) / "spread" / SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _spread_minutes(run_dir: Path) -> str:
+    s = _spread_summary(run_dir)
+    return f"{s.get('wall_s', 0) / 60:.1f} min, {s.get('s_per_step', 0):.2f} s/step"
+
+
 def _base_card(base: str) -> str:
     """The Architecture, Data and Training sections of the base model's card."""
     from xr_opensr.models.io import _resolve
@@ -140,7 +153,9 @@ def model_card_v2(cfg: TrainConfig, run_dir: Path, base_card: str, std_scale: fl
         f"- Mean: an EDSR-like CNN at LR resolution ({r.blocks} residual blocks of {r.channels} channels, "
         "PixelShuffle x4, residual on bicubic), then the consistency step "
         f"({cfg.model.consistency.describe()}).",
-        f"- Uncertainty: the network's spread head ({r.uncertainty_channels} channels on detached features) predicts "
+        f"- Uncertainty: the network's spread head ({r.uncertainty_depth} convolutions of {r.uncertainty_channels} "
+        "channels on detached features" + (", the detail the network added |mean - bicubic| and the bicubic gradient"
+                                           if r.uncertainty_detail else "") + ") predicts "
         "the scale b of a Laplace distribution of the error per pixel and band; std = sqrt(2) b x "
         f"`std_scale` = {std_scale:.4g}, fitted so that +-2 std covers {100 * cfg.evaluate.coverage_target:.1f} % of "
         "|mean - HR| on synthetic validation scenes through the default and the training's randomised sensor "
@@ -153,7 +168,9 @@ def model_card_v2(cfg: TrainConfig, run_dir: Path, base_card: str, std_scale: fl
         "## Mean network training",
         f"- `python -m training regression`: {r.steps} steps, batch {r.batch_size}, Adam lr {r.lr}, warm-up "
         f"{r.warmup_steps} + cosine to x{r.min_lr_ratio}, grad clip {r.grad_clip} (mean and head apart); "
-        "loss L1 (mean) + Laplace NLL (head).",
+        "loss L1 (mean) + Laplace NLL (head)." + (
+            f" Then `python -m training spread`: the head alone refitted on the frozen mean, {r.spread_steps} steps, "
+            f"Adam lr {r.spread_lr}, Laplace NLL ({_spread_minutes(run_dir)})." if _spread_summary(run_dir) else ""),
         f"- Data: `{json.dumps(_resolved(cfg, 'data_config'))}`; degradation (randomised per image): "
         f"`{json.dumps(_resolved(cfg, 'degradation_config'))}`.",
         f"- Wall time {s.get('wall_s', 0) / 60:.1f} min, {s.get('s_per_step', 0):.2f} s/step on "

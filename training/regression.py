@@ -34,8 +34,8 @@ from xr_opensr.sensor import bicubic_upsample
 from .config import TrainConfig
 from .loop import LOG, Checkpointed, PairSampler, cosine_schedule, run_stage, save_grid, set_lr
 
-__all__ = ["REGRESSION_FILE", "RegressionConfig", "RegressionNet", "RegressionStage", "load_regression",
-           "train_regression"]
+__all__ = ["REGRESSION_FILE", "RegressionConfig", "RegressionNet", "RegressionStage", "SpreadStage", "load_regression",
+           "mean_net_file", "train_regression", "train_spread"]
 
 REGRESSION_FILE = "regression.safetensors"
 _FORMAT = "xr-opensr regression baseline 2"
@@ -57,7 +57,8 @@ class RegressionConfig:
         """The architecture of a training config: its ``regression`` section and the model's bands/scale/normalisation."""
         m, r = cfg.model, cfg.regression
         net = MeanNetConfig(channels=r.channels, blocks=r.blocks, res_scale=r.res_scale,
-                            uncertainty_channels=r.uncertainty_channels)
+                            uncertainty_channels=r.uncertainty_channels, uncertainty_depth=r.uncertainty_depth,
+                            uncertainty_detail=r.uncertainty_detail)
         return cls(bands=tuple(m.bands), scale=m.scale, input_gain=tuple(m.input_gain),
                    input_offset=tuple(m.input_offset), net=net)
 
@@ -158,6 +159,99 @@ class RegressionStage(Checkpointed):
         save_regression(self.net, stage_dir / REGRESSION_FILE,
                         {"training_config": self.cfg.name, "steps": summary["steps"], "loss": "L1"})
         LOG.info("regression: wrote %s", stage_dir / REGRESSION_FILE)
+
+
+class SpreadStage(Checkpointed):
+    """Stage "spread": the spread head of ``cfg.regression`` (depth, channels, detail inputs) fitted
+    alone on a trained mean network, whose weights stay frozen (so the mean and the regression
+    baseline are unchanged): Laplace NLL of the error of the mean, Adam ``spread_lr``, warm-up then
+    cosine, on the same training pairs."""
+
+    name = "spread"
+    CHECKPOINTED = {"head": "head", "opt": "opt"}
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, sampler: PairSampler, preview: tuple,
+                 source: Path) -> None:
+        self.cfg, self.sc, self.device, self.sampler = cfg, cfg.regression, device, sampler
+        self.preview_hr, self.preview_lr = preview
+        if not self.sc.uncertainty_channels:
+            raise ModelError("the spread stage needs regression.uncertainty_channels > 0")
+        torch.manual_seed(cfg.run.seed + 3)
+        self.net = RegressionConfig.of(cfg).build().to(device)
+        base = load_regression(source, device)
+        if (base.config.channels, base.config.blocks) != (self.sc.channels, self.sc.blocks):
+            raise ModelError(f"{source} has {base.config.blocks} blocks x {base.config.channels} channels, the config "
+                             f"{self.sc.blocks} x {self.sc.channels}: give the config the mean network was trained with")
+        mean_state = {k: v for k, v in base.state_dict().items() if not k.startswith("spread.")}
+        missing = [k for k in self.net.load_state_dict(mean_state, strict=False).missing_keys
+                   if not k.startswith("spread.")]
+        if missing:
+            raise ModelError(f"{source} lacks {missing}")
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.head = self.net.spread
+        for p in self.head.parameters():
+            p.requires_grad_(True)
+        self.opt = torch.optim.Adam(self.head.parameters(), lr=self.sc.spread_lr)
+        self.lr_factor = cosine_schedule(self.sc.spread_steps, self.sc.warmup_steps, self.sc.min_lr_ratio)
+        LOG.info("spread: head of depth %d x %d channels%s, %.0f k parameters, on the frozen mean of %s",
+                 self.sc.uncertainty_depth, self.sc.uncertainty_channels,
+                 " + detail inputs" if self.sc.uncertainty_detail else "",
+                 sum(p.numel() for p in self.head.parameters()) / 1e3, source)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        lr_now = self.sc.spread_lr * self.lr_factor(step)
+        set_lr(self.opt, lr_now)
+        hr, lr = self.sampler.batch(step, self.sc.batch_size)
+        base = torch.from_numpy(np.asarray(bicubic_upsample(lr.numpy(), self.cfg.model.scale), dtype=np.float32))
+        self.net.eval()
+        self.head.train()
+        mean, scale = self.net.mean_and_scale(lr.to(self.device), base.to(self.device))
+        nll = laplace_nll(hr.to(self.device) - mean.detach(), scale)
+        self.opt.zero_grad(set_to_none=True)
+        nll.backward()
+        if self.sc.grad_clip:
+            nn.utils.clip_grad_norm_(self.head.parameters(), self.sc.grad_clip)
+        self.opt.step()
+        return {"loss_nll": nll.item(), "lr": lr_now}
+
+    def preview(self, step: int, path: Path) -> dict[str, float]:
+        from xr_opensr.metrics import gradient_magnitude, uncertainty_calibration
+
+        self.net.eval()
+        hr, lr = self.preview_hr.numpy(), self.preview_lr.numpy()
+        sr, std = self.net.predict(lr)
+        save_grid(path, {"LR": lr, "regression": sr, "HR": hr, "|err|": np.abs(sr - hr), "std": std},
+                  title=f"spread step {step}")
+        gradient = gradient_magnitude(bicubic_upsample(lr, self.cfg.model.scale))
+        return {"val_spearman_std": uncertainty_calibration(std, sr - hr)["spearman"],
+                "val_spearman_gradient": uncertainty_calibration(gradient, sr - hr)["spearman"]}
+
+    def finish(self, stage_dir: Path, summary: dict[str, Any]) -> None:
+        """Write ``<run>/spread/regression.safetensors``: the mean network with the refitted head."""
+        self.net.eval()
+        summary["head_parameters"] = sum(p.numel() for p in self.head.parameters())
+        save_regression(self.net, stage_dir / REGRESSION_FILE,
+                        {"training_config": self.cfg.name, "steps": summary["steps"],
+                         "loss": "L1 (mean, stage regression) + Laplace NLL (head, stage spread)"})
+        LOG.info("spread: wrote %s", stage_dir / REGRESSION_FILE)
+
+
+def mean_net_file(run_dir: Path) -> Path:
+    """The mean network of a run: ``<run>/spread/regression.safetensors`` (the refitted head) when the
+    spread stage has finished, else ``<run>/regression/regression.safetensors``."""
+    refitted = Path(run_dir) / "spread" / REGRESSION_FILE
+    return refitted if refitted.is_file() else Path(run_dir) / "regression" / REGRESSION_FILE
+
+
+def train_spread(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_at: int | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Refit the spread head on ``run_dir/regression`` into ``run_dir/spread`` (``regression.spread_steps``)."""
+    source = Path(run_dir) / "regression" / REGRESSION_FILE
+    if not source.is_file():
+        raise FileNotFoundError(f"no mean network at {source}: run `python -m training regression` (same --out) first")
+    return run_stage(cfg, Path(run_dir) / "spread", lambda *parts: SpreadStage(cfg, *parts, source=source),
+                     cfg.regression.spread_steps, resume=resume, stop_at=stop_at, progress=progress)
 
 
 def train_regression(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, stop_at: int | None = None,

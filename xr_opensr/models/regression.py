@@ -11,13 +11,18 @@ The network works at LR resolution (Lim et al. 2017, EDSR, without batch norm):
 4. mean: a 3x3 conv of ``f`` to ``bands * scale**2`` channels and PixelShuffle(``scale``), divided by
    ``input_gain`` and added to the bicubic upsampling of the LR (Keys a = -0.5,
    :func:`xr_opensr.sensor.bicubic_upsample`): the network learns the residual on bicubic;
-5. spread (``uncertainty_channels`` > 0): conv 3x3 -> ReLU -> conv 3x3 -> PixelShuffle on the
-   *detached* features, softplus: the scale ``b`` of a Laplace distribution of the error
-   ``hr - mean`` per HR pixel and band (trained with the Laplace negative log-likelihood
-   ``|e| / b + log b``; the features are detached, so the spread never changes the mean). Its
-   standard deviation is ``sqrt(2) * b``; the model's ``std_scale`` calibrates it.
+5. spread (``uncertainty_channels`` > 0): ``uncertainty_depth`` 3x3 convs with ReLUs between
+   (the last to ``bands * scale**2`` channels), PixelShuffle, softplus, on the *detached*
+   features: the scale ``b`` of a Laplace distribution of the error ``hr - mean`` per HR pixel and
+   band (trained with the Laplace negative log-likelihood ``|e| / b + log b``; everything the head
+   sees is detached, so the spread never changes the mean). With ``uncertainty_detail`` the head
+   also sees, per HR pixel brought to the LR grid by PixelUnshuffle, the detail the network added
+   ``|mean - bicubic|`` and the bicubic image's gradient magnitude (central differences): where the
+   network invents detail and where edges are, errors are large. Its standard deviation is
+   ``sqrt(2) * b``; the model's ``std_scale`` calibrates it.
 
-With 10 blocks of 32 channels and 4 bands the mean path has 214 k parameters, the spread head 46 k.
+With 10 blocks of 32 channels and 4 bands the mean path has 214 k parameters, the default spread head
+(32 channels, depth 2) 46 k.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ LAPLACE_STD = math.sqrt(2.0)
 
 #: initial spread scale (reflectance): a typical error of a 4x SR mean
 _INITIAL_SCALE = 0.01
+#: factor on the detail and gradient inputs of the spread head (``uncertainty_detail``): their
+#: typical values (0.005-0.05 reflectance) to order 1
+_DETAIL_GAIN = 30.0
 
 
 @dataclass(frozen=True)
@@ -49,12 +57,24 @@ class MeanNetConfig:
     blocks : residual blocks.
     res_scale : factor of each block's residual branch.
     uncertainty_channels : hidden channels of the spread head (0: no head, no uncertainty).
+    uncertainty_depth : 3x3 convolutions of the spread head (>= 2).
+    uncertainty_detail : the spread head also sees the detail the network added and the bicubic
+        gradient (module docstring, step 5).
     """
 
     channels: int = 32
     blocks: int = 10
     res_scale: float = 1.0
     uncertainty_channels: int = 32
+    uncertainty_depth: int = 2
+    uncertainty_detail: bool = False
+
+    def __post_init__(self) -> None:
+        from ..errors import ModelError
+
+        if self.uncertainty_depth < 2:
+            raise ModelError(f"mean_net.uncertainty_depth must be >= 2 (3x3 convolutions of the spread head), "
+                             f"got {self.uncertainty_depth}")
 
 
 class _ResBlock(nn.Module):
@@ -87,14 +107,7 @@ class RegressionNet(nn.Module):
         self.shuffle = nn.PixelShuffle(s)
         nn.init.zeros_(self.up.weight)  # starts as bicubic
         nn.init.zeros_(self.up.bias)
-        u = config.uncertainty_channels
-        if u:
-            self.spread = nn.Sequential(nn.Conv2d(c, u, 3, padding=1), nn.ReLU(),
-                                        nn.Conv2d(u, n * s * s, 3, padding=1), nn.PixelShuffle(s))
-            nn.init.zeros_(self.spread[2].weight)  # starts as a constant scale
-            nn.init.constant_(self.spread[2].bias, math.log(math.expm1(_INITIAL_SCALE)))
-        else:
-            self.spread = None
+        self.spread = _spread_head(config, n, s) if config.uncertainty_channels else None
         self.register_buffer("gain", torch.tensor(input_gain, dtype=torch.float32).view(1, n, 1, 1))
         self.register_buffer("offset", torch.tensor(input_offset, dtype=torch.float32).view(1, n, 1, 1))
 
@@ -118,7 +131,12 @@ class RegressionNet(nn.Module):
         mean = bicubic + self.shuffle(self.up(feat)) / self.gain
         if self.spread is None or not spread:
             return mean, None
-        return mean, F.softplus(self.spread(feat.detach())) + 1e-5
+        head_in = feat.detach()
+        if self.config.uncertainty_detail:
+            detail = (mean.detach() - bicubic).abs()
+            head_in = torch.cat([head_in, F.pixel_unshuffle(torch.cat([detail, _gradient(bicubic)], 1), self.scale)
+                                 * _DETAIL_GAIN], 1)
+        return mean, F.softplus(self.spread(head_in)) + 1e-5
 
     @property
     def device(self) -> torch.device:
@@ -145,6 +163,33 @@ class RegressionNet(nn.Module):
             if b is not None:
                 stds.append((LAPLACE_STD * b).float().cpu().numpy())
         return np.concatenate(means), (np.concatenate(stds) if stds else None)
+
+
+def _spread_head(config: MeanNetConfig, bands: int, scale: int) -> nn.Sequential:
+    """The spread head (module docstring, step 5); its last convolution starts at zero weights, so
+    the head starts as the constant scale ``_INITIAL_SCALE``."""
+    u = config.uncertainty_channels
+    c_in = config.channels + (2 * bands * scale * scale if config.uncertainty_detail else 0)
+    layers: list[nn.Module] = []
+    for i in range(config.uncertainty_depth - 1):
+        layers += [nn.Conv2d(c_in if i == 0 else u, u, 3, padding=1), nn.ReLU()]
+    last = nn.Conv2d(u, bands * scale * scale, 3, padding=1)
+    nn.init.zeros_(last.weight)
+    nn.init.constant_(last.bias, math.log(math.expm1(_INITIAL_SCALE)))
+    return nn.Sequential(*layers, last, nn.PixelShuffle(scale))
+
+
+def _gradient(img: torch.Tensor) -> torch.Tensor:
+    """Per-band gradient magnitude of (B, C, H, W) by central differences (one-sided at the edges),
+    as :func:`numpy.gradient`."""
+    def diff(x: torch.Tensor, dim: int) -> torch.Tensor:
+        n = x.shape[dim]
+        inner = (x.narrow(dim, 2, n - 2) - x.narrow(dim, 0, n - 2)) / 2
+        first = x.narrow(dim, 1, 1) - x.narrow(dim, 0, 1)
+        last = x.narrow(dim, n - 1, 1) - x.narrow(dim, n - 2, 1)
+        return torch.cat([first, inner, last], dim)
+
+    return torch.hypot(diff(img, -2), diff(img, -1))
 
 
 def laplace_nll(error: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
