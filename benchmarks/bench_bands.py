@@ -11,7 +11,7 @@ and ``bands="all"`` (also the six 20 m bands: the 20 m model after the diffusion
 patches), computed with the same scheduler. Both models are loaded by a warm-up run first; the two
 paths run alternately ``--repeats`` times each, and each figure is the best of its runs. Prints the
 wall and CPU times (of this process, all threads: other processes on the machine hardly change
-them) and their ratios.
+them), their ratios and the time per patch (kernel patches counted by ``xr_opensr._kernel.kernel_stats``).
 """
 
 from __future__ import annotations
@@ -22,15 +22,17 @@ import time
 import dask
 
 import xr_opensr  # noqa: F401  (registers .opensr)
+from xr_opensr._kernel import kernel_stats, reset_kernel_stats
 from xr_opensr.sentinel2 import SR_BANDS
 from xr_opensr.testing import s2_cube
 
 
-def timed(run, scheduler: str) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process: all its threads) of one compute."""
+def timed(run, scheduler: str) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of this process: all its threads, patches run) of one compute."""
+    reset_kernel_stats()
     wall, cpu = time.perf_counter(), time.process_time()
     run().compute(scheduler=scheduler)
-    return time.perf_counter() - wall, time.process_time() - cpu
+    return time.perf_counter() - wall, time.process_time() - cpu, kernel_stats()["patches"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,13 +59,14 @@ def main(argv: list[str] | None = None) -> None:
 
     small = cube.isel(y=slice(0, 16), x=slice(0, 16))
     small.opensr.superresolve(1, bands="all", **kw).compute(scheduler="sync")  # warm-up: both models loaded
-    times: dict[str, list[tuple[float, float]]] = {"four": [], "ten": []}
+    times: dict[str, list[tuple[float, float, int]]] = {"four": [], "ten": []}
     with dask.config.set(scheduler=args.scheduler):
         for _ in range(args.repeats):  # interleaved, so that a load change on the machine hits both alike
             times["four"].append(timed(four, args.scheduler))
             times["ten"].append(timed(ten, args.scheduler))
-    t4, t10 = (min(w for w, _ in times[k]) for k in ("four", "ten"))
-    cpu4, cpu10 = (min(c for _, c in times[k]) for k in ("four", "ten"))
+    t4, t10 = (min(w for w, _, _ in times[k]) for k in ("four", "ten"))
+    cpu4, cpu10 = (min(c for _, c, _ in times[k]) for k in ("four", "ten"))
+    patches = times["four"][0][2]
     ratio = t10 / t4
     print(f"cube {args.size} x {args.size} px, chunks {args.chunks}, model {args.model!r} ({args.samples} samples, "
           f"steps {args.steps or 'default'}), model20 {args.model20!r}, scheduler {args.scheduler}, "
@@ -72,8 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ten bands  (+ B05 ... B12):    {t10:8.2f} s wall  {cpu10:8.2f} s CPU")
     print(f"ratio ten / four: wall {ratio:.3f} ({100 * (ratio - 1):+.1f} %; goal <= 1.5), CPU {cpu10 / cpu4:.3f} "
           "(CPU time: hardly changed by other processes on the machine)")
+    print(f"per patch ({patches} patches): four bands {1e3 * t4 / patches:.1f} ms wall {1e3 * cpu4 / patches:.1f} ms "
+          f"CPU; the 20 m path adds {1e3 * (t10 - t4) / patches:.1f} ms wall {1e3 * (cpu10 - cpu4) / patches:.1f} ms CPU")
     print("all runs (wall s, CPU s): " + "; ".join(
-        f"{k} " + ", ".join(f"({w:.2f}, {c:.2f})" for w, c in times[k]) for k in ("four", "ten")))
+        f"{k} " + ", ".join(f"({w:.2f}, {c:.2f})" for w, c, _ in times[k]) for k in ("four", "ten")))
 
 
 if __name__ == "__main__":

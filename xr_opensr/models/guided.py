@@ -24,6 +24,7 @@ result never depends on its batch mates.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import warnings
 from collections.abc import Mapping
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, InputError
-from ..sensor import bicubic_upsample, degrade, sensor_sigma
+from ..sensor import bicubic_matrix, bicubic_upsample, degrade, degrade_matrix, sensor_sigma
 from ..sentinel2 import GUIDED_BANDS, MODEL_BANDS
 from .config import load_config
 
@@ -207,35 +208,111 @@ def ls_detail_transfer(guide: np.ndarray, target: np.ndarray, factor: int, *,
     """
     guide = np.asarray(guide, dtype=np.float32)
     target = np.asarray(target, dtype=np.float32)
-    sigma = sensor_sigma(factor)
-    if guide_coarse is None:
-        guide_coarse = degrade(guide, factor, psf_sigma=sigma)
-    n, k = guide.shape[:2]
-    c = target.shape[1]
-    weights = np.zeros((n, c, k))
-    for i in range(n):
-        x = guide_coarse[i].reshape(k, -1).astype(np.float64)
-        y = target[i].reshape(c, -1).astype(np.float64)
-        ok = np.isfinite(x).all(axis=0) & np.isfinite(y).all(axis=0)
-        if ok.sum() < 2 * k:
-            continue
-        xc = x[:, ok] - x[:, ok].mean(axis=1, keepdims=True)
-        yc = y[:, ok] - y[:, ok].mean(axis=1, keepdims=True)
-        gram = xc @ xc.T
-        gram += _RIDGE * np.trace(gram) / k * np.eye(k) + 1e-12 * np.eye(k)
-        weights[i] = np.linalg.solve(gram, xc @ yc.T).T
-    fitted = np.einsum("nck,nkyx->ncyx", weights.astype(np.float32), guide)
-    detail = fitted - bicubic_upsample(degrade(fitted, factor, psf_sigma=sigma), factor)
-    return (bicubic_upsample(target, factor) + detail).astype(np.float32), weights
+    weights = _ls_weights(_degrade(guide, factor) if guide_coarse is None else guide_coarse, target)
+    fitted = _combine(weights, guide)
+    detail = fitted - _bicubic(_degrade(fitted, factor), factor)
+    return (_bicubic(target, factor) + detail).astype(np.float32), weights
+
+
+def _ls_weights(guide_coarse: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(N, C, K) float64: per image, the ridge least-squares weights of ``target`` (N, C, h, w) on
+    ``guide_coarse`` (N, K, h, w) after removing the means, over the pixels where every band is finite
+    (0 with fewer than 2 K of them). All images at once; each image's products and solve are its own."""
+    n, k = guide_coarse.shape[:2]
+    x = np.asarray(guide_coarse, dtype=np.float64).reshape(n, k, -1)
+    y = np.asarray(target, dtype=np.float64).reshape(n, target.shape[1], -1)
+    ok = (np.isfinite(x).all(axis=1) & np.isfinite(y).all(axis=1))[:, None]  # (N, 1, P)
+    count = np.maximum(ok.sum(axis=-1, keepdims=True), 1)
+    with np.errstate(invalid="ignore"):  # non-finite pixels are left out by ``ok``
+        xc = np.where(ok, x - np.where(ok, x, 0.0).sum(axis=-1, keepdims=True) / count, 0.0)
+        yc = np.where(ok, y - np.where(ok, y, 0.0).sum(axis=-1, keepdims=True) / count, 0.0)
+    gram = xc @ xc.transpose(0, 2, 1)
+    eye = np.eye(k)
+    gram += _RIDGE * np.trace(gram, axis1=1, axis2=2)[:, None, None] / k * eye + 1e-12 * eye
+    weights = np.linalg.solve(gram, xc @ yc.transpose(0, 2, 1)).transpose(0, 2, 1)
+    weights[ok.sum(axis=(1, 2)) < 2 * k] = 0.0
+    return weights
+
+
+def _combine(weights: np.ndarray, guide: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) float32: per image, the bands of ``guide`` (N, K, H, W) combined with ``weights`` (N, C, K)."""
+    n, k, h, w = guide.shape
+    out = torch.matmul(torch.from_numpy(weights.astype(np.float32)), _tensor(guide).reshape(n, k, h * w))
+    return out.reshape(n, -1, h, w).numpy()
 
 
 def back_project(fine: np.ndarray, coarse: np.ndarray, factor: int, iterations: int) -> np.ndarray:
-    """``iterations`` steps of ``fine += bicubic(coarse - degrade(fine))`` with the sensor model at ``factor``."""
-    out = np.asarray(fine, dtype=np.float32)
-    for _ in range(iterations):
-        residual = coarse - degrade(out, factor, psf_sigma=sensor_sigma(factor))
-        out = out + bicubic_upsample(residual, factor)
-    return out.astype(np.float32)
+    """``iterations`` steps of ``fine += bicubic(coarse - degrade(fine))`` with the sensor model at ``factor``.
+
+    Finite input runs the same linear map on the coarse grid: with ``r_0 = coarse - degrade(fine)``
+    and ``r_{k+1} = r_k - degrade(bicubic(r_k))``, the result is ``fine + bicubic(r_0 + ... +
+    r_{iterations-1})``: one degrade and one bicubic on the fine grid whatever ``iterations``, the
+    same values up to float32 rounding. Input with NaN goes step by step (NaN-aware sensor model).
+    """
+    fine, coarse = np.asarray(fine, dtype=np.float32), np.asarray(coarse, dtype=np.float32)
+    if not (np.isfinite(fine).all() and np.isfinite(coarse).all()):
+        out = fine
+        for _ in range(iterations):
+            residual = coarse - degrade(out, factor, psf_sigma=sensor_sigma(factor))
+            out = out + bicubic_upsample(residual, factor)
+        return out.astype(np.float32)
+    if iterations == 0:
+        return fine.copy()
+    h, w = coarse.shape[-2:]
+    step_h, step_w = (_matrix("step", n, factor) for n in (h, w))
+    residual = _tensor(coarse) - _product(_tensor(fine), factor, "degrade")
+    total = residual
+    for _ in range(iterations - 1):
+        residual = residual - torch.matmul(torch.matmul(step_h, residual), step_w.T)
+        total = total + residual
+    return (_tensor(fine) + _product(total, factor, "bicubic")).numpy()
+
+
+def _degrade(x: np.ndarray, factor: int) -> np.ndarray:
+    """:func:`~xr_opensr.sensor.degrade` with the sensor model at ``factor``: as matrix products when
+    ``x`` is finite (:func:`_product`), else by the NaN-aware sensor function."""
+    x = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        return degrade(x, factor, psf_sigma=sensor_sigma(factor))
+    return _product(_tensor(x), factor, "degrade").numpy()
+
+
+def _bicubic(x: np.ndarray, factor: int) -> np.ndarray:
+    """:func:`~xr_opensr.sensor.bicubic_upsample` by ``factor``: as matrix products when ``x`` is
+    finite (:func:`_product`), else by the NaN-aware sensor function."""
+    x = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        return bicubic_upsample(x, factor)
+    return _product(_tensor(x), factor, "bicubic").numpy()
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A float32 CPU tensor of ``a``, sharing its memory where it is float32 and writable."""
+    a = np.asarray(a, dtype=np.float32)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def _product(x: torch.Tensor, factor: int, kind: str) -> torch.Tensor:
+    """``M_h @ x @ M_w.T`` over the last two axes of a finite CPU tensor, ``M`` the ``kind`` matrix
+    (:func:`_matrix`). torch's matrix products run on torch's CPU threads (the kernel's
+    ``torch_threads``), and an image's result does not depend on its batch mates."""
+    rows, cols = _matrix(kind, x.shape[-2], factor), _matrix(kind, x.shape[-1], factor)
+    return torch.matmul(torch.matmul(rows, x), cols.T)
+
+
+@functools.lru_cache(maxsize=64)
+def _matrix(kind: str, n: int, factor: int) -> torch.Tensor:
+    """float32 CPU matrix along an axis of ``n`` pixels: ``"degrade"`` (n / factor, n) the sensor model
+    at ``factor`` (:func:`~xr_opensr.sensor.degrade_matrix`), ``"bicubic"`` (factor n, n)
+    (:func:`~xr_opensr.sensor.bicubic_matrix`), ``"step"`` (n, n) their product ``degrade @ bicubic``
+    on a coarse axis of ``n`` pixels (one back-projection step is ``r - step_h @ r @ step_w.T``)."""
+    if kind == "degrade":
+        m = degrade_matrix(n, factor, psf_sigma=sensor_sigma(factor))
+    elif kind == "bicubic":
+        m = bicubic_matrix(n, factor)
+    else:
+        m = degrade_matrix(factor * n, factor, psf_sigma=sensor_sigma(factor)) @ bicubic_matrix(n, factor)
+    return torch.from_numpy(m.astype(np.float32))
 
 
 def _cubic_taps(t: float, a: float = -0.5) -> list[float]:
@@ -323,7 +400,7 @@ class GuidedSR:
         """
         guide, target = _fill(guide), _fill(target)
         base, _ = ls_detail_transfer(guide, target, 2)
-        return bicubic_upsample(target, 2).astype(np.float32), base, guide
+        return _bicubic(target, 2), base, guide
 
     def sharpen(self, guide: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """20 m -> 10 m with the native 10 m bands as guide.
@@ -341,16 +418,13 @@ class GuidedSR:
         """
         guide, target = _check_pair(guide, target, 2, len(self.guide_bands), len(self.bands), "sharpen")
         invalid = _invalid(guide, target, 2)
-        means, stds = [], []
-        for i in range(guide.shape[0]):  # one image at a time: no dependence on batch mates
-            g, t = guide[i:i + 1], target[i:i + 1]
-            bic, base, g = self.inputs(g, t)
-            mean, std = self._network(bic, base, g)
-            means.append(back_project(mean, _fill(t), 2, self.config.consistency_iterations))
-            stds.append(std)
-        mean, std = np.concatenate(means), np.concatenate(stds)
-        mean[np.broadcast_to(invalid[:, None], mean.shape)] = np.nan
-        std[np.broadcast_to(invalid[:, None], std.shape)] = np.nan
+        bic, base, filled = self.inputs(guide, target)  # image by image inside: no dependence on batch mates
+        parts = [self._network(bic[i:i + 1], base[i:i + 1], filled[i:i + 1]) for i in range(len(bic))]
+        mean = np.concatenate([m for m, _ in parts])
+        std = np.concatenate([s for _, s in parts])
+        mean = back_project(mean, _fill(target), 2, self.config.consistency_iterations)
+        np.copyto(mean, np.float32(np.nan), where=invalid[:, None])
+        np.copyto(std, np.float32(np.nan), where=invalid[:, None])
         return mean, std
 
     @torch.no_grad()
@@ -390,17 +464,18 @@ class GuidedSR:
                              f"{sr10_mean.shape}")
         mean10, std10 = self.sharpen(lr10, target20)
         invalid = _invalid(sr10_mean, mean10, 4) | np.isnan(sr10_std).any(axis=1)
-        means, stds = [], []
-        for i in range(lr10.shape[0]):
-            m10, g = _fill(mean10[i:i + 1]), _fill(sr10_mean[i:i + 1])
-            est, w = ls_detail_transfer(g, m10, 4, guide_coarse=_fill(lr10[i:i + 1]))
-            means.append(back_project(est, m10, 4, self.config.consistency_iterations))
-            var = np.maximum(bicubic_upsample(_fill(std10[i:i + 1]), 4), 0.0) ** 2
-            var = var + np.einsum("ck,kyx->cyx", (w[0] ** 2).astype(np.float32), _fill(sr10_std[i:i + 1])[0] ** 2)
-            stds.append(np.sqrt(var).astype(np.float32))
-        mean, std = np.concatenate(means), np.concatenate(stds)
-        mean[np.broadcast_to(invalid[:, None], mean.shape)] = np.nan
-        std[np.broadcast_to(invalid[:, None], std.shape)] = np.nan
+        m10 = _fill(mean10)  # every step below works image by image: no dependence on batch mates
+        w = _ls_weights(_fill(lr10), m10)
+        fitted = _combine(w, _fill(sr10_mean))
+        # ls_detail_transfer's estimate is one back-projection step from the fitted combination
+        # (bicubic(m10) + fitted - bicubic(degrade(fitted))), so the estimate then the consistency
+        # steps are consistency_iterations + 1 steps from ``fitted`` (finite input: the same map).
+        mean = back_project(fitted, m10, 4, self.config.consistency_iterations + 1)
+        var = np.square(np.maximum(_bicubic(_fill(std10), 4), 0.0))
+        var += _combine(w ** 2, np.square(_fill(sr10_std)))
+        std = np.sqrt(var)
+        np.copyto(mean, np.float32(np.nan), where=invalid[:, None])
+        np.copyto(std, np.float32(np.nan), where=invalid[:, None])
         return mean, std
 
 
@@ -451,7 +526,7 @@ def seeded_guided(seed: int = 0, device: str | torch.device = "cpu", **changes: 
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return GuidedSR(config, net, device)
+    return GuidedSR(config, net.to(memory_format=torch.channels_last), device)
 
 
 def _folder(name_or_path: str | Path) -> Path:
@@ -495,7 +570,9 @@ def load_guided(name_or_path: str | Path = "s2-20m", device: str | torch.device 
         raise CheckpointError(f"weights {weights} do not fit the config {cfg_path}: {str(err)[:300]}") from err
     if not all(torch.isfinite(v).all() for v in state.values()):
         raise CheckpointError(f"weights {weights} hold NaN or infinite values: re-export the model")
-    return GuidedSR(config, net, device)
+    # channels-last weights: the convolutions of one image run ~15 % faster on the CPU (same values
+    # up to float32 rounding); a network being trained keeps torch's default layout
+    return GuidedSR(config, net.to(memory_format=torch.channels_last), device)
 
 
 def save_guided(model: GuidedSR, folder: str | Path, *, card: str | None = None) -> Path:
