@@ -40,9 +40,12 @@ COMMITTED = {"journal", "renaming", "renamed"}  # stages after the commit point
 
 
 _SERVER = r"""
-import json, os, resource, sys, traceback
+import json, os, resource, signal, sys, traceback
 import rasterio, torch, xr_opensr.models  # the slow imports, once
 from xr_opensr.cli import main
+# Ctrl-C raises KeyboardInterrupt even when the server was started with SIGINT ignored (a background
+# job of a non-interactive shell inherits SIG_IGN, and Python then installs no handler)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 for line in sys.stdin:
     req = json.loads(line)
     sys.stdout.flush(); sys.stderr.flush()

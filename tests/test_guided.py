@@ -95,6 +95,9 @@ def test_nan_in_nan_out(model):
     assert np.isnan(m25[0, :, 10, 10]).all() and np.isnan(m25[0, :, 20:24, 28:32]).all()
     assert np.isfinite(m25[0, :, 40:, 40:]).all() and np.isnan(m25[2]).all()
     assert np.array_equal(np.isnan(m25), np.isnan(s25))
+    fast, no_std = model.superresolve(guide, target, sr10, None)  # the fast path: no uncertainty
+    np.testing.assert_array_equal(fast, m25)
+    assert no_std.shape == m25.shape and np.isnan(no_std).all()
 
 
 @pytest.mark.parametrize(("shapes", "match"), [

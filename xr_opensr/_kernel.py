@@ -129,11 +129,8 @@ def guided_path(spec: ModelSpec, patches: np.ndarray, mean10: np.ndarray, std10:
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
         native = np.nanmean(fine20.reshape(n, k, h // 2, 2, w // 2, 2), axis=(3, 5)).astype(np.float32)
     target = native[:, _stand_ins(spec.bands20, guided.bands)]
-    if not spec.samples:  # the fast path has no 10 m uncertainty to propagate: the 20 m std is not computed
-        std10 = np.where(np.isnan(mean10), np.float32(np.nan), np.float32(0.0))
-    mean, std = guided.superresolve(lr10, target, mean10, std10)
-    if not spec.samples:
-        std = np.full_like(std, np.nan)
+    # the fast path has no 10 m uncertainty to propagate: the 20 m std is not computed (NaN)
+    mean, std = guided.superresolve(lr10, target, mean10, std10 if spec.samples else None)
     index = [guided.bands.index(b) for b in spec.bands20]
     crop = (slice(None), index, slice(s * py, s * (py + size)), slice(s * px, s * (px + size)))
     mean = np.maximum(mean[crop], np.float32(0.0))  # reflectance is not negative (as the 10 m path; NaN stays)

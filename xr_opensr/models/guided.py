@@ -442,14 +442,15 @@ class GuidedSR:
     # ------------------------------------------------------------------ step 2
 
     def superresolve(self, lr10: np.ndarray, target20: np.ndarray, sr10_mean: np.ndarray,
-                     sr10_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                     sr10_std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The 20 m bands to 2.5 m.
 
         Parameters
         ----------
         lr10 : (N, 4, h, w) native 10 m bands (:attr:`guide_bands`), h and w even.
         target20 : (N, 6, h/2, w/2) native 20 m bands (:attr:`bands`).
-        sr10_mean, sr10_std : (N, 4, 4h, 4w) the 10 m bands super-resolved to 2.5 m and their std.
+        sr10_mean, sr10_std : (N, 4, 4h, 4w) the 10 m bands super-resolved to 2.5 m and their std;
+            ``sr10_std`` None: no uncertainty (the fast path): the std is not computed, all NaN.
 
         Returns
         -------
@@ -458,12 +459,15 @@ class GuidedSR:
         lr10, target20 = _check_pair(lr10, target20, 2, len(self.guide_bands), len(self.bands), "superresolve")
         sr10_mean, _ = _check_pair(sr10_mean, lr10, 4, len(self.guide_bands), len(self.guide_bands),
                                    "superresolve (sr10_mean vs lr10)")
-        sr10_std = np.asarray(sr10_std, dtype=np.float32)
-        if sr10_std.shape != sr10_mean.shape:
+        if sr10_std is not None:
+            sr10_std = np.asarray(sr10_std, dtype=np.float32)
+        if sr10_std is not None and sr10_std.shape != sr10_mean.shape:
             raise InputError(f"superresolve: sr10_std has shape {sr10_std.shape}, expected that of sr10_mean "
                              f"{sr10_mean.shape}")
         mean10, std10 = self.sharpen(lr10, target20)
-        invalid = _invalid(sr10_mean, mean10, 4) | np.isnan(sr10_std).any(axis=1)
+        invalid = _invalid(sr10_mean, mean10, 4)
+        if sr10_std is not None:
+            invalid |= np.isnan(sr10_std).any(axis=1)
         m10 = _fill(mean10)  # every step below works image by image: no dependence on batch mates
         w = _ls_weights(_fill(lr10), m10)
         fitted = _combine(w, _fill(sr10_mean))
@@ -471,10 +475,12 @@ class GuidedSR:
         # (bicubic(m10) + fitted - bicubic(degrade(fitted))), so the estimate then the consistency
         # steps are consistency_iterations + 1 steps from ``fitted`` (finite input: the same map).
         mean = back_project(fitted, m10, 4, self.config.consistency_iterations + 1)
+        np.copyto(mean, np.float32(np.nan), where=invalid[:, None])
+        if sr10_std is None:
+            return mean, np.full_like(mean, np.nan)
         var = np.square(np.maximum(_bicubic(_fill(std10), 4), 0.0))
         var += _combine(w ** 2, np.square(_fill(sr10_std)))
         std = np.sqrt(var)
-        np.copyto(mean, np.float32(np.nan), where=invalid[:, None])
         np.copyto(std, np.float32(np.nan), where=invalid[:, None])
         return mean, std
 
