@@ -311,3 +311,16 @@ def test_superresolve_is_the_ls_estimate_then_the_consistency_steps(model):
     est, _ = ls_detail_transfer(sr10, mean10, 4, guide_coarse=guide)
     want = _steps(est, mean10, 4, model.config.consistency_iterations)
     np.testing.assert_allclose(mean25, want, rtol=0, atol=2e-6)
+
+
+def test_training_cli_passes_threads_and_steps_to_the_guided_stage(monkeypatch, tmp_path):
+    """``python -m training guided --threads N --steps K`` overrides the config's threads and steps
+    (the stage itself is replaced by a recorder: only the argument plumbing is under test)."""
+    from training import guided
+    from training.__main__ import main
+
+    seen = {}
+    monkeypatch.setattr(guided, "train_guided", lambda cfg, run_dir, **kw: seen.update(cfg=cfg, run_dir=run_dir))
+    assert main(["guided", "--config", str(guided.DEFAULT_CONFIG), "--out", str(tmp_path), "--threads", "1",
+                 "--steps", "7", "--no-progress"]) == 0
+    assert (seen["cfg"].threads, seen["cfg"].steps, seen["run_dir"]) == (1, 7, tmp_path)

@@ -198,6 +198,8 @@ def _guided(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = guided.GuidedTrainConfig.from_json(config)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps)
+    if args.threads is not None:  # as for the other stages: --threads overrides the config's
+        cfg = dataclasses.replace(cfg, threads=args.threads)
     run_dir = args.out if args.out is not None else Path("runs") / cfg.name
     record_command(run_dir, argv)
     setup_logging(run_dir / f"{args.stage}.log")
