@@ -149,6 +149,8 @@ def test_data_degradation_and_scene_configs_use_the_same_loader():
         DataConfig.from_dict({"user_paths": "a.tif"})
     many = [f"tile{i}.tif" for i in range(40)]  # no cap on the number of user paths (model tuples: 16)
     assert DataConfig.from_dict({"user_paths": many, "user_weight": 1.0}).user_paths == tuple(many)
+    # path objects from Python callers become strings, as before the one loader
+    assert DataConfig.from_dict({"user_paths": [Path("a.tif")]}).user_paths == ("a.tif",)
     with pytest.raises(ConfigError, match=r"SceneStyle 'land_cover' must be float, got str"):
         SceneStyle.from_dict({"land_cover": {"water": "much"}})
     assert SceneStyle.from_dict({"land_cover": {"water": 1}}).land_cover == {"water": 1.0}

@@ -138,6 +138,10 @@ def test_spread_stage_refits_the_head_alone_and_resumes(tmp_path):
     (m_old, _), (m_new, s_new) = old.predict(lr.numpy()), new.predict(lr.numpy())
     np.testing.assert_array_equal(m_old, m_new)
     assert (s_new > 0).all() and np.isfinite(s_new).all()
+    from xr_opensr.errors import ModelError
+
+    with pytest.raises(ModelError, match="the config the mean network was trained with"):
+        train_spread(refit.replace(regression={"res_scale": 0.5}), tmp_path / "a", progress=False)
 
 
 def test_spread_head_gradient_input_is_numpy_gradient():

@@ -75,6 +75,8 @@ def test_deterministic_and_batch_invariant(model):
     one = model.superresolve(guide[2:], target[2:], sr10[2:], sr10[2:] * 0.1)
     np.testing.assert_array_equal(one[0], full[0][2:])
     np.testing.assert_array_equal(one[1], full[1][2:])
+    flipped = model.sharpen(guide[..., ::-1, :], target[..., ::-1, :])[0]  # views with negative strides
+    np.testing.assert_array_equal(flipped, model.sharpen(guide[..., ::-1, :].copy(), target[..., ::-1, :].copy())[0])
 
 
 def test_nan_in_nan_out(model):

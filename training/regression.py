@@ -179,9 +179,12 @@ class SpreadStage(Checkpointed):
         torch.manual_seed(cfg.run.seed + 3)
         self.net = RegressionConfig.of(cfg).build().to(device)
         base = load_regression(source, device)
-        if (base.config.channels, base.config.blocks) != (self.sc.channels, self.sc.blocks):
-            raise ModelError(f"{source} has {base.config.blocks} blocks x {base.config.channels} channels, the config "
-                             f"{self.sc.blocks} x {self.sc.channels}: give the config the mean network was trained with")
+        mean_part = ("channels", "blocks", "res_scale")
+        theirs = (base.bands, base.scale, *(getattr(base.config, k) for k in mean_part))
+        ours = (self.net.bands, self.net.scale, *(getattr(self.net.config, k) for k in mean_part))
+        if theirs != ours or not torch.equal(base.gain.cpu(), self.net.gain.cpu()):
+            raise ModelError(f"{source} has bands, scale, channels, blocks, res_scale {theirs}, the config {ours} (or "
+                             "another normalisation): give the config the mean network was trained with")
         mean_state = {k: v for k, v in base.state_dict().items() if not k.startswith("spread.")}
         missing = [k for k in self.net.load_state_dict(mean_state, strict=False).missing_keys
                    if not k.startswith("spread.")]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -169,7 +170,7 @@ def _scalar(value: Any, hint: Any, label: str) -> Any:
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
         float: isinstance(value, int | float) and not isinstance(value, bool),
-        str: isinstance(value, str),
+        str: isinstance(value, str | os.PathLike),  # a path object for a path field, as before
     }
     if hint not in ok:
         raise ConfigError(f"{label}: unsupported annotation {hint!r} (a bug in xr-opensr)")
@@ -179,7 +180,7 @@ def _scalar(value: Any, hint: Any, label: str) -> Any:
         if not math.isfinite(value):
             raise ConfigError(f"{label} must be a finite number, got {value!r}")
         return float(value)
-    return value
+    return os.fspath(value) if hint is str else value
 
 
 def _key(where: str, name: str) -> str:

@@ -287,8 +287,9 @@ def _bicubic(x: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
-    """A float32 CPU tensor of ``a``, sharing its memory where it is float32 and writable."""
-    a = np.asarray(a, dtype=np.float32)
+    """A float32 CPU tensor of ``a``, sharing its memory where it is float32, C-contiguous and writable
+    (a view with negative strides, e.g. ``x[..., ::-1, :]``, is copied)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
