@@ -154,7 +154,7 @@ def test_the_config_loader_is_torch_free_and_the_one_loader():
     own = {name for name in LIB["xr_opensr._config"] if name.startswith("xr_opensr")}
     third = {name.split(".")[0] for name in LIB["xr_opensr._config"] if not name.startswith("xr_opensr")}
     assert own <= {"xr_opensr.errors", "xr_opensr.errors.ConfigError", "xr_opensr.errors.ModelError"}
-    assert third <= {"__future__", "collections", "contextlib", "dataclasses", "math", "types", "typing"}
+    assert third <= {"__future__", "collections", "contextlib", "dataclasses", "math", "os", "types", "typing"}
     assert touches(LIB["xr_opensr.testing"], "xr_opensr._config")
     assert_runs_without_torch(
         "from xr_opensr._config import load_config\n"

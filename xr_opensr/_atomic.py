@@ -42,6 +42,7 @@ import shutil
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -90,6 +91,22 @@ def stage(name: str) -> None:
     where, _, sig = wanted.partition(":")
     if where == name:
         os.kill(os.getpid(), getattr(signal, sig or "SIGKILL"))
+
+
+def _remove_settled(path: Path, tries: int = 10, wait_s: float = 0.2) -> None:
+    """Remove a temporary a failed run leaves; retried while it reappears or will not go, because a
+    failed dask compute raises as soon as one task fails while the tasks already running in its
+    threads still finish (a Zarr chunk written into a store being removed: "directory not empty")."""
+    for _ in range(tries - 1):
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        time.sleep(wait_s)  # let in-flight writers finish, then check that nothing came back
+        if not (path.exists() or path.is_symlink()):
+            return
+    remove_quietly(path)  # the last try logs what could not be removed
 
 
 def remove_quietly(path: Path) -> None:
@@ -221,7 +238,7 @@ def temporaries(*paths: Path) -> Iterator[None]:
             if path in _committed:
                 _committed.discard(path)
             elif path.exists() or path.is_symlink():
-                remove_quietly(path)
+                _remove_settled(path)
 
 
 # --------------------------------------------------------------------------- commit and recovery
