@@ -53,8 +53,9 @@ def export_v2(cfg: TrainConfig, run_dir: Path, out: Path, base: str, *, overwrit
     stage = _stage_summary(run_dir)
     provenance = {**bc.provenance, "base_model": f"{bc.name} {bc.version}", "mean_net_steps": stage.get("steps"),
                   "mean_net_loss": "L1 (mean) + Laplace NLL (spread head, detached)", "training_config": cfg.name}
-    if _spread_summary(run_dir):
-        provenance["spread_head_steps"] = _spread_summary(run_dir).get("steps")
+    spread = _spread_summary(run_dir)
+    if spread:
+        provenance["spread_head_steps"] = spread.get("steps")
     config = bc.replace(name=cfg.model.name, version=cfg.model.version, mean_net=reg.config, std_scale=1.0,
                         provenance=provenance)
     net = SRModel(config)
@@ -110,9 +111,13 @@ def _spread_summary(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _spread_minutes(run_dir: Path) -> str:
-    s = _spread_summary(run_dir)
-    return f"{s.get('wall_s', 0) / 60:.1f} min, {s.get('s_per_step', 0):.2f} s/step"
+def _spread_line(cfg: TrainConfig, run_dir: Path) -> str:
+    """The card's sentence on the spread stage ("" when it has not run)."""
+    s, r = _spread_summary(run_dir), cfg.regression
+    if not s:
+        return ""
+    return (f" Then `python -m training spread`: the head alone refitted on the frozen mean, {r.spread_steps} steps, "
+            f"Adam lr {r.spread_lr}, Laplace NLL ({s.get('wall_s', 0) / 60:.1f} min, {s.get('s_per_step', 0):.2f} s/step).")
 
 
 def _base_card(base: str) -> str:
@@ -168,9 +173,7 @@ def model_card_v2(cfg: TrainConfig, run_dir: Path, base_card: str, std_scale: fl
         "## Mean network training",
         f"- `python -m training regression`: {r.steps} steps, batch {r.batch_size}, Adam lr {r.lr}, warm-up "
         f"{r.warmup_steps} + cosine to x{r.min_lr_ratio}, grad clip {r.grad_clip} (mean and head apart); "
-        "loss L1 (mean) + Laplace NLL (head)." + (
-            f" Then `python -m training spread`: the head alone refitted on the frozen mean, {r.spread_steps} steps, "
-            f"Adam lr {r.spread_lr}, Laplace NLL ({_spread_minutes(run_dir)})." if _spread_summary(run_dir) else ""),
+        "loss L1 (mean) + Laplace NLL (head)." + _spread_line(cfg, run_dir),
         f"- Data: `{json.dumps(_resolved(cfg, 'data_config'))}`; degradation (randomised per image): "
         f"`{json.dumps(_resolved(cfg, 'degradation_config'))}`.",
         f"- Wall time {s.get('wall_s', 0) / 60:.1f} min, {s.get('s_per_step', 0):.2f} s/step on "

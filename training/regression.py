@@ -56,9 +56,8 @@ class RegressionConfig:
     def of(cls, cfg: TrainConfig) -> RegressionConfig:
         """The architecture of a training config: its ``regression`` section and the model's bands/scale/normalisation."""
         m, r = cfg.model, cfg.regression
-        net = MeanNetConfig(channels=r.channels, blocks=r.blocks, res_scale=r.res_scale,
-                            uncertainty_channels=r.uncertainty_channels, uncertainty_depth=r.uncertainty_depth,
-                            uncertainty_detail=r.uncertainty_detail)
+        # the regression section carries every MeanNetConfig field under the same name
+        net = MeanNetConfig(**{f.name: getattr(r, f.name) for f in dataclasses.fields(MeanNetConfig)})
         return cls(bands=tuple(m.bands), scale=m.scale, input_gain=tuple(m.input_gain),
                    input_offset=tuple(m.input_offset), net=net)
 
@@ -99,6 +98,14 @@ def load_regression(path: str | Path, device: str | torch.device = "cpu") -> Reg
     return net.to(device).eval()
 
 
+def _step_batch(stage, step: int, lr_now: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Set the stage's learning rate and give batch ``step``: (HR, LR, bicubic of LR) on its device."""
+    set_lr(stage.opt, lr_now)
+    hr, lr = stage.sampler.batch(step, stage.sc.batch_size)
+    base = torch.from_numpy(np.asarray(bicubic_upsample(lr.numpy(), stage.cfg.model.scale), dtype=np.float32))
+    return hr.to(stage.device), lr.to(stage.device), base.to(stage.device)
+
+
 class RegressionStage(Checkpointed):
     """The regression network, its optimiser and data (a :class:`training.loop.Stage`)."""
 
@@ -119,12 +126,9 @@ class RegressionStage(Checkpointed):
 
     def train_step(self, step: int) -> dict[str, float]:
         lr_now = self.sc.lr * self.lr_factor(step)
-        set_lr(self.opt, lr_now)
-        hr, lr = self.sampler.batch(step, self.sc.batch_size)
-        base = torch.from_numpy(np.asarray(bicubic_upsample(lr.numpy(), self.cfg.model.scale), dtype=np.float32))
+        hr, lr, base = _step_batch(self, step, lr_now)
         self.net.train()
-        hr = hr.to(self.device)
-        mean, scale = self.net.mean_and_scale(lr.to(self.device), base.to(self.device))
+        mean, scale = self.net.mean_and_scale(lr, base)
         loss = F.l1_loss(mean, hr)
         logs = {"loss_l1": loss.item()}
         if scale is not None:  # the spread head sees detached features and a detached mean
@@ -204,13 +208,11 @@ class SpreadStage(Checkpointed):
 
     def train_step(self, step: int) -> dict[str, float]:
         lr_now = self.sc.spread_lr * self.lr_factor(step)
-        set_lr(self.opt, lr_now)
-        hr, lr = self.sampler.batch(step, self.sc.batch_size)
-        base = torch.from_numpy(np.asarray(bicubic_upsample(lr.numpy(), self.cfg.model.scale), dtype=np.float32))
+        hr, lr, base = _step_batch(self, step, lr_now)
         self.net.eval()
         self.head.train()
-        mean, scale = self.net.mean_and_scale(lr.to(self.device), base.to(self.device))
-        nll = laplace_nll(hr.to(self.device) - mean.detach(), scale)
+        mean, scale = self.net.mean_and_scale(lr, base)
+        nll = laplace_nll(hr - mean.detach(), scale)
         self.opt.zero_grad(set_to_none=True)
         nll.backward()
         if self.sc.grad_clip:
