@@ -116,14 +116,115 @@ def test_20m_grid_phase_gives_results_consistent_with_the_native_pixels(kw, orig
     assert right < 0.004 and right < 0.25 * wrong
 
 
-def test_nodata_in_any_band_is_nodata_in_every_band(kw):
+def test_nodata_in_a_10m_band_is_nodata_in_every_band(kw):
+    """The four 10 m bands are the model's input and the 20 m bands' guide: a hole in one blanks all."""
     cube = make_cube(16, 16, bands=ALL_BANDS, dtype="float32")
-    cube[ALL_BANDS.index("B12"), 4:8, 6:10] = np.nan  # a 20 m band's nodata: 2 x 2 native pixels
+    cube[ALL_BANDS.index("B03"), 4:8, 6:10] = np.nan
     res = cube.opensr.superresolve(2, bands="all", **kw).compute()
     hole = np.zeros((64, 64), bool)
     hole[16:32, 24:40] = True
     assert np.isnan(res.sr.values[:, hole]).all() and np.isnan(res.uncertainty.values[:, hole]).all()
     assert np.isfinite(res.sr.values[:, ~hole]).all()
+
+
+def test_nodata_in_a_20m_band_stays_in_that_band(kw):
+    """Issue 19 finding 1: a 20 m band's hole is NaN in that band only; the other bands are computed."""
+    cube = make_cube(16, 16, bands=ALL_BANDS, dtype="float32")
+    four = cube.sel(band=list(S2_BANDS)).opensr.superresolve(2, **KW).compute()
+    cube[ALL_BANDS.index("B12"), 4:8, 6:10] = np.nan  # 2 x 2 native pixels
+    res = cube.opensr.superresolve(2, bands="all", **kw).compute()
+    hole = np.zeros((64, 64), bool)
+    hole[16:32, 24:40] = True
+    b12 = res.sr.sel(band="B12").values
+    assert np.isnan(b12[hole]).all() and np.isfinite(b12[~hole]).all()
+    assert np.isnan(res.uncertainty.sel(band="B12").values[hole]).all()
+    others = res.drop_sel(band="B12")
+    assert np.isfinite(others.sr.values).all() and np.isfinite(others.uncertainty.values).all()
+    np.testing.assert_array_equal(res.sr.sel(band=list(S2_BANDS)).values, four.sr.values)
+
+
+@pytest.mark.parametrize("bands", ["all", ["B04", "B03", "B02", "B08", "B11"]])
+@pytest.mark.parametrize("dtype", ["float32", "uint16"])
+def test_a_20m_band_without_any_data_blanks_only_itself(kw, bands, dtype):
+    """B12 all nodata (NaN, or DN 0 = the declared nodata): the 10 m bands come out as in a four-band run,
+    the other 20 m bands are computed, B12 (when asked for) is NaN; also when B12 is not asked for."""
+    cube = make_cube(16, 14, bands=ALL_BANDS, dtype=dtype)
+    four = cube.sel(band=list(S2_BANDS)).opensr.superresolve(2, **KW).compute()
+    cube[ALL_BANDS.index("B12")] = np.nan if dtype == "float32" else 0
+    res = cube.opensr.superresolve(2, bands=bands, **kw).compute()
+    np.testing.assert_array_equal(res.sr.sel(band=list(S2_BANDS)).values, four.sr.values)
+    np.testing.assert_array_equal(res.uncertainty.sel(band=list(S2_BANDS)).values, four.uncertainty.values)
+    computed = [b for b in res.band.values if b != "B12"]
+    assert np.isfinite(res.sr.sel(band=computed).values).all()
+    if "B12" in res.band.values:
+        assert np.isnan(res.sr.sel(band="B12").values).all()
+
+
+def test_a_hole_in_a_20m_band_leaves_a_10m_band_alone(kw):
+    cube = make_cube(16, 16, bands=ALL_BANDS, dtype="float32")
+    cube[ALL_BANDS.index("B05"), 2:10, 4:12] = np.nan
+    res = cube.opensr.superresolve(2, bands=["B04", "B11"], **kw).compute()
+    assert np.isfinite(res.sr.values).all() and np.isfinite(res.uncertainty.values).all()
+
+
+@pytest.mark.parametrize(("height", "width"), [(15, 16), (16, 15), (31, 29)])
+def test_a_20m_pixel_cut_by_the_bottom_or_right_edge_keeps_its_own_value(kw, monkeypatch, height, width):
+    """Issue 19 finding 4: at grid phase 0 an odd last row/column holds half a 20 m pixel; the 20 m model
+    must receive that pixel's value, not its average with the neighbour reflected across the edge."""
+    import dask
+
+    from xr_opensr.models.guided import GuidedSR
+
+    cube = make_cube(height, width, bands=("B04", "B03", "B02", "B08", "B11"), dtype="float32")
+    b11 = cube.sel(band="B11").values.copy()
+    if height % 2:
+        b11[-3:-1, :], b11[-1, :] = 0.20, 0.40  # the cut row 0.40; reflection would bring in 0.20
+    if width % 2:
+        b11[:, -3:-1], b11[:, -1] = 0.20, 0.40
+    cube.loc[{"band": "B11"}] = b11
+    seen = []
+    original = GuidedSR.superresolve
+
+    def spy(self, lr10, target20, *args):
+        seen.append(np.array(target20[:, GUIDED_BANDS.index("B11")]))
+        return original(self, lr10, target20, *args)
+
+    monkeypatch.setattr(GuidedSR, "superresolve", spy)
+    with dask.config.set(scheduler="sync"):
+        res = cube.opensr.superresolve(2, bands=["B11"], **kw).compute()
+    assert np.isfinite(res.sr.values).all()
+    values = np.concatenate([t.ravel() for t in seen])
+    assert np.isclose(values, 0.40, rtol=0, atol=1e-6).any()
+    assert not np.isclose(values, 0.30, rtol=0, atol=1e-6).any()  # the old bug: (0.40 + 0.20) / 2
+    if (height, width) == (15, 16):  # one patch of 16: native row 7 is the cut one
+        np.testing.assert_allclose(seen[0][:, 7, :], 0.40, rtol=0, atol=1e-7)
+    if (height, width) == (16, 15):
+        np.testing.assert_allclose(seen[0][:, :, 7], 0.40, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("shift", [(0, 1), (1, 0)])
+def test_20m_bands_off_the_20m_grid_are_refused(kw, shift):
+    """Issue 19 finding 5: 20 m data shifted by 10 m give 2 x 2 blocks that are not constant: InputError."""
+    cube = make_cube(16, 16, bands=("B04", "B03", "B02", "B08", "B11"), dtype="float32")
+    b11 = cube.sel(band="B11").values
+    cube.loc[{"band": "B11"}] = np.roll(b11, shift, axis=(0, 1))
+    res = cube.opensr.superresolve(2, bands=["B11"], **kw)  # lazy: the data are only known when computed
+    with pytest.raises(errors.InputError, match=r"not on the Sentinel-2 20 m grid.*B11.*resampling='nearest'"):
+        res.compute()
+    ok = make_cube(16, 16, bands=("B04", "B03", "B02", "B08", "B11"), dtype="float32")
+    assert np.isfinite(ok.opensr.superresolve(2, bands=["B11"], **kw).sr.values).all()
+
+
+@pytest.mark.parametrize(("labels", "bands", "match"), [
+    (("B04", "B03", "B02", "B08", "B05", "B06", "B07", "B8A", "B11", "B11"), "all", r"band B11 has 2 labels"),
+    (("B04", "B04", "B02", "B08"), None, r"band B04 has 2 labels"),
+    (("B04", "red", "B02", "B08", "B03"), None, r"band B04 has 2 labels .*'B04', 'red'"),
+])
+def test_duplicate_band_labels_are_refused(labels, bands, match, model20):
+    """Issue 19 finding 8: two labels of one band are ambiguous (a mislabelled band), never the first one."""
+    cube = make_cube(8, 8, bands=labels)
+    with raise_if_dask_computes(), pytest.raises(errors.BandError, match=match):
+        cube.opensr.superresolve(2, bands=bands, **KW, model20=model20)
 
 
 # --------------------------------------------------------------------------- errors, before any compute

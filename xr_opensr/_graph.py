@@ -30,7 +30,8 @@ Blend
     HR pixels (unless first patch) and down over its last ``s*O`` (unless last patch); the ramps
     of neighbours sum to 1. Every output pixel is ``sum_p w_p v_p / sum_p w_p`` accumulated over
     its covering patches in global row-major patch order, so it is bit-identical whatever the
-    chunking. NaN (nodata) in a patch stays NaN where it is; it never spreads.
+    chunking. NaN (nodata) in a patch stays NaN where it is; it never spreads (to other
+    pixels, nor from a per-band channel to other channels: see ``guide_channels``).
 
 Seeds
     Patch (i, j) of the leading-dims element with key ``k`` draws its noise from
@@ -128,9 +129,20 @@ def patch_seed(seed: int, key: int, row: int, col: int) -> int:
 # --------------------------------------------------------------------------- numpy block functions
 
 
-def _pad_patch(a: np.ndarray, size: int) -> np.ndarray:
+def _pad_patch(a: np.ndarray, size: int, guide_channels: int | None = None) -> np.ndarray:
     """Pad (C, h, w) at the bottom/right to (C, size, size): reflect while possible, then edge
-    (the same rule as the model's own padding)."""
+    (the same rule as the model's own padding). Channels from ``guide_channels`` on (per-band
+    channels, e.g. native 20 m bands) are padded with NaN instead: a value reflected across the
+    image edge is not theirs (a 20 m pixel cut by the edge keeps only its own half)."""
+    h, w = a.shape[-2:]
+    a = _pad_reflect(a, size)
+    if guide_channels is not None and guide_channels < a.shape[0] and (h < size or w < size):
+        a[guide_channels:, h:, :] = np.nan
+        a[guide_channels:, :, w:] = np.nan
+    return a
+
+
+def _pad_reflect(a: np.ndarray, size: int) -> np.ndarray:
     while a.shape[-2] < size or a.shape[-1] < size:
         dh, dw = size - a.shape[-2], size - a.shape[-1]
         rh, rw = min(dh, a.shape[-2] - 1), min(dw, a.shape[-1] - 1)
@@ -189,6 +201,7 @@ def _patch_block(
     seed: int,
     n_outputs: int,
     conversion: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None],
+    guide_channels: int | None = None,
 ) -> tuple[np.ndarray, ...]:
     """Stage 1: super-resolve some of the patches a block owns, in one kernel call.
 
@@ -207,7 +220,7 @@ def _patch_block(
     r0, c0 = origin
     P, S, s = grid.patch, grid.stride, grid.scale
     shapes = [(x.shape[0], i1 - i0, j1 - j0, n_outputs, c, s * P, s * P) for i0, i1, j0, j1 in rects]
-    valid = np.isfinite(x).all(axis=1)  # (L, h, w): a pixel is nodata if any band is
+    valid = np.isfinite(x[:, :guide_channels]).all(axis=1)  # (L, h, w): nodata if any guide channel is
     batch, seeds, where = [], [], []
     for r, (i0, i1, j0, j1) in enumerate(rects):
         for lead_i, i, j in itertools.product(range(x.shape[0]), range(i0, i1), range(j0, j1)):
@@ -215,7 +228,7 @@ def _patch_block(
             xs = slice(j * S - c0, min(j * S + P, grid.width) - c0)
             if not valid[lead_i, ys, xs].any():
                 continue  # all nodata: no kernel call, stays NaN
-            batch.append(_pad_patch(x[lead_i, :, ys, xs], P))
+            batch.append(_pad_patch(x[lead_i, :, ys, xs], P, guide_channels))
             seeds.append(patch_seed(seed, int(flat_keys[lead_i]), i, j))
             where.append((r, lead_i, i - i0, j - j0))
     res = np.asarray(kernel(np.stack(batch), np.asarray(seeds, dtype=np.uint64)), np.float32) if batch else None
@@ -394,6 +407,7 @@ def superresolve_array(
     band_nodata: Sequence[float] | None = None,
     block_tiles: tuple[int, int] | None = None,
     target_block: int | None = None,
+    guide_channels: int | None = None,
 ) -> da.Array:
     """Lazy patch-wise super-resolution of a dask array.
 
@@ -411,6 +425,10 @@ def superresolve_array(
         ``raw * scale + offset``, raw == nodata -> NaN (NaN = none). Applied inside the tasks.
     block_tiles : tiles per output block (rows, cols); default from x's chunks, capped at
         ``target_block`` LR pixels (default :data:`TARGET_BLOCK_LR`) and at half the tiles.
+    guide_channels : the first channels that decide a pixel's validity (None: all). A pixel is
+        nodata where any of them is (a patch with no valid pixel skips the kernel); the channels
+        after them carry their own nodata, per band (NaN never spreads to other channels), and
+        are padded with NaN past the image edge.
 
     Returns
     -------
@@ -433,9 +451,10 @@ def superresolve_array(
     xchunks = _tile_chunks(w, grid.stride, block_tiles[1])
     x = x.rechunk((*x.chunks[:lead_nd], (c,), ychunks, xchunks))
 
-    token = tokenize(x.name, kernel, grid, n_outputs, seed, lead_keys, conversion, block_tiles)
+    token = tokenize(x.name, kernel, grid, n_outputs, seed, lead_keys, conversion, block_tiles, guide_channels)
     tasks = _BlockTasks({k: f"opensr-{k}-{token}" for k in _LAYER_DEPS}, x.name, ychunks, xchunks, grid,
-                        dict(kernel=kernel, grid=grid, seed=seed, n_outputs=n_outputs, conversion=conversion))
+                        dict(kernel=kernel, grid=grid, seed=seed, n_outputs=n_outputs, conversion=conversion,
+                             guide_channels=guide_channels))
     lead_offsets = [np.concatenate([[0], np.cumsum(ch)]) for ch in x.chunks[:lead_nd]]
     for lb in itertools.product(*[range(len(ch)) for ch in x.chunks[:lead_nd]]):
         keys = lead_keys[tuple(slice(off[i], off[i + 1]) for off, i in zip(lead_offsets, lb))]

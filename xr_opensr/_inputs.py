@@ -375,12 +375,26 @@ def _match(labels: Sequence[Any], wanted: list[tuple[str, list[str]]]) -> tuple[
     normed = [_norm(v) for v in labels]
     found, missing = [], []
     for band, accepted in wanted:
+        hits = [i for i, v in enumerate(normed) if v in accepted]
+        if len(hits) > 1:
+            raise BandError(
+                f"band {band} has {len(hits)} labels in {[_plain(v) for v in labels]} "
+                f"({', '.join(repr(_plain(labels[i])) for i in hits)}"
+                f" at positions {hits}): which one is {band} cannot be told, and a mislabelled band would be "
+                "super-resolved as another; give each band one distinct label, e.g. "
+                "obj.assign_coords(band=['B04', 'B03', ...]) or ds.rename({...})"
+            )
         hit = next((normed.index(a) for a in accepted if a in normed), None)
         if hit is None:
             missing.append(band)
         else:
             found.append(hit)
     return found, missing
+
+
+def _plain(label: Any) -> Any:
+    """A numpy scalar label as the Python value it holds (for messages)."""
+    return label.item() if isinstance(label, np.generic) else label
 
 
 def _describe(missing: list[str], bands: Any) -> str:
@@ -610,9 +624,9 @@ def _check_reflectance(spec: _runtime.ModelSpec, patches: np.ndarray) -> None:
 def _check_result(spec: _runtime.ModelSpec, patches: np.ndarray, out: np.ndarray) -> None:
     """NaN/inf in the mean or std of a valid pixel is a ModelError (the std only when computed:
     ``samples=0`` leaves it NaN); an all-zero band warns."""
-    valid = np.isfinite(patches).all(axis=1)  # (N, P, P): the kernel's nodata rule
+    valid = _kernel.valid_mask(patches, len(_runtime.get_model(spec).config.bands))  # (N, C, P, P): per band
     s = out.shape[-1] // patches.shape[-1]
-    hr_valid = valid.repeat(s, axis=1).repeat(s, axis=2)[:, None, None]  # (N, 1, 1, sP, sP)
+    hr_valid = valid.repeat(s, axis=2).repeat(s, axis=3)[:, None]  # (N, 1, C, sP, sP)
     broken = hr_valid & ~np.isfinite(out[:, : 2 if spec.samples else 1])
     if broken.any():
         fix = ("use dtype=None (float32)" if spec.dtype not in (None, "float32")
@@ -621,10 +635,10 @@ def _check_result(spec: _runtime.ModelSpec, patches: np.ndarray, out: np.ndarray
             f"model {spec.model!r} returned NaN or infinite values for {int(broken.sum())} values of valid "
             f"pixels (device {spec.device!r}, dtype {spec.dtype or 'float32'}); {fix}"
         )
-    weight = hr_valid[:, 0]  # (N, 1, sP, sP)
+    weight = hr_valid[:, 0]  # (N, C, sP, sP)
     mean = np.where(weight, out[:, 0], 0.0)  # (N, C, sP, sP)
     zero = weight.any(axis=(-2, -1)) & ~mean.any(axis=(-2, -1))  # (N, C): valid pixels, all 0
-    inputs = np.where(valid[:, None], patches, 0.0)
+    inputs = np.where(valid, patches, 0.0)
     hidden = zero & inputs.any(axis=(-2, -1))  # ... though their input was not all 0
     if hidden.any():
         warnings.warn(

@@ -25,9 +25,10 @@ import warnings
 import numpy as np
 
 from ._runtime import ModelSpec, get_guided, get_model, model_lock, torch_threads
+from .errors import InputError
 from .sentinel2 import BANDS
 
-__all__ = ["run_patches", "kernel_stats", "reset_kernel_stats"]
+__all__ = ["run_patches", "kernel_stats", "reset_kernel_stats", "valid_mask", "check_native_blocks"]
 
 _STATS = {"calls": 0, "patches": 0}
 _STATS_LOCK = threading.Lock()
@@ -62,8 +63,10 @@ def run_patches(spec: ModelSpec, patches: np.ndarray, seeds: np.ndarray) -> np.n
     planes 2.. the samples when ``spec.return_samples`` (K = 2 + samples), else K = 2.
     NaN in the s x s HR pixels of every nodata LR pixel.
 
-    With ``spec.bands20``: C = model bands + 20 m bands (:func:`guided_path`); a pixel that is nodata
-    in any band is NaN in every band; the kernel returns K = 2 (mean, std).
+    With ``spec.bands20``: C = model bands + 20 m bands (:func:`guided_path`); the kernel returns
+    K = 2 (mean, std). Nodata is per band: a 10 m pixel that is nodata in any model band is NaN in
+    every band (the model bands are the 20 m bands' guide); a 20 m band's nodata is NaN in that band
+    only (:func:`valid_mask`).
     """
     patches = np.asarray(patches, dtype=np.float32)
     seeds = np.asarray(seeds)
@@ -86,9 +89,6 @@ def run_patches(spec: ModelSpec, patches: np.ndarray, seeds: np.ndarray) -> np.n
         if spec.bands20:
             out20 = guided_path(spec, patches, out[:, 0], out[:, 1])
             out = np.concatenate([out[:, :2], out20], axis=2)
-            invalid = ~np.isfinite(patches).all(axis=1)  # (N, P, P): nodata in any band
-            s = out.shape[-1] // patches.shape[-1]
-            np.copyto(out, np.float32(np.nan), where=invalid.repeat(s, 1).repeat(s, 2)[:, None, None])
     with _STATS_LOCK:
         _STATS["calls"] += 1
         _STATS["patches"] += patches.shape[0]
@@ -110,8 +110,12 @@ def guided_path(spec: ModelSpec, patches: np.ndarray, mean10: np.ndarray, std10:
     (N, 2, len(bands20), sP, sP) float32: mean (clipped at 0, as the 10 m path) and standard deviation.
 
     A 20 m pixel cut by the patch edge (phase 1) is completed by one row/column of edge padding of
-    every input (its value is known from its half inside), and the output cropped back. 20 m bands the
-    input lacks are stood in for by the present 20 m band nearest in wavelength (the model sees six).
+    every input (its value is known from its half inside), and the output cropped back. A 20 m pixel
+    cut by the image edge keeps the half inside (the graph pads 20 m channels with NaN). Nodata is per
+    band: a 20 m band missing at a pixel (or lacking from the input) is stood in for, as the model's
+    input only, by the 20 m band nearest in wavelength that is present there; the band's output is
+    NaN where its own input is nodata. The 2 x 2 blocks of a 20 m band must be constant (nearest
+    resampling on the 20 m grid): :func:`check_native_blocks`.
     """
     guided = get_guided(spec)
     n10 = mean10.shape[1]
@@ -120,6 +124,7 @@ def guided_path(spec: ModelSpec, patches: np.ndarray, mean10: np.ndarray, std10:
     py, px = spec.phase20
     pad = ((0, 0), (0, 0), (py, (size + py) % 2), (px, (size + px) % 2))
     lr10, fine20 = patches[:, :n10], patches[:, n10:]
+    check_native_blocks(fine20, spec.bands20, spec.phase20)
     if any(p for axis in pad for p in axis):
         lr10, fine20 = np.pad(lr10, pad, mode="edge"), np.pad(fine20, pad, mode="edge")
         hr_pad = tuple((s * a, s * b) for a, b in pad)
@@ -128,22 +133,72 @@ def guided_path(spec: ModelSpec, patches: np.ndarray, mean10: np.ndarray, std10:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
         native = np.nanmean(fine20.reshape(n, k, h // 2, 2, w // 2, 2), axis=(3, 5)).astype(np.float32)
-    target = native[:, _stand_ins(spec.bands20, guided.bands)]
+    target = _stand_in_values(native, spec.bands20, guided.bands)
     # the fast path has no 10 m uncertainty to propagate: the 20 m std is not computed (NaN)
     mean, std = guided.superresolve(lr10, target, mean10, std10 if spec.samples else None)
     index = [guided.bands.index(b) for b in spec.bands20]
     crop = (slice(None), index, slice(s * py, s * (py + size)), slice(s * px, s * (px + size)))
     mean = np.maximum(mean[crop], np.float32(0.0))  # reflectance is not negative (as the 10 m path; NaN stays)
-    return np.stack([mean, std[crop]], axis=1).astype(np.float32)
+    out = np.stack([mean, std[crop]], axis=1).astype(np.float32)
+    own = np.isnan(patches[:, n10:]).repeat(s, axis=-2).repeat(s, axis=-1)  # (N, k, sP, sP): the band's nodata
+    np.copyto(out, np.float32(np.nan), where=own[:, None])
+    return out
 
 
-def _stand_ins(present: tuple[str, ...], order: tuple[str, ...]) -> list[int]:
-    """For each band of ``order``, the index in ``present`` of that band or, if absent, of the present
-    band nearest in central wavelength."""
-    def nearest(band: str) -> int:
-        if band in present:
-            return present.index(band)
-        wl = BANDS[band].wavelength_nm
-        return min(range(len(present)), key=lambda i: abs(BANDS[present[i]].wavelength_nm - wl))
+def valid_mask(patches: np.ndarray, n_guide: int) -> np.ndarray:
+    """(N, C, P, P) bool: where each channel's result is defined (the kernel's nodata rule): the model
+    bands (the first ``n_guide``) all valid, and, for a 20 m channel, that channel valid too."""
+    guide = np.isfinite(patches[:, :n_guide]).all(axis=1, keepdims=True)
+    return guide & (np.isfinite(patches) | (np.arange(patches.shape[1]) < n_guide)[None, :, None, None])
 
-    return [nearest(b) for b in order]
+
+#: largest spread of a 2 x 2 block of a 20 m band on the 10 m grid (reflectance) still taken as
+#: one native 20 m pixel: float rounding of DN scaling, far below one DN (1e-4)
+BLOCK_TOLERANCE = 2e-5
+
+
+def check_native_blocks(fine20: np.ndarray, bands20: tuple[str, ...], phase20: tuple[int, int]) -> None:
+    """The 20 m channels (N, k, P, P) must hold each native 20 m pixel as a constant 2 x 2 block on
+    the Sentinel-2 20 m grid (phase ``phase20``); NaN is ignored (nodata, or past the image edge).
+    Blocks that are not constant mean the bands were shifted, resampled across the grid (another
+    UTM zone, bilinear or cubic resampling) or are not Sentinel-2 20 m data: their native values
+    cannot be read, so InputError instead of a silently wrong result."""
+    py, px = phase20
+    n, k, h, w = fine20.shape
+    core = fine20[:, :, py: py + (h - py) // 2 * 2, px: px + (w - px) // 2 * 2]
+    blocks = core.reshape(n, k, core.shape[-2] // 2, 2, core.shape[-1] // 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks
+        spread = np.nanmax(blocks, axis=(3, 5)) - np.nanmin(blocks, axis=(3, 5))  # (n, k, h/2, w/2)
+    bad = spread > BLOCK_TOLERANCE
+    if not bad.any():
+        return
+    per_band = bad.sum(axis=(0, 2, 3))
+    worst = ", ".join(f"{b}: {int(c)} of {bad[:, i].size} blocks, up to {np.nanmax(spread[:, i]):.3g}"
+                      for i, (b, c) in enumerate(zip(bands20, per_band)) if c)
+    raise InputError(
+        "the 20 m bands are not on the Sentinel-2 20 m grid: their 2 x 2 blocks of 10 m pixels (edges at "
+        f"multiples of 20 m of the CRS) are not constant ({worst}), so the native 20 m values cannot be read "
+        "(shifted by 10 m, resampled from another grid or UTM zone, or with bilinear/cubic resampling). Load "
+        "them on the 20 m grid with nearest resampling, e.g. xr_opensr.stac.load_s2(..., bands='all') or "
+        "odc.stac.load(..., resolution=10, resampling='nearest'), or ask for the 10 m bands only"
+    )
+
+
+def _stand_in_values(native: np.ndarray, present: tuple[str, ...], order: tuple[str, ...]) -> np.ndarray:
+    """(N, len(order), h, w): each band of ``order`` from ``native`` (N, len(present), h, w); where a
+    band is absent or nodata, the value of the present band nearest in central wavelength that is
+    valid at that pixel (NaN where no 20 m band is)."""
+    out = np.empty((native.shape[0], len(order), *native.shape[2:]), dtype=np.float32)
+    for c, band in enumerate(order):
+        ranked = sorted(range(len(present)), key=lambda i: (present[i] != band,
+                                                             abs(BANDS[present[i]].wavelength_nm
+                                                                 - BANDS[band].wavelength_nm)))
+        value = native[:, ranked[0]].copy()
+        for i in ranked[1:]:
+            hole = np.isnan(value)
+            if not hole.any():
+                break
+            value[hole] = native[:, i][hole]
+        out[:, c] = value
+    return out
