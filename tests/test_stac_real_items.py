@@ -243,6 +243,56 @@ def test_mosaic_order_is_the_order_given_not_time_or_id(served):
         assert np.isfinite(first).sum() < np.isfinite(want).sum()  # the second filled the first's gaps
 
 
+# ------------------------------------------------------------------ projection fields, extension not declared
+def without(item: dict, prefix: str) -> dict:
+    """A copy of a published item dict without its projection extension URL in ``stac_extensions``, and
+    (``prefix="proj:"``) without any ``proj:`` field on the item or its assets too."""
+    out = json.loads(json.dumps(item))
+    out["stac_extensions"] = [uri for uri in out["stac_extensions"] if "/projection/" not in uri]
+    if prefix:
+        for fields in (out["properties"], *out["assets"].values()):
+            for key in [k for k in fields if k.startswith(prefix)]:
+                del fields[key]
+    return out
+
+
+# proj:epsg in the properties + shape/transform per asset (STAC 1.0); proj:code per asset (CDSE, 1.1);
+# proj:code in the properties + shape/transform per asset (stactools, 1.1)
+UNDECLARED = ["earth-search-v1_S2A_13TDE_20231008_0_L2A", CDSE_STEM, "stactools_S2A_T01WCP_20230625T234624_L2A"]
+
+
+@pytest.mark.parametrize("stem", UNDECLARED)
+def test_item_with_proj_fields_but_no_projection_extension_loads(served, stem):
+    items, _ = served
+    item = as_item(without(items[stem], ""))
+    assert not any("projection" in uri for uri in item.stac_extensions)
+    ds = stac.load_s2([item], bbox=lonlat_bbox(stem), chunks={"x": 16, "y": 16})  # odc-stac: "Failed to auto-guess"
+    epsg, x0, y0 = grid(stem)
+    assert ds.rio.crs.to_epsg() == epsg
+    got = ds.compute()
+    truth = expected(stem)
+    for b, band in enumerate(BANDS):
+        np.testing.assert_array_equal(got[band].values[0], on_grid(truth[b], got, x0, y0))
+    assert np.isfinite(got.B04.values).sum() > N * N / 2
+    assert not any("projection" in uri for uri in item.stac_extensions)  # the caller's item is left as it was
+
+
+def test_item_without_projection_fields_needs_crs_and_resolution(served):
+    items, _ = served
+    stem = UNDECLARED[0]
+    item = as_item(without(items[stem], "proj:"))
+    with pytest.raises(InputError, match=r"items \['S2A_13TDE_20231008_0_L2A'\] carry no projection information.*"
+                                         r"proj:shape and proj:transform.*load_s2\(items, crs='EPSG:\d+', "
+                                         r"resolution=10\)"):
+        stac.load_s2([item], bbox=lonlat_bbox(stem))
+    epsg, x0, y0 = grid(stem)
+    ds = stac.load_s2([item], bbox=lonlat_bbox(stem), crs=f"EPSG:{epsg}", resolution=10).compute()
+    truth = expected(stem)
+    for b, band in enumerate(BANDS):
+        np.testing.assert_array_equal(ds[band].values[0], on_grid(truth[b], ds, x0, y0))
+    assert np.isfinite(ds.B04.values).sum() > N * N / 2
+
+
 # --------------------------------------------------------------------------------- errors
 def test_missing_asset_names_the_keys_and_the_asset_map(served):
     items, _ = served

@@ -67,15 +67,18 @@ def superresolve(
         ``_FillValue``: ``encoding["dtype"]`` tells). 8-bit integers need a declared scale. A
         non-identity ``scale_factor``/``add_offset`` on float data is applied too. Pixels equal to
         the declared nodata (``nodata``, ``_FillValue``, ``.rio.nodata``) and non-finite values are
-        nodata (NaN); a pixel is nodata when any of its bands is. The CRS comes from ``.rio.crs``,
+        nodata (NaN), per band: a pixel is nodata in every band when any of the four 10 m bands is
+        (the model's input and the 20 m bands' guide); a 20 m band's nodata is NaN in that band only.
+        The CRS comes from ``.rio.crs``,
         else from a grid-mapping variable or a ``crs``/``spatial_ref``/``crs_wkt`` attribute.
         Checked when computed (the data are only known then): reflectance outside
         ``REFLECTANCE_RANGE`` (-0.1, 2) after scaling raises InputError; results are clipped at 0,
         and a band that comes out all 0 from input <= 0 warns (OpenSRWarning).
-    samples : samples per patch (>= 0); ``sr`` is their mean, ``uncertainty`` their std. With the
-        default model (v2) both come from its mean network and calibrated spread, and the diffusion
-        model runs only for ``return_samples``; ``samples=0`` is the fast deterministic path: the
-        mean alone, ``uncertainty`` NaN (models without a mean network refuse it when computed).
+    samples : samples per patch (>= 0). A diffusion-only model (``"tiny"``, LDSR-S2 v1): ``sr`` is
+        their mean, ``uncertainty`` their std times the model's ``std_scale``. The default model (v2):
+        both come from its mean network and calibrated spread, and the diffusion model runs only for
+        ``return_samples``; ``samples=0`` is the fast deterministic path: the mean alone,
+        ``uncertainty`` NaN (models without a mean network refuse it when computed).
     model : registered name (``"default"``, ``"tiny"``) or path of a model folder / ``.ckpt``.
     steps, eta : DDIM steps and eta (None = the model's defaults).
     seed : base seed (>= 0). A patch's noise depends only on (seed, patch row, patch column, the
@@ -91,10 +94,12 @@ def superresolve(
         "B02": ..., "B08": ...}``.
         The 20 m bands are expected on the 10 m grid as odc-stac and ``xr_opensr.stac.load_s2`` deliver
         them by default (nearest neighbour: each 20 m pixel a 2 x 2 block of 10 m pixels, blocks on the
-        Sentinel-2 20 m grid, i.e. at multiples of 20 m of the CRS); the mean of each block is taken as
-        the native value (other resamplings: an approximation). They need the four 10 m bands in the
-        input (the guide). The 20 m model sees all six 20 m bands the input holds (asked for or not; a
-        missing one is stood in for by the present band nearest in wavelength).
+        Sentinel-2 20 m grid, i.e. at multiples of 20 m of the CRS): blocks that are not constant
+        (shifted, resampled from another grid, bilinear) raise InputError when computed; a block cut
+        by the image edge keeps its half inside. They need the four 10 m bands in the input (the
+        guide). The 20 m model sees all six 20 m bands the input holds (asked for or not; a band
+        missing from the input, or nodata at a pixel, is stood in for, as the model's input only, by
+        the band nearest in wavelength present there).
     patch, overlap : LR pixels per patch side and of overlap between neighbours (default: the
         model's ``patch_size`` and ``default_overlap``; ``0 <= overlap <= patch/2``).
     batch_size : (patch, sample) latents per network call, the same in every call (None: the
@@ -107,7 +112,20 @@ def superresolve(
     dtype : denoiser and decoder dtype: None (float32), "bfloat16" (GPU, or a CPU with AMX/AVX512-BF16),
         "float16" (GPU only), or a torch dtype.
     histogram_matching : match each sample's bands to the LR patch's histograms.
-    return_samples : also return the samples (variable ``samples``, extra leading dim ``sample``).
+    return_samples : also return the samples (variable ``samples``, extra leading dim ``sample``),
+        made to agree with ``sr`` and ``uncertainty``. After the patches are blended, each pixel's
+        samples are standardised over the sample dim, times ``uncertainty``, plus ``sr``
+        (:func:`xr_opensr.models.pipeline.samples_with_moments`); where that would give a negative
+        sample, the lowest samples are raised to one common value first (the order is kept). So, for
+        ``samples`` = S >= 2, at every valid pixel, patch overlaps included, to float32 rounding:
+        every sample is >= 0 (clipped like ``sr``), their mean is ``sr``, and their standard deviation
+        (ddof=1) is ``min(uncertainty, sr * sqrt(S))``: ``uncertainty`` except where it exceeds
+        ``sr * sqrt(S)``, the most that S values >= 0 with mean ``sr`` can spread (there the largest
+        sample is ``S * sr`` and the others 0; where ``sr`` is 0, all are 0). S = 1: the one sample
+        is ``sr``. The diffusion model gives the samples their detail; a diffusion-only model's raw
+        spread is scaled by its ``std_scale``, as ``uncertainty`` is. With ``output_dtype="uint16"``
+        each sample is encoded as the other variables (DN = the float32 value x 10000, within 1e-4),
+        so these hold to that rounding. NaN where ``sr`` is NaN.
     output_dtype : None/"float32" (reflectance) or "uint16": DN = round(reflectance x 10000), nodata 0,
         CF ``scale_factor``/``_FillValue`` attrs (lossless to 1e-4; see ``xr_opensr._encode``).
     model20 : the 20 m-band model: ``"s2-20m"`` (shipped) or a model folder; used only when 20 m
@@ -120,9 +138,10 @@ def superresolve(
     grid (each 10 m pixel split into 4 x 4; HR centres at the LR centre +-1.25 m and +-3.75 m),
     dims in the input's order (a Dataset input gets a ``band`` dim before y/x), chunks of whole
     patch-grid tiles; CRS and transform written with rioxarray; attrs name the model, version,
-    samples, steps, eta, seed, patch, overlap and units. ``uncertainty`` is the per-band sample
-    standard deviation times the model's ``std_scale`` (0 when ``samples == 1``); in patch overlaps
-    ``sr``, ``uncertainty`` and ``samples`` are blended with the same smooth weights.
+    samples, steps, eta, seed, patch, overlap and units. ``uncertainty`` is the per-band standard
+    deviation (a diffusion-only model: of its samples, times the model's ``std_scale``; 0 when
+    ``samples == 1``); in patch overlaps ``sr`` and ``uncertainty`` are blended with the same smooth
+    weights, and the samples then moved to them (``return_samples``).
     Lazy: computing ``sr`` and ``uncertainty`` together runs the model once per patch.
 
     Raises
@@ -294,6 +313,7 @@ def _build_graph(inp: _inputs.ModelInput, spec: _runtime.ModelSpec, cfg: Any, mo
     out = _graph.superresolve_array(
         inp.data, _inputs.kernel_for(spec), patch=patch, overlap=overlap, n_outputs=spec.n_outputs, seed=seed,
         scale=cfg.scale, lead_keys=inp.keys, band_scale=sel.scale, band_offset=sel.offset, band_nodata=sel.nodata,
+        guide_channels=len(cfg.bands),
     )
     return spec, out
 
@@ -356,12 +376,14 @@ def _wrap(out: da.Array, inp: _inputs.ModelInput, hr: Any, y_dim: Hashable, x_di
     variables = {
         "sr": xr.Variable(canon, sr, {"long_name": "super-resolved surface reflectance (mean of samples)", **unit_attrs}),
         "uncertainty": xr.Variable(canon, unc, {
-            "long_name": "per-band standard deviation of the samples x model std_scale", **unit_attrs}),
+            "long_name": "calibrated per-band standard deviation of sr (the samples' standard deviation)",
+            **unit_attrs}),
     }
     if samples:
         smp = _samples(out, lead_nd, samples, f"opensr-samples-{token}")
         variables["samples"] = xr.Variable(("sample", *canon), smp, {
-            "long_name": "super-resolved surface reflectance samples", **unit_attrs})
+            "long_name": "super-resolved surface reflectance samples (mean sr, std min(uncertainty, "
+                         "sr x sqrt(samples)), >= 0)", **unit_attrs})
         coords["sample"] = ("sample", np.arange(samples))
     ds = xr.Dataset(variables, coords=coords)
     return ds.transpose(*(["sample"] if samples else []), *sel.out_dims)
@@ -380,13 +402,27 @@ def _plane(out: da.Array, k: int, lead_nd: int, name: str) -> da.Array:
     )
 
 
-def _pick_samples(block: np.ndarray, *, index: tuple, axis: int) -> np.ndarray:
-    return np.moveaxis(block[index], axis, 0)
+def _moment_samples(planes: np.ndarray, *, samples: int) -> np.ndarray:
+    """Planes (K, *lead, C, H, W) of the graph's output -> its samples (S, *lead, C, H, W), moved per
+    pixel to mean ``sr`` (plane 0) and standard deviation ``uncertainty`` (plane 1), none negative.
+
+    The blend averages each sample over the overlapping patches like ``sr`` and ``uncertainty``, which
+    keeps the samples' mean but shrinks their spread (independent samples average out); moving them
+    back (:func:`xr_opensr.models.pipeline.samples_with_moments`) makes the samples agree with ``sr``
+    and ``uncertainty`` everywhere, and scales the raw spread of a diffusion-only model by its
+    ``std_scale`` as ``uncertainty`` is. One sample is left as it is (it equals ``sr``).
+    """
+    if samples == 1:
+        return planes[2:3].copy()
+    # numpy only, but it imports torch with the models (as the kernel that made the block does)
+    from .models.pipeline import samples_with_moments
+
+    return samples_with_moments(planes[2 : 2 + samples], planes[0], planes[1], axis=0)
 
 
 def _samples(out: da.Array, lead_nd: int, samples: int, name: str) -> da.Array:
-    """(*lead, K, C, H, W) -> samples (S, *lead, C, H, W), a lazy slice named ``opensr-samples-...``."""
-    index = (slice(None),) * lead_nd + (slice(2, 2 + samples),)
-    chunks = ((samples,), *out.chunks[:lead_nd], *out.chunks[lead_nd + 1:])
-    return da.map_blocks(_pick_samples, out, index=index, axis=lead_nd, chunks=chunks, name=name,
-                         dtype=np.float32, meta=np.empty((0,) * out.ndim, dtype=np.float32))
+    """(*lead, K, C, H, W) -> samples (S, *lead, C, H, W) with mean ``sr`` and std ``uncertainty``
+    (:func:`_moment_samples`), a lazy map named ``opensr-samples-...``."""
+    planes = da.moveaxis(out, lead_nd, 0)  # (K, *lead, C, H, W): K is one chunk
+    return da.map_blocks(_moment_samples, planes, samples=samples, chunks=((samples,), *planes.chunks[1:]),
+                         name=name, dtype=np.float32, meta=np.empty((0,) * out.ndim, dtype=np.float32))

@@ -481,6 +481,43 @@ def _normalise(item: pystac.Item, bands: list[str], mask_clouds: bool,
     return out
 
 
+def _has_grid(item: pystac.Item) -> bool:
+    """Whether an asset of ``item`` has its grid in projection fields (``proj:shape``, ``proj:transform``
+    and a CRS, each on the asset or on the item's properties): what odc-stac needs to place it."""
+    def field(asset: Any, key: str) -> Any:
+        return asset.extra_fields.get(key, item.properties.get(key))
+
+    return any(all(field(a, k) is not None for k in _conv.PROJ_GRID_KEYS)
+               and any(field(a, k) is not None for k in _conv.PROJ_CRS_KEYS) for a in item.assets.values())
+
+
+def _declare_projection(item: pystac.Item) -> pystac.Item:
+    """``item`` (a copy of the caller's) with the projection extension declared in ``stac_extensions``
+    when it has projection fields but does not declare it: odc-stac ignores undeclared fields."""
+    from pystac.extensions.projection import ProjectionExtension
+
+    declared = ProjectionExtension.has_extension(item) or any(
+        uri.startswith("https://stac-extensions.github.io/projection/") for uri in item.stac_extensions)
+    if not declared and _has_grid(item):
+        ProjectionExtension.add_to(item)
+    return item
+
+
+def _check_grid(items: list[pystac.Item], crs: Any) -> None:
+    """Without ``crs``, odc-stac takes the output grid from the items' projection fields: refuse items
+    that have none, naming them and the fix (``crs=``, ``resolution=``)."""
+    if crs is not None or any(_has_grid(item) for item in items):
+        return
+    ids = [item.id for item in items]
+    raise InputError(
+        f"the items {ids} carry no projection information: none of their band assets has "
+        f"{' and '.join(_conv.PROJ_GRID_KEYS)} with a CRS ({' or '.join(_conv.PROJ_CRS_KEYS)}), on the asset or in "
+        f"the item's properties, so the output grid cannot be guessed. Pass it: load_s2(items, crs='EPSG:32633', "
+        f"resolution=10) with the items' UTM zone (crs='utm' picks the zone of the bbox), or add those fields to "
+        f"the items"
+    )
+
+
 def _check_assets(assets: Any) -> dict[str, str]:
     if assets is None:
         return {}
@@ -552,7 +589,10 @@ def load_s2(
     mask_clouds : bool
         Set cloud, cirrus, shadow, saturated and nodata pixels (from SCL) to NaN. Needs an SCL asset.
     crs : str or CRS, optional
-        Output CRS (e.g. "EPSG:32632", "utm"); default the items' most common CRS.
+        Output CRS (e.g. "EPSG:32632", "utm"); default the items' most common CRS, read from their
+        projection fields (``proj:shape``, ``proj:transform`` and ``proj:code``/``proj:epsg``, on the
+        assets or the item; used also when ``stac_extensions`` does not declare the projection
+        extension). Items without them need ``crs`` (and ``resolution``).
     bbox : (west, south, east, north), optional
         Crop to this box in degrees; default the union of the item footprints.
     assets : dict, optional
@@ -570,7 +610,8 @@ def load_s2(
     Raises
     ------
     InputError
-        No items, bad bbox/resolution/groupby/assets; BandError for an unknown band, an item
+        No items, bad bbox/resolution/groupby/assets, no ``crs`` for items without projection
+        fields; BandError for an unknown band, an item
         without the asset of a band (the message lists the item's asset keys), or without an SCL
         asset when ``mask_clouds=True``.
     """
@@ -581,7 +622,8 @@ def load_s2(
     import rioxarray  # noqa: F401  (registers ds.rio: the result's CRS is ds.rio.crs)
 
     items, dropped = _drop_duplicates(items)
-    normalised = [_normalise(item, load_names, mask_clouds, asset_map) for item in items]
+    normalised = [_declare_projection(_normalise(item, load_names, mask_clouds, asset_map)) for item in items]
+    _check_grid(normalised, crs)
     rules = [offset_rule(item) for item in items]
     raw, slices = _load_slices(odc_stac, normalised, load_names, base_key, resolution, chunks, crs, bbox)
     out, log = _mosaic_reflectance(raw, slices, items, rules, names, mask_clouds)

@@ -26,7 +26,7 @@ from .sentinel2 import ASSET_KEYS, BASELINE_WITH_OFFSET, BOA_OFFSET_DN, OFFSET_S
 
 __all__ = [
     "ASSET_KEYS", "BASELINE_KEYS", "BASELINE_WITH_OFFSET", "BOA_OFFSET_DN", "OFFSET_APPLIED_KEYS", "OFFSET_SINCE",
-    "PRODUCT_ID_KEYS", "PROVIDERS",
+    "PRODUCT_ID_KEYS", "PROJ_CRS_KEYS", "PROJ_GRID_KEYS", "PROVIDERS",
 ]
 
 #: Properties that say whether the provider already removed the -1000 DN offset (a bool).
@@ -54,6 +54,13 @@ PRODUCT_ID_KEYS: tuple[str, ...] = (
     "s2:product_id",
     "eopf:datastrip_id",  # CDSE: "..._N05.11"
 )
+
+#: Projection extension fields that give an asset's grid (on the asset, else on the item's
+#: properties): all of PROJ_GRID_KEYS and one of PROJ_CRS_KEYS ("proj:code" since projection v2.0,
+#: STAC 1.1; "proj:epsg" before). odc-stac reads them only from items that declare the extension in
+#: ``stac_extensions``, which some catalogues leave out although the fields are there.
+PROJ_GRID_KEYS: tuple[str, ...] = ("proj:shape", "proj:transform")
+PROJ_CRS_KEYS: tuple[str, ...] = ("proj:code", "proj:epsg", "proj:wkt2", "proj:projjson")
 
 #: Each provider as published: the collections, the asset naming (a column of ``sentinel2.ASSET_KEYS``), where
 #: the baseline and the applied flag are, and whether its ``raster:bands`` scale/offset can be

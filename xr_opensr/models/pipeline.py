@@ -11,8 +11,10 @@ validation scenes); the diffusion model gives the samples' detail: with ``x_1..x
 patch, ``xbar`` their mean and ``sd`` their standard deviation per pixel, sample ``j`` is
 ``m + u * (x_j - xbar) / sd``. So the samples' mean is ``m`` and their standard deviation ``u``
 exactly, for any number of samples >= 2 (one sample: ``m``, std 0): ``sr`` and ``uncertainty`` do
-not depend on the diffusion model, which runs only when the samples themselves are asked for.
-``samples=0`` (the fast deterministic path) returns ``m`` alone, with NaN as uncertainty.
+not depend on the diffusion model, which runs only when the samples themselves are asked for. These
+samples are not clipped at 0; ``superresolve`` moves its (blended) samples with
+:func:`samples_with_moments`, which also keeps them >= 0. ``samples=0`` (the fast deterministic path)
+returns ``m`` alone, with NaN as uncertainty.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .diffusion import DDIMSampler, NoiseSchedule
 from .regression import RegressionNet
 from .unet import UNet
 
-__all__ = ["SRModel", "match_histograms", "resolve_device", "item_generator", "MAX_SAMPLES"]
+__all__ = ["SRModel", "match_histograms", "resolve_device", "item_generator", "samples_with_moments", "MAX_SAMPLES"]
 
 #: the most samples per patch: memory does not grow with ``samples`` (they are reduced as they are
 #: drawn), but time does, linearly; more than a few hundred samples change the mean and std little
@@ -563,15 +565,95 @@ def _around(mean: np.ndarray, std: np.ndarray, detail: np.ndarray) -> np.ndarray
     """Model v2's samples: the diffusion samples ``detail`` (B, S, C, H, W), standardised per pixel
     over the samples, scaled by ``std`` and added to ``mean`` (each (B, C, H, W)): their mean is
     ``mean`` and their standard deviation (ddof=1) ``std``. Where the diffusion samples all agree (no
-    detail to standardise), a fixed standardised ramp over the sample index stands in."""
-    d = detail.astype(np.float64)
-    n = d.shape[1]
-    dev = d - d.mean(axis=1, keepdims=True)
-    sd = d.std(axis=1, ddof=1, keepdims=True)
-    ramp = np.arange(n, dtype=np.float64) - (n - 1) / 2
-    ramp = (ramp / ramp.std(ddof=1)).reshape(1, n, 1, 1, 1)
-    z = np.where(sd > 1e-9, dev / np.where(sd > 1e-9, sd, 1.0), ramp)
+    detail to standardise), a fixed standardised ramp over the sample index stands in. Not clipped at 0
+    (``superresolve`` makes the samples >= 0 after the blend, :func:`samples_with_moments`)."""
+    z = _standardise(detail.astype(np.float64), axis=1)
     return (mean[:, None] + std[:, None] * z).astype(np.float32)
+
+
+def samples_with_moments(samples: np.ndarray, mean: np.ndarray, std: np.ndarray, *, axis: int = 0) -> np.ndarray:
+    """Samples moved per pixel to a given mean and standard deviation, none of them negative.
+
+    Parameters
+    ----------
+    samples : float array with S >= 2 samples along ``axis`` (reflectance); NaN = nodata.
+    mean, std : the per-pixel targets, ``samples``' shape without ``axis``; ``mean >= 0``, ``std >= 0``.
+    axis : the sample axis.
+
+    Returns
+    -------
+    float32 array of ``samples``' shape, NaN where ``mean``, ``std`` or any sample is NaN. Per pixel:
+
+    * the samples are standardised, ``z_j = (x_j - mean_j(x)) / std_j(x)`` (ddof=1; where they all
+      agree, a fixed standardised ramp over the sample index stands in), and ``y_j = mean + std * z_j``;
+    * where that would make a sample negative (reflectance is clipped at 0), the standardised values
+      are floored at the lowest level ``c`` that keeps every sample >= 0 once re-standardised,
+      ``y_j = mean + std * standardise(max(z, c))_j``: the sample order is kept, the lowest become equal;
+    * ``S`` values >= 0 with mean ``m`` have a standard deviation of at most ``m * sqrt(S)`` (one value
+      ``S * m``, the others 0). Where no floor does it (``std`` larger than that, e.g. ``mean == 0 <
+      std``; or the two largest samples equal), the largest sample is ``mean + s * (S - 1) / sqrt(S)``
+      and the others ``mean - s / sqrt(S)``, with ``s = min(std, mean * sqrt(S))``: for ``std >
+      mean * sqrt(S)``, ``S * mean`` and 0.
+
+    So everywhere: every sample >= 0, their mean is ``mean`` and their standard deviation (ddof=1)
+    ``min(std, mean * sqrt(S))`` (to float32 rounding).
+    """
+    x = np.moveaxis(np.asarray(samples, dtype=np.float64), axis, 0)
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"samples_with_moments needs >= 2 samples along axis {axis}, got {n}")
+    shape = x.shape
+    x = x.reshape(n, -1)
+    m = np.asarray(mean, dtype=np.float64).reshape(-1)
+    u = np.asarray(std, dtype=np.float64).reshape(-1)
+    valid = np.isfinite(m) & np.isfinite(u) & np.isfinite(x).all(axis=0)
+    x, m, u = np.where(valid, x, 0.0), np.where(valid, m, 0.0), np.where(valid, u, 0.0)
+    z = _standardise(x)
+    flat = z.min(axis=0) < -m / np.where(u > 0, u, 1.0)  # would go below 0 (where u > 0)
+    flat &= u > 0
+    if flat.any():
+        z[:, flat], u[flat] = _floored(z[:, flat], m[flat], u[flat])
+    y = np.maximum(m + u * z, 0.0)  # (the max only removes float rounding below 0)
+    y = np.where(valid, y, np.nan).astype(np.float32)
+    return np.moveaxis(y.reshape(shape), 0, axis)
+
+
+def _standardise(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """float64 ``x`` standardised along ``axis`` (mean 0, std (ddof=1) 1); where the values along
+    ``axis`` agree (std <= 1e-9), a standardised ramp over the index along ``axis`` stands in."""
+    n = x.shape[axis]
+    dev = x - x.mean(axis=axis, keepdims=True)
+    sd = x.std(axis=axis, ddof=1, keepdims=True)
+    ramp = np.arange(n, dtype=np.float64) - (n - 1) / 2
+    ramp = (ramp / ramp.std(ddof=1)).reshape([n if a == axis % x.ndim else 1 for a in range(x.ndim)])
+    return np.where(sd > 1e-9, dev / np.where(sd > 1e-9, sd, 1.0), ramp)
+
+
+def _floored(z: np.ndarray, m: np.ndarray, u: np.ndarray, iterations: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`samples_with_moments` where ``m + u * z`` has values < 0: standardised values z (S, N)
+    whose lowest, re-standardised, is >= -m/u, and the std to use (``u``, or ``m * sqrt(S)`` where no
+    such values exist)."""
+    n = z.shape[0]
+    target = -m / u
+
+    def lowest(c: np.ndarray) -> np.ndarray:  # the lowest standardised value of max(z, c); -inf if (near) constant
+        y = np.maximum(z, c)
+        sd = y.std(axis=0, ddof=1)
+        return np.where(sd > 1e-9, (c - y.mean(axis=0)) / np.where(sd > 1e-9, sd, 1.0), -np.inf)
+
+    ordered = np.sort(z, axis=0)
+    lo, hi = ordered[0], ordered[-2]  # floors at the second largest: all but the largest equal
+    feasible = lowest(hi) >= target
+    for _ in range(iterations):  # the lowest value rises with the floor: bisect, hi stays feasible
+        mid = 0.5 * (lo + hi)
+        ok = lowest(mid) >= target
+        lo, hi = np.where(ok, lo, mid), np.where(ok, mid, hi)
+    out = _standardise(np.maximum(z, hi))
+    # no floor works (std > m * sqrt(S), or ties at the top): the extreme, S*m for the largest, 0 for the others
+    extreme = np.full_like(z, -1.0 / math.sqrt(n))
+    np.put_along_axis(extreme, np.argmax(z, axis=0)[None], (n - 1) / math.sqrt(n), axis=0)
+    out = np.where(feasible, out, extreme)
+    return out, np.where(feasible, u, np.minimum(u, m * math.sqrt(n)))
 
 
 def _padded_size(n: int, minimum: int, factor: int) -> int:
