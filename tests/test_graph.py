@@ -275,3 +275,38 @@ def test_tasks_are_small():
     graph = dict(out.__dask_graph__())
     sizes = [len(pickle.dumps(v)) for k, v in graph.items() if k[0].startswith("opensr-")]
     assert sizes and max(sizes) < 20_000
+
+
+def median_kernel(patches: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """A kernel that consumes a whole ``time`` dim: (N, T, C, P, P) -> (N, 2, C, 4P, 4P), per pixel
+    the median over the valid dates of the nearest upsampling, and the count of valid dates."""
+    assert patches.ndim == 5 and patches.dtype == np.float32
+    up = patches.repeat(S4, axis=-2).repeat(S4, axis=-1)
+    with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(up, axis=1)
+    count = np.isfinite(up).sum(axis=1).astype(np.float32)
+    return np.stack([med, count], axis=1)
+
+
+@pytest.mark.parametrize("chunks", [(1, 1, -1, 8, 8), (2, 3, -1, 16, 12), (-1, -1, -1, -1, -1)])
+def test_whole_core_dims_reach_the_kernel_whole_and_leave_the_output(chunks):
+    """``whole=1``: the last leading dim (time) is a core dim of the model: every block holds all of it
+    whatever the input chunks (rechunked), the kernel sees (N, T, C, P, P), the output has no time dim,
+    and the result is chunk-invariant and equal to the kernel on the whole image."""
+    x = scene((2, 3, 2, 24, 20))  # (other, time, band, y, x)
+    x[0, 1, :, :6, :5] = np.nan  # one date missing in a corner: the other dates still count there
+    x[1, :, :, 10:12, 3:4] = np.nan  # every date missing: nodata
+    out = superresolve_array(da.from_array(x, chunks=chunks), median_kernel, patch=P, overlap=0,
+                             n_outputs=2, whole=1, lead_keys=np.arange(2, dtype=np.uint64))
+    assert out.shape == (2, 2, 2, 96, 80)
+    res = out.compute()
+    full = median_kernel(x, np.zeros(2, np.uint64))  # per pixel: the kernel on the whole image
+    np.testing.assert_array_equal(res[:, 0], full[:, 0])  # overlap 0: patches tile the image exactly
+    assert (res[0, 1, :, :24, :20] == 2).all() and (res[0, 1, :, 24:, 20:] == 3).all()
+    assert np.isnan(res[1, 0, :, 40:48, 12:16]).all()
+    other = superresolve_array(da.from_array(x, chunks=(1, 1, 1, 24, 20)), median_kernel, patch=P, overlap=4,
+                               n_outputs=2, whole=1, lead_keys=np.arange(2, dtype=np.uint64)).compute()
+    again = superresolve_array(da.from_array(x, chunks=(2, 3, 2, 8, 8)), median_kernel, patch=P, overlap=4,
+                               n_outputs=2, whole=1, lead_keys=np.arange(2, dtype=np.uint64)).compute()
+    np.testing.assert_array_equal(other, again)

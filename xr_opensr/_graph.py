@@ -130,26 +130,27 @@ def patch_seed(seed: int, key: int, row: int, col: int) -> int:
 
 
 def _pad_patch(a: np.ndarray, size: int, guide_channels: int | None = None) -> np.ndarray:
-    """Pad (C, h, w) at the bottom/right to (C, size, size): reflect while possible, then edge
-    (the same rule as the model's own padding). Channels from ``guide_channels`` on (per-band
+    """Pad (..., C, h, w) at the bottom/right to (..., C, size, size): reflect while possible, then
+    edge (the same rule as the model's own padding). Channels from ``guide_channels`` on (per-band
     channels, e.g. native 20 m bands) are padded with NaN instead: a value reflected across the
     image edge is not theirs (a 20 m pixel cut by the edge keeps only its own half)."""
     h, w = a.shape[-2:]
     a = _pad_reflect(a, size)
-    if guide_channels is not None and guide_channels < a.shape[0] and (h < size or w < size):
-        a[guide_channels:, h:, :] = np.nan
-        a[guide_channels:, :, w:] = np.nan
+    if guide_channels is not None and guide_channels < a.shape[-3] and (h < size or w < size):
+        a[..., guide_channels:, h:, :] = np.nan
+        a[..., guide_channels:, :, w:] = np.nan
     return a
 
 
 def _pad_reflect(a: np.ndarray, size: int) -> np.ndarray:
+    lead = ((0, 0),) * (a.ndim - 2)
     while a.shape[-2] < size or a.shape[-1] < size:
         dh, dw = size - a.shape[-2], size - a.shape[-1]
         rh, rw = min(dh, a.shape[-2] - 1), min(dw, a.shape[-1] - 1)
         if rh > 0 or rw > 0:
-            a = np.pad(a, ((0, 0), (0, max(rh, 0)), (0, max(rw, 0))), mode="reflect")
+            a = np.pad(a, (*lead, (0, max(rh, 0)), (0, max(rw, 0))), mode="reflect")
         else:
-            a = np.pad(a, ((0, 0), (0, dh), (0, dw)), mode="edge")
+            a = np.pad(a, (*lead, (0, dh), (0, dw)), mode="edge")
     return a
 
 
@@ -202,10 +203,12 @@ def _patch_block(
     n_outputs: int,
     conversion: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None],
     guide_channels: int | None = None,
+    whole: int = 0,
 ) -> tuple[np.ndarray, ...]:
     """Stage 1: super-resolve some of the patches a block owns, in one kernel call.
 
-    ``main`` (*L, C, h, w) is the block's raw input, ``bottom``/``right``/``corner`` the halo
+    ``main`` (*L, *W, C, h, w) is the block's raw input (``W``: the ``whole`` leading dims the model
+    consumes, whole in every block; the kernel gets (N, *W, C, P, P) and returns no ``W``), ``bottom``/``right``/``corner`` the halo
     strips of the next blocks (None when not needed); ``origin`` the global LR (row, col) of
     ``main[..., 0, 0]``; ``rects`` global patch index ranges ``(i0, i1, j0, j1)``; ``keys``
     (*L,) the leading elements' seed keys.
@@ -213,14 +216,17 @@ def _patch_block(
     all-nodata patches, which never reach the kernel.
     """
     x = _join(main, bottom, right, corner, -2, -1)
-    lead = x.shape[:-3]
+    lead, inner = x.shape[: x.ndim - 3 - whole], x.shape[x.ndim - 3 - whole : -3]
     c = x.shape[-3]
     x = _to_reflectance(x.reshape((-1, *x.shape[-3:])), *conversion)
+    x = x.reshape((-1, *inner, *x.shape[-3:]))  # (L, *W, C, h, w)
     flat_keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
     r0, c0 = origin
     P, S, s = grid.patch, grid.stride, grid.scale
     shapes = [(x.shape[0], i1 - i0, j1 - j0, n_outputs, c, s * P, s * P) for i0, i1, j0, j1 in rects]
-    valid = np.isfinite(x[:, :guide_channels]).all(axis=1)  # (L, h, w): nodata if any guide channel is
+    # (L, h, w): nodata if any guide channel is (at every entry of the whole dims)
+    valid = np.isfinite(x[..., :guide_channels, :, :]).all(axis=-3)
+    valid = valid.reshape((valid.shape[0], -1, *valid.shape[-2:])).any(axis=1)
     batch, seeds, where = [], [], []
     for r, (i0, i1, j0, j1) in enumerate(rects):
         for lead_i, i, j in itertools.product(range(x.shape[0]), range(i0, i1), range(j0, j1)):
@@ -228,7 +234,7 @@ def _patch_block(
             xs = slice(j * S - c0, min(j * S + P, grid.width) - c0)
             if not valid[lead_i, ys, xs].any():
                 continue  # all nodata: no kernel call, stays NaN
-            batch.append(_pad_patch(x[lead_i, :, ys, xs], P, guide_channels))
+            batch.append(_pad_patch(x[lead_i, ..., ys, xs], P, guide_channels))
             seeds.append(patch_seed(seed, int(flat_keys[lead_i]), i, j))
             where.append((r, lead_i, i - i0, j - j0))
     res = np.asarray(kernel(np.stack(batch), np.asarray(seeds, dtype=np.uint64)), np.float32) if batch else None
@@ -408,6 +414,7 @@ def superresolve_array(
     block_tiles: tuple[int, int] | None = None,
     target_block: int | None = None,
     guide_channels: int | None = None,
+    whole: int = 0,
 ) -> da.Array:
     """Lazy patch-wise super-resolution of a dask array.
 
@@ -429,16 +436,19 @@ def superresolve_array(
         nodata where any of them is (a patch with no valid pixel skips the kernel); the channels
         after them carry their own nodata, per band (NaN never spreads to other channels), and
         are padded with NaN past the image edge.
+    whole : how many of the leading dims, the last ones, are core dims of the model (e.g. 1 for
+        ``time`` with a multi-date model): they are rechunked whole, the kernel gets patches
+        (N, *those dims, C, P, P), and the output has none of them.
 
     Returns
     -------
     (*L, K, C, scale*H, scale*W) float32 dask array; chunks: x's leading chunks, K and C whole,
     ``scale*g*S`` HR pixels spatially (the last smaller). Task names start with ``opensr-``.
     """
-    if x.ndim < 3:
-        raise ValueError(f"x must be (*L, C, H, W), got shape {x.shape}")
-    *lead_shape, c, h, w = x.shape
-    lead_nd = len(lead_shape)
+    if x.ndim < 3 + whole:
+        raise ValueError(f"x must be (*L, C, H, W) with {whole} whole leading dims, got shape {x.shape}")
+    *all_lead, c, h, w = x.shape
+    lead_shape, lead_nd = all_lead[: len(all_lead) - whole], len(all_lead) - whole
     grid = PatchGrid(h, w, patch, overlap, scale)
     lead_keys = _lead_keys(lead_keys, tuple(lead_shape))
     conversion = tuple(None if v is None else np.asarray(v, dtype=np.float64)
@@ -449,12 +459,13 @@ def superresolve_array(
                        _tiles_per_block(x.chunks[-1], w, grid.stride, target_block))
     ychunks = _tile_chunks(h, grid.stride, block_tiles[0])
     xchunks = _tile_chunks(w, grid.stride, block_tiles[1])
-    x = x.rechunk((*x.chunks[:lead_nd], (c,), ychunks, xchunks))
+    x = x.rechunk((*x.chunks[:lead_nd], *((n,) for n in all_lead[lead_nd:]), (c,), ychunks, xchunks))
 
-    token = tokenize(x.name, kernel, grid, n_outputs, seed, lead_keys, conversion, block_tiles, guide_channels)
+    token = tokenize(x.name, kernel, grid, n_outputs, seed, lead_keys, conversion, block_tiles, guide_channels, whole)
+    args = dict(kernel=kernel, grid=grid, seed=seed, n_outputs=n_outputs, conversion=conversion,
+                guide_channels=guide_channels)
     tasks = _BlockTasks({k: f"opensr-{k}-{token}" for k in _LAYER_DEPS}, x.name, ychunks, xchunks, grid,
-                        dict(kernel=kernel, grid=grid, seed=seed, n_outputs=n_outputs, conversion=conversion,
-                             guide_channels=guide_channels))
+                        {**args, "whole": whole} if whole else args)
     lead_offsets = [np.concatenate([[0], np.cumsum(ch)]) for ch in x.chunks[:lead_nd]]
     for lb in itertools.product(*[range(len(ch)) for ch in x.chunks[:lead_nd]]):
         keys = lead_keys[tuple(slice(off[i], off[i + 1]) for off, i in zip(lead_offsets, lb))]
@@ -520,7 +531,7 @@ class _BlockTasks:
 
     def add(self, lb: tuple[int, ...], keys: np.ndarray, bi: int, bj: int) -> None:
         """Block (bi, bj) of the leading block ``lb`` (seed keys ``keys``): halos, spill, blend."""
-        src = (self.src, *lb, 0, bi, bj)
+        src = (self.src, *lb, *(0,) * self.task_args.get("whole", 0), 0, bi, bj)
         origin = (self.yb[bi][2], self.xb[bj][2])
         patch_args = dict(origin=origin, keys=keys, **self.task_args)
         self._add_halos(src, lb, bi, bj)
