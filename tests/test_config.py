@@ -78,6 +78,11 @@ HOSTILE = [
     (_drop(None, "patch_size"), r"missing keys in model config: \['patch_size'\]"),
     (_set("denoiser", "num_head_channels", 7), r"describes no network that can be built.*num_head_channels=7"),
     (_set("consistency", "kernel", "sinc"), r"consistency.kernel must be one of"),
+    # issue 19: values inside the per-key bounds that gave a model that loads and runs
+    (_set("schedule", "linear_start", 0.02), r"invalid schedule: 'linear_start' \(0.02\) must be <= 'linear_end' \(0.01"),
+    (_set("schedule", "linear_end", 1), r"'schedule.linear_end' must be in \[1e-12, 0.999\], got 1"),
+    (_set(None, "input_gain", [4.0, 0, 4.0, 4.0]), r"'input_gain' must be in \[1e-06, 1e\+06\], got 0"),
+    (_set(None, "input_gain", [4.0, -4.0, 4.0, 4.0]), r"'input_gain' must be in \[1e-06, 1e\+06\], got -4"),
 ]
 
 

@@ -171,3 +171,19 @@ def test_samples_zero_with_the_20m_bands():
     fast, sampled = (cube.opensr.superresolve(n, bands="all").compute() for n in (0, 4))
     np.testing.assert_array_equal(fast.sr.values, sampled.sr.values)
     assert np.isnan(fast.uncertainty.values).all() and np.isfinite(sampled.uncertainty.values).all()
+
+
+def test_a_renamed_tensor_names_the_file_that_holds_it(v2, tmp_path):
+    """A tensor renamed in mean_net.safetensors: the error names that file (it named model.safetensors)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = save_model(v2, tmp_path / "m")
+    state = load_file(str(folder / MEAN_NET_FILE))
+    state["head.weight_renamed"] = state.pop("head.weight")
+    save_file(state, str(folder / MEAN_NET_FILE))
+    with pytest.raises(CheckpointError) as info:
+        load_model(folder, device="cpu")
+    text = str(info.value)
+    assert f"weights {folder / MEAN_NET_FILE} do not fit the config of model 'tiny'" in text
+    assert "1 missing keys: head.weight;" in text and "1 unexpected keys: head.weight_renamed" in text
+    assert str(folder / WEIGHTS_FILE) not in text

@@ -121,7 +121,8 @@ def _axis(obj: xr.DataArray | xr.Dataset, dim: Hashable, which: str) -> tuple[fl
                 "expected a regular 10 m grid: regrid first, e.g. obj.rio.reproject(obj.rio.crs, resolution=10)"
             )
     else:
-        transform = obj.rio.transform(recalc=False)
+        with quiet_affine():
+            transform = obj.rio.transform(recalc=False)
         step = float(transform.a if which == "x" else transform.e)
         if transform.is_identity or step == 0:
             raise GridError(
@@ -181,7 +182,8 @@ def with_crs(obj: xr.DataArray | xr.Dataset) -> xr.DataArray | xr.Dataset:
 def _check_north_up(obj: xr.DataArray | xr.Dataset) -> None:
     """A rotated or sheared grid (rioxarray keeps it in the transform, with 2-D coordinates) is refused."""
     try:
-        transform = obj.rio.transform(recalc=False)
+        with quiet_affine():
+            transform = obj.rio.transform(recalc=False)
     except Exception:  # no transform at all: the coordinates decide
         return
     if transform.b != 0 or transform.d != 0:
@@ -190,6 +192,21 @@ def _check_north_up(obj: xr.DataArray | xr.Dataset) -> None:
             f"e={transform.e:g}); xr-opensr needs a north-up 10 m grid: reproject it first, e.g. "
             "obj.rio.reproject(obj.rio.crs, resolution=10)"
         )
+
+
+@contextlib.contextmanager
+def quiet_affine():
+    """Silence affine 3's ``PendingDeprecationWarning`` for ``Affine * Affine``, which rioxarray and
+    odc-geo raise inside their own code on every call (nothing a user can act on)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Use `@` matmul", PendingDeprecationWarning)
+        yield
+
+
+def hr_geobox(geobox: Any, scale: int) -> Any:
+    """The ``scale`` times finer GeoBox of the LR ``geobox`` (each LR pixel split into scale x scale)."""
+    with quiet_affine():
+        return geobox.zoom_out(1 / scale)
 
 
 def lr_geobox(obj: xr.DataArray | xr.Dataset, y_dim: Hashable, x_dim: Hashable):
@@ -631,8 +648,10 @@ def _check_result(spec: _runtime.ModelSpec, patches: np.ndarray, out: np.ndarray
     if broken.any():
         fix = ("use dtype=None (float32)" if spec.dtype not in (None, "float32")
                else "its weights make the networks overflow: re-export or retrain the model")
+        n10 = len(_runtime.get_model(spec).config.bands)
+        culprit = spec.model20 if spec.bands20 and not broken[:, :, :n10].any() else spec.model
         raise ModelError(
-            f"model {spec.model!r} returned NaN or infinite values for {int(broken.sum())} values of valid "
+            f"model {culprit!r} returned NaN or infinite values for {int(broken.sum())} values of valid "
             f"pixels (device {spec.device!r}, dtype {spec.dtype or 'float32'}); {fix}"
         )
     weight = hr_valid[:, 0]  # (N, C, sP, sP)

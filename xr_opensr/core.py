@@ -327,7 +327,7 @@ def _wrap_result(out: da.Array, inp: _inputs.ModelInput, spec: _runtime.ModelSpe
     (``crs`` and its transform written), in the input's dim and band order, with the attrs that
     describe the run."""
     sel = inp.selection
-    hr = geobox.zoom_out(1 / cfg.scale)
+    hr = _inputs.hr_geobox(geobox, cfg.scale)
     ds = _wrap(out, inp, hr, y_dim, x_dim, spec.samples if spec.return_samples else 0)
     if sel.picks != list(range(len(sel.labels))):
         ds = ds.isel({sel.band_dim: sel.picks})

@@ -28,37 +28,37 @@ from .config import ModelConfig
 from .consistency import ConsistencyConfig
 from .pipeline import MAX_SAMPLES, SRModel
 
-__all__ = ["BASELINES", "BaselineModel", "load_baseline"]
+__all__ = ["BASELINES", "DEFAULT_CONSISTENCY", "BaselineModel", "load_baseline"]
 
 #: names of the baseline models (not folders: they have no weights)
 BASELINES = ("bicubic", "bicubic+consistency")
 
 
-def _default_consistency() -> ConsistencyConfig:
-    """The consistency step of the shipped default model (read from its config.json, no weights)."""
-    from .io import CONFIG_FILE, registered_models
-
-    folder = registered_models().get("default")
-    if folder is None:  # an installation without the trained default: its documented step
-        return ConsistencyConfig(kernel="psf", psf_sigma=1.7, iterations=1)
-    return ModelConfig.from_json(folder / CONFIG_FILE).consistency
+#: the documented consistency step of the shipped default model; ``load_model("bicubic+consistency")``
+#: passes the step read from the default model's config.json (:mod:`~xr_opensr.models.io`)
+DEFAULT_CONSISTENCY = ConsistencyConfig(kernel="psf", psf_sigma=1.7, iterations=1)
 
 
 class BaselineModel(torch.nn.Module):
     """Bicubic upsampling (optionally + a consistency step) with the interface of :class:`SRModel`.
 
     Runs in numpy on the CPU whatever device is asked for; deterministic (seeds are ignored).
+    ``consistency`` is the step of ``"bicubic+consistency"`` (None: :data:`DEFAULT_CONSISTENCY`;
+    ``load_model`` passes the shipped default model's); ``"bicubic"`` has none.
     """
 
     # one home for these: the model's own consistency step and sample statistics
     apply_consistency = SRModel.apply_consistency
     summarize = SRModel.summarize
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, consistency: ConsistencyConfig | None = None) -> None:
         super().__init__()
         if name not in BASELINES:
             raise InputError(f"unknown baseline {name!r}; use one of {BASELINES}")
-        consistency = _default_consistency() if name == "bicubic+consistency" else ConsistencyConfig()
+        if name == "bicubic":
+            consistency = ConsistencyConfig()
+        elif consistency is None:
+            consistency = DEFAULT_CONSISTENCY
         self.config = ModelConfig(
             name=name, version="1.0.0", patch_size=32, default_overlap=8, conditioning="mode",
             consistency=consistency,
@@ -127,6 +127,8 @@ def _check(x: np.ndarray, samples: Any, bands: int) -> None:
         raise InputError(f"samples must be an integer in [0, {MAX_SAMPLES}], got {samples!r}")
 
 
-def load_baseline(name: str) -> BaselineModel:
-    """The baseline model ``name`` (one of :data:`BASELINES`)."""
-    return BaselineModel(name).eval()
+def load_baseline(name: str, consistency: ConsistencyConfig | None = None) -> BaselineModel:
+    """The baseline model ``name`` (one of :data:`BASELINES`); ``consistency``: the step of
+    ``"bicubic+consistency"`` (None: :data:`DEFAULT_CONSISTENCY`; :func:`~xr_opensr.models.load_model`
+    passes the shipped default model's)."""
+    return BaselineModel(name, consistency).eval()

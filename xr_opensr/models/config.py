@@ -25,7 +25,7 @@ from .diffusion import SamplerConfig, ScheduleConfig
 from .regression import MeanNetConfig
 from .unet import UNetConfig
 
-__all__ = ["ModelConfig", "FORMAT_VERSION", "load_config"]
+__all__ = ["ModelConfig", "FORMAT_VERSION", "load_config", "read_config_json"]
 
 #: Version of the config.json layout this library writes and the newest it reads.
 FORMAT_VERSION = 1
@@ -44,7 +44,8 @@ class ModelConfig:
         size (GroupNorm statistics depend on it), inputs are padded to it.
     default_overlap : LR pixels of overlap between neighbouring patches in the accessor.
     input_gain, input_offset : per-band normalisation ``x_net = x_reflectance * gain + offset``
-        applied before the networks and inverted after (identity for LDSR-S2 v1).
+        applied before the networks and inverted after (identity for LDSR-S2 v1); the gains are
+        positive (the inverse divides by them).
     conditioning : "sample" (draw the encoded LR from the encoder posterior, as LDSR-S2 v1 does) or
         "mode" (use its mean).
     std_scale : factor applied to the per-pixel sample standard deviation (calibration, fitted on
@@ -99,6 +100,8 @@ class ModelConfig:
             problems.append(f"default_overlap {self.default_overlap} must be in [0, patch_size/2)")
         if len(self.input_gain) != n or len(self.input_offset) != n:
             problems.append("input_gain and input_offset need one value per band")
+        if not all(g > 0 for g in self.input_gain):
+            problems.append(f"input_gain must be > 0 (the networks' output is divided by it), got {list(self.input_gain)}")
         if self.conditioning not in ("sample", "mode"):
             problems.append(f"conditioning must be 'sample' or 'mode', got {self.conditioning!r}")
         if not self.std_scale > 0:
@@ -133,14 +136,7 @@ class ModelConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as err:
-            raise ModelError(f"model config not found: {path}") from err
-        except (OSError, UnicodeDecodeError) as err:
-            raise ModelError(f"cannot read model config {path}: {err}") from err
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"model config {path} is not valid JSON ({err}); re-export the model") from err
+        data = read_config_json(path, "model config", "re-export the model")
         try:
             return cls.from_dict(data)
         except ConfigError as err:
@@ -152,6 +148,28 @@ class ModelConfig:
         return load_config(ModelConfig, {**self.to_dict(), **plain}, "model config")
 
 
+def read_config_json(path: str | Path, what: str, fix: str) -> Any:
+    """The JSON value in ``path``, read the one way every model config is read.
+
+    A missing or unreadable file raises ModelError; bytes that are not UTF-8 and text that is not JSON
+    raise ConfigError naming the file, ``what`` it is (``"model config"``) and ``fix``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError as err:
+        raise ModelError(f"{what} not found: {path}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {err.start}: {err.reason}); write it as UTF-8 "
+                          f"JSON, or {fix}") from err
+    except OSError as err:
+        raise ModelError(f"cannot read {what} {path}: {err}") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{what} {path} is not valid JSON ({err}); {fix}") from err
+
+
 # --------------------------------------------------------------------------- rules of the model classes
 # Sizes a network may have (inclusive bounds of numbers and of every entry of a tuple of numbers), so
 # that no config asks for memory or time out of proportion to any model; the keys a model's
@@ -161,7 +179,7 @@ class ModelConfig:
 register_rules(ModelConfig, Rules(
     optional=frozenset({"name", "version", "std_scale", "consistency", "mean_net", "provenance", "format_version"}),
     bounds={"scale": (2, 8), "patch_size": (1, 512), "default_overlap": (0, 256), "std_scale": (1e-6, 1e6),
-            "input_gain": (-1e6, 1e6), "input_offset": (-1e6, 1e6), "format_version": (1, 10**6)},
+            "input_gain": (1e-6, 1e6), "input_offset": (-1e6, 1e6), "format_version": (1, 10**6)},
     choices={"conditioning": ("sample", "mode")},
 ))
 register_rules(AutoencoderConfig, Rules(
@@ -178,7 +196,7 @@ register_rules(UNetConfig, Rules(
 ))
 register_rules(ScheduleConfig, Rules(
     optional=frozenset({"kind", "parameterization"}),
-    bounds={"timesteps": (1, 100_000), "linear_start": (1e-12, 1), "linear_end": (1e-12, 1)},
+    bounds={"timesteps": (1, 100_000), "linear_start": (1e-12, 0.999), "linear_end": (1e-12, 0.999)},
     choices={"kind": ("linear",), "parameterization": ("eps",)},
 ))
 register_rules(SamplerConfig, Rules(bounds={"steps": (1, 100_000), "eta": (0, 100), "temperature": (1e-6, 100)}))

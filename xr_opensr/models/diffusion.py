@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["ScheduleConfig", "SamplerConfig", "NoiseSchedule", "DDIMSampler"]
 
 
@@ -24,6 +26,14 @@ class ScheduleConfig:
     linear_end: float = 1e-2
     kind: str = "linear"
     parameterization: str = "eps"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.linear_start <= self.linear_end < 1:
+            raise ConfigError(
+                f"invalid schedule: 'linear_start' ({self.linear_start!r}) must be <= 'linear_end' "
+                f"({self.linear_end!r}), both in (0, 1): the betas grow over the diffusion (LDSR-S2 v1: "
+                "linear_start 0.0001, linear_end 0.01)"
+            )
 
 
 @dataclass(frozen=True)

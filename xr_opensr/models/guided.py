@@ -36,10 +36,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, InputError
+from .._config import Rules, register_rules
+from ..errors import CheckpointError, ConfigError, InputError, ModelError
 from ..sensor import bicubic_matrix, bicubic_upsample, degrade, degrade_matrix, sensor_sigma
 from ..sentinel2 import GUIDED_BANDS, MODEL_BANDS
-from .config import load_config
+from .config import load_config, read_config_json
+from .io import load_network
 
 __all__ = [
     "BANDS",
@@ -102,16 +104,16 @@ class GuidedConfig:
         problems = []
         if tuple(self.bands) != BANDS or tuple(self.guide_bands) != GUIDE_BANDS:
             problems.append(f"bands must be {list(BANDS)} and guide_bands {list(GUIDE_BANDS)}")
-        for key in ("channels", "blocks", "uncertainty_channels", "consistency_iterations"):
+        if len(self.std_scale) != len(BANDS):
+            problems.append(f"std_scale must hold {len(BANDS)} numbers (one per band), got {self.std_scale!r}")
+        for key, (lo, hi) in _RULES.bounds.items():  # the bounds load_config checks, for direct construction
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 512:
-                problems.append(f"{key!r} must be an integer in [0, 512], got {value!r}")
-        if self.channels < 1 or self.uncertainty_channels < 1:
-            problems.append("channels and uncertainty_channels must be >= 1")
-        if len(self.std_scale) != len(BANDS) or not all(np.isfinite(s) and s > 0 for s in self.std_scale):
-            problems.append(f"std_scale must hold {len(BANDS)} positive numbers, got {self.std_scale!r}")
-        if not self.norm_scale > 0:
-            problems.append(f"norm_scale must be > 0, got {self.norm_scale!r}")
+            kind = int if key in _INT_KEYS else float
+            for v in value if isinstance(value, tuple) else (value,):
+                number = isinstance(v, int | float) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
+                if not (number and lo <= v <= hi):
+                    problems.append(f"{key!r} must be {'an integer' if kind is int else 'a number'} in "
+                                    f"[{lo:g}, {hi:g}], got {v!r}")
         if problems:
             raise ConfigError("invalid guided model config: " + "; ".join(problems))
 
@@ -126,16 +128,42 @@ class GuidedConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> GuidedConfig:
-        """Inverse of :meth:`to_dict`; a wrong format, a newer version or unknown keys raise ConfigError."""
+        """Inverse of :meth:`to_dict`, checked by the one config loader (:func:`load_config`): a wrong
+        format, a newer version, unknown or missing keys (only ``name``, ``version`` and ``provenance``
+        may be left out), wrong types and values out of bounds raise ConfigError naming the key."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source} must be a JSON object, got {type(data).__name__}; write the model "
+                              "with xr_opensr.models.guided.save_guided")
         data = dict(data)
         fmt, version = data.pop("format", None), data.pop("format_version", None)
         if fmt != FORMAT:
             raise ConfigError(f"{source} is not a guided model config (format {fmt!r}, expected {FORMAT!r}); "
                               "diffusion models load with xr_opensr.load_model")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
             raise ConfigError(f"{source} has format_version {version!r}; this xr-opensr reads up to "
                               f"{FORMAT_VERSION}: upgrade xr-opensr")
-        return load_config(cls, data, source, defaults=True)  # keys, types (lists -> tuples), then __post_init__
+        return load_config(cls, data, source)  # keys, types (lists -> tuples), bounds, then __post_init__
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> GuidedConfig:
+        """The config in ``path`` (a model folder's ``config.json``), read as every model config is
+        (:func:`~xr_opensr.models.config.read_config_json`) and checked by :meth:`from_dict`."""
+        path = Path(path)
+        data = read_config_json(path, "20 m model config", "write the model with xr_opensr.models.guided.save_guided")
+        return cls.from_dict(data, source=f"20 m model config {path}")
+
+
+_INT_KEYS = ("channels", "blocks", "uncertainty_channels", "consistency_iterations")
+#: what :func:`load_config` checks beyond the annotations (and ``__post_init__`` on direct construction):
+#: sizes that no 20 m model outgrows; the normalisation and the std factors in ranges where float32
+#: arithmetic cannot overflow (reflectance lies in [-0.1, 2])
+_RULES = Rules(
+    optional=frozenset({"name", "version", "provenance"}),
+    bounds={"channels": (1, 512), "blocks": (0, 64), "uncertainty_channels": (1, 512),
+            "consistency_iterations": (0, 512), "norm_offset": (-10, 10), "norm_scale": (1e-4, 100),
+            "std_scale": (1e-6, 1e6)},
+)
+register_rules(GuidedConfig, _RULES)
 
 
 # --------------------------------------------------------------------------- network
@@ -375,10 +403,13 @@ class GuidedSR:
     Runs on the CPU or a torch device; deterministic; each image on its own (batch-invariant).
     """
 
-    def __init__(self, config: GuidedConfig, net: GuidedNet | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(self, config: GuidedConfig, net: GuidedNet | None = None, device: str | torch.device = "cpu",
+                 *, source: str | Path | None = None) -> None:
         self.config = config
         self.device = torch.device(device)
         self.net = (net or GuidedNet(config)).to(self.device).eval()
+        #: the folder the model was loaded from (None: built in memory), for the messages
+        self.source = None if source is None else Path(source)
 
     @property
     def bands(self) -> tuple[str, ...]:
@@ -438,7 +469,15 @@ class GuidedSR:
         mean, log_b = self.net(tensor(bic), tensor(base), tensor(guide))
         scale = torch.tensor(self.config.std_scale, dtype=torch.float32, device=self.device)[None, :, None, None]
         std = np.sqrt(2.0) * torch.exp(log_b) * sc * scale  # Laplace: std = sqrt(2) b
-        return (mean * sc + off).float().cpu().numpy(), std.float().cpu().numpy()
+        mean, std = (mean * sc + off).float().cpu().numpy(), std.float().cpu().numpy()
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()) and all(np.isfinite(a).all() for a in (bic, base, guide)):
+            where = self.source if self.source is not None else "built in memory"
+            raise ModelError(
+                f"20 m model {self.config.name!r} ({where}) returned NaN or infinite values from finite input: its "
+                f"weights or its normalisation (norm_offset {off!r}, norm_scale {sc!r}) make the network overflow; "
+                "re-export or retrain it (python -m training guided), or use model20='s2-20m'"
+            )
+        return mean, std
 
     # ------------------------------------------------------------------ step 2
 
@@ -552,34 +591,21 @@ def _folder(name_or_path: str | Path) -> Path:
 def load_guided(name_or_path: str | Path = "s2-20m", device: str | torch.device = "cpu") -> GuidedSR:
     """Load a guided model: ``"s2-20m"`` (shipped in ``xr_opensr/weights/s2-20m``) or a folder.
 
-    The weights are read strictly (every tensor of the config's network, no other) from safetensors.
-    The caller caches the result (one load per process).
+    The one loading path of every model (:func:`~xr_opensr.models.io.load_network`): the config is
+    checked by the one config loader, the tensor shapes in the safetensors header are compared with
+    the network built on torch's meta device (nothing allocated), then the weights are read
+    strictly (every tensor of the config's network, no other) and must be finite. The caller caches
+    the result (one load per process).
     """
-    from safetensors.torch import load_file
-
     folder = _folder(name_or_path)
     cfg_path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    try:
-        data = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"cannot read {cfg_path}: {err}") from err
-    config = GuidedConfig.from_dict(data, source=str(cfg_path))
+    config = GuidedConfig.from_json(cfg_path)
     if not weights.is_file():
         raise CheckpointError(f"weights file missing: {weights} (a guided model folder needs {WEIGHTS_FILE})")
-    try:
-        state = load_file(str(weights))
-    except Exception as err:  # safetensors raises several types on a bad file
-        raise CheckpointError(f"cannot read weights {weights}: {err}; the file is corrupt or not safetensors") from err
-    net = GuidedNet(config)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"weights {weights} do not fit the config {cfg_path}: {str(err)[:300]}") from err
-    if not all(torch.isfinite(v).all() for v in state.values()):
-        raise CheckpointError(f"weights {weights} hold NaN or infinite values: re-export the model")
+    net = load_network(lambda: GuidedNet(config), {weights: ""}, model=config.name, config_path=cfg_path)
     # channels-last weights: the convolutions of one image run ~15 % faster on the CPU (same values
     # up to float32 rounding); a network being trained keeps torch's default layout
-    return GuidedSR(config, net.to(memory_format=torch.channels_last), device)
+    return GuidedSR(config, net.to(memory_format=torch.channels_last), device, source=folder)
 
 
 def save_guided(model: GuidedSR, folder: str | Path, *, card: str | None = None) -> Path:

@@ -3,28 +3,35 @@
 A model folder holds ``config.json`` (:class:`ModelConfig`) and ``model.safetensors`` (the state
 dict of :class:`SRModel`: ``autoencoder.*`` and ``denoiser.*``). Checkpoints (``.ckpt``) are read
 with ``torch.load(weights_only=True)`` only: no code inside them ever runs.
+
+:func:`load_network` is the one loading path of every model kind (the diffusion models, model v2's
+mean network, the 20 m model of :mod:`~xr_opensr.models.guided`): the shapes in the safetensors
+headers against the network built on torch's meta device, then the tensors, finite, loaded strictly.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import CheckpointError, ConfigError, DeviceError, ModelError
 from . import baselines as _baselines
 from .autoencoder import AutoencoderConfig
 from .config import ModelConfig
+from .consistency import ConsistencyConfig
 from .diffusion import SamplerConfig, ScheduleConfig
 from .pipeline import SRModel, resolve_device, resolve_dtype
 from .unet import UNetConfig
 
 __all__ = [
     "load_model",
+    "load_network",
     "save_model",
     "convert_checkpoint",
     "read_checkpoint",
@@ -146,7 +153,7 @@ def load_model(
         what the published opensr-model package does (raw weights).
     """
     if isinstance(model, str) and model in _baselines.BASELINES:  # "bicubic", "bicubic+consistency"
-        return _baselines.load_baseline(model)
+        return _baselines.load_baseline(model, _default_consistency() if model == "bicubic+consistency" else None)
     _check_placement(device, dtype)  # before anything is read or built
     if isinstance(model, SRModel):
         return model.place(device, dtype)
@@ -158,6 +165,15 @@ def load_model(
     else:
         net = _from_state_dict(ldsr_s2_v1_config(), read_checkpoint(path), ema=ema, source=path)
     return net.place(device, dtype)
+
+
+def _default_consistency() -> ConsistencyConfig:
+    """The consistency step of the shipped default model (read from its config.json, no weights), the
+    step of the ``"bicubic+consistency"`` baseline."""
+    folder = registered_models().get("default")
+    if folder is None:  # an installation without the trained default: its documented step
+        return _baselines.DEFAULT_CONSISTENCY
+    return ModelConfig.from_json(folder / CONFIG_FILE).consistency
 
 
 def _check_placement(device: object, dtype: object) -> None:
@@ -208,20 +224,49 @@ def _load_folder(folder: Path, weights: Path | None = None) -> SRModel:
         raise CheckpointError(f"weights file missing: {weights} (a model folder needs {WEIGHTS_FILE})")
     config = ModelConfig.from_json(cfg_path)
     files = {weights: ""}
-    header = _header_shapes(weights)
-    if config.mean_net is not None and not any(k.startswith(_MEAN_NET_PREFIX) for k in header):
+    if config.mean_net is not None and not any(k.startswith(_MEAN_NET_PREFIX) for k in _header_shapes(weights)):
         mean_file = folder / MEAN_NET_FILE  # model v2: the mean network in a file of its own
         if not mean_file.is_file():
             raise CheckpointError(f"{folder}: config.json has a mean_net but {MEAN_NET_FILE} is missing; "
                                   "export the model again (`python -m training export --base-model ...`)")
         files[mean_file] = _MEAN_NET_PREFIX
-        header.update({_MEAN_NET_PREFIX + k: v for k, v in _header_shapes(mean_file).items()})
-    # the config against the weights' header (shapes only, no tensor read) before building anything
-    _check_shapes(config, _network_shapes(config, cfg_path), header, weights)
-    state = {}
+    return load_network(lambda: SRModel(config), files, model=config.name, config_path=cfg_path)
+
+
+# --------------------------------------------------------------------------- the one loading path
+
+
+def load_network(build: Callable[[], nn.Module], files: Mapping[Path, str], *, model: str,
+                 config_path: Path | None = None) -> nn.Module:
+    """The one loading path of every model kind (diffusion models, model v2's mean network, the 20 m model).
+
+    1. The tensor names and shapes in the safetensors headers of ``files`` are compared with those of the
+       network ``build()`` returns, built on torch's meta device: a config that does not fit its weights
+       fails in a fraction of a second, before any memory is allocated or any tensor is read.
+    2. The tensors are read and must be finite.
+    3. The network is built and loaded strictly (every tensor, no other).
+
+    Parameters
+    ----------
+    build : makes the network of the config (called once on the meta device, once for real).
+    files : safetensors file -> the prefix of its tensors in the network's state dict (``""``: none;
+        model v2's ``mean_net.safetensors``: ``"mean_net."``). Errors name the file a tensor is in.
+    model : the model's name, for the messages.
+    config_path : the config file, for the messages.
+
+    Returns
+    -------
+    The network in eval mode, on the CPU. Raises ConfigError (no network can be built) or
+    CheckpointError (unreadable weights, keys or shapes that do not fit, NaN/inf values).
+    """
+    found: dict[str, tuple[int, ...]] = {}
+    for path, prefix in files.items():
+        found.update({prefix + k: v for k, v in _header_shapes(path).items()})
+    _check_shapes(model, _network_shapes(build, config_path or model), found, files, config_path)
+    state: dict[str, torch.Tensor] = {}
     for path, prefix in files.items():
         state.update({prefix + k: v for k, v in _read_weights(path).items()})
-    return _load_state(SRModel(config), state, source=weights)
+    return _build_loaded(build, state, model=model, files=files)
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -245,49 +290,68 @@ def _header_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
         raise CheckpointError(f"cannot read weights {weights}: {err}; the file is corrupt or not safetensors") from err
 
 
-def _network_shapes(config: ModelConfig, source: Path | str) -> dict[str, tuple[int, ...]]:
-    """State-dict key -> shape of the network ``config`` describes, built on the meta device (no memory)."""
+def _network_shapes(build: Callable[[], nn.Module], source: Path | str) -> dict[str, tuple[int, ...]]:
+    """State-dict key -> shape of the network ``build()`` makes, built on the meta device (no memory)."""
     try:
         with torch.device("meta"):
-            net = SRModel(config)
+            net = build()
     except (ValueError, RuntimeError, TypeError, ZeroDivisionError, AssertionError) as err:
         raise ConfigError(f"model config {source} describes no network that can be built: {err}") from err
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
-def _check_shapes(
-    config: ModelConfig, expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], source: Path | str
-) -> None:
-    """Raise CheckpointError, naming the keys, unless ``found`` has exactly the keys and shapes of ``expected``."""
+def _owner(key: str, files: Mapping[Path, str]) -> tuple[Path, str]:
+    """(file, prefix) of the file that holds (or should hold) state-dict key ``key``: the longest prefix wins."""
+    candidates = [(p, pre) for p, pre in files.items() if key.startswith(pre)] or list(files.items())[:1]
+    return max(candidates, key=lambda item: len(item[1]))
+
+
+def _check_shapes(model: str, expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]],
+                  files: Mapping[Path, str], config_path: Path | None = None) -> None:
+    """Raise CheckpointError unless ``found`` has exactly the keys and shapes of ``expected``; the message
+    names, per weights file, the keys as that file holds them."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     wrong = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
     if not (missing or unexpected or wrong):
         return
-    parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-        if keys:
+    config = f"the config of model {model!r}" + (f" ({config_path})" if config_path is not None else "")
+    texts = []
+    for path, prefix in files.items():
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            keys = [k for k in keys if _owner(k, files)[0] == path]
+            if not keys:
+                continue
             shown = ", ".join(
-                f"{k} {tuple(found[k])} != config {tuple(expected[k])}" if label == "wrong shape" else k for k in keys[:5]
+                f"{k[len(prefix):]} {tuple(found[k])} != config {tuple(expected[k])}" if label == "wrong shape"
+                else k[len(prefix):] for k in keys[:5]
             )
             parts.append(f"{len(keys)} {label} keys: {shown}" + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""))
-    raise CheckpointError(
-        f"weights {source} do not fit the config of model {config.name!r}: " + "; ".join(parts)
-        + ". Use the config.json written with these weights."
-    )
+        if parts:
+            texts.append(f"weights {path} do not fit {config}: " + "; ".join(parts))
+    raise CheckpointError("; ".join(texts) + ". Use the config.json written with these weights.")
 
 
-def _load_state(net: SRModel, state: Mapping[str, torch.Tensor], source: Path | str) -> SRModel:
-    _check_shapes(net.config, {k: tuple(v.shape) for k, v in net.state_dict().items()},
-                  {k: tuple(v.shape) for k, v in state.items()}, source)
+def _build_loaded(build: Callable[[], nn.Module], state: Mapping[str, torch.Tensor], *, model: str,
+                  files: Mapping[Path, str]) -> nn.Module:
+    """``state`` (keys and shapes already checked) checked finite, then the network built and loaded strictly."""
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
-        raise CheckpointError(
-            f"weights {source} hold NaN or infinite values in {len(bad)} tensors ({shown}): every output would "
-            "be NaN. The file is corrupt or comes from a diverged training run; export or download it again"
-        )
-    net.load_state_dict(dict(state), strict=True)
+    for path, prefix in files.items():
+        here = [k[len(prefix):] for k in bad if _owner(k, files)[0] == path]
+        if here:
+            shown = ", ".join(here[:5]) + (f" (+{len(here) - 5} more)" if len(here) > 5 else "")
+            raise CheckpointError(
+                f"weights {path} hold NaN or infinite values in {len(here)} tensors ({shown}): every output of "
+                f"model {model!r} would be NaN. The file is corrupt or comes from a diverged training run; "
+                "export or download it again"
+            )
+    net = build()
+    try:
+        net.load_state_dict(dict(state), strict=True)
+    except RuntimeError as err:  # keys and shapes were checked: a network that builds differently each time
+        raise CheckpointError(f"weights {', '.join(map(str, files))} do not fit model {model!r}: "
+                              f"{str(err)[:300]}") from err
     return net.eval()
 
 
@@ -393,11 +457,12 @@ def _from_state_dict(
     config = config.replace(schedule=_schedule_from_checkpoint(state, config.schedule))
     prov = dict(config.provenance, checkpoint=str(Path(source).name), unet_weights="ema" if ema else "raw")
     config = config.replace(provenance=prov)
-    expected = _network_shapes(config, source)
+    expected = _network_shapes(lambda: SRModel(config), source)
     denoiser_keys = [k[len("denoiser."):] for k in expected if k.startswith("denoiser.")]
     mapped = checkpoint_to_state(state, denoiser_keys, ema=ema)
-    _check_shapes(config, expected, {k: tuple(v.shape) for k, v in mapped.items()}, source)
-    return _load_state(SRModel(config), mapped, source)
+    files = {Path(source): ""}
+    _check_shapes(config.name, expected, {k: tuple(v.shape) for k, v in mapped.items()}, files)
+    return _build_loaded(lambda: SRModel(config), mapped, model=config.name, files=files)
 
 
 def convert_checkpoint(
