@@ -23,9 +23,10 @@ pytest.importorskip("lpips")
 from training import data as tdata  # noqa: E402
 from training import loop  # noqa: E402
 from training.__main__ import main  # noqa: E402
+from training.card import METHODS, SETS, metrics_table  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.degradation import DegradationConfig, degrade, shift_image  # noqa: E402
-from training.evaluate import METHODS, SETS, evaluation_seeds, metrics_table, unseen_pairs  # noqa: E402
+from training.evaluate import evaluation_seeds, unseen_pairs  # noqa: E402
 from training.regression import REGRESSION_FILE, load_regression, train_regression  # noqa: E402
 from xr_opensr.errors import ConfigError  # noqa: E402
 from xr_opensr.testing import SceneStyle, synthetic_scene  # noqa: E402

@@ -31,15 +31,14 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports_of(source: str, module: str, is_package: bool = False) -> set[str]:
-    """Absolute names of every module imported anywhere in ``source`` (relative imports resolved).
-
-    ``from a import b`` yields ``a`` and ``a.b`` (b may be a submodule)."""
+def import_statements(source: str, module: str, is_package: bool = False) -> list[tuple[str, str | None]]:
+    """``(module, name)`` of every import anywhere in ``source``, relative imports resolved:
+    ``import a.b`` gives ``("a.b", None)``, ``from a import b`` gives ``("a", "b")`` (b may be a submodule)."""
     package = module if is_package else module.rpartition(".")[0]
-    found: set[str] = set()
+    found: list[tuple[str, str | None]] = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
+            found += [(alias.name, None) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -47,8 +46,19 @@ def imports_of(source: str, module: str, is_package: bool = False) -> set[str]:
                 target = ".".join([*base, node.module] if node.module else base)
             else:
                 target = node.module or ""
-            found.add(target)
-            found.update(f"{target}.{alias.name}" for alias in node.names)
+            found += [(target, alias.name) for alias in node.names]
+    return found
+
+
+def imports_of(source: str, module: str, is_package: bool = False) -> set[str]:
+    """Absolute names of every module imported anywhere in ``source`` (relative imports resolved).
+
+    ``from a import b`` yields ``a`` and ``a.b`` (b may be a submodule)."""
+    found: set[str] = set()
+    for target, name in import_statements(source, module, is_package):
+        found.add(target)
+        if name is not None:
+            found.add(f"{target}.{name}")
     return found
 
 

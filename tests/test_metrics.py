@@ -304,5 +304,5 @@ def test_every_name_of_the_split_modules_is_still_a_metrics_name():
         assert set(names) <= set(module.__all__)
         for name in names:
             assert getattr(M, name) is getattr(module, name) and name in M.__all__
-    for name in ("LPIPS_BANDS", "LPIPS_NETS", "lpips_network", "_lpips_model"):
+    for name in ("LPIPS_BANDS", "LPIPS_NETS", "lpips_network"):
         assert getattr(M, name) is getattr(_lpips, name)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from xr_opensr.errors import OpenSRError
 
+from .card import record_command
 from .config import TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.json"
@@ -115,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = args.model_dir if args.model_dir is not None else run_dir / "model"
     progress = not args.no_progress
 
-    from .export import record_command
-
     if args.stage != "data":
         record_command(run_dir, argv)
     return _reported(lambda: _run_stage(args, cfg, run_dir, model_dir, progress))
@@ -135,29 +134,18 @@ def _run_stage(args: argparse.Namespace, cfg: TrainConfig, run_dir: Path, model_
 
             print(f"wrote {export_real_split(args.export_real, 'train', path=cfg.data_config().real_path)}")
         preview_data(cfg, run_dir / "data")
-    elif args.stage == "autoencoder":
+    elif args.stage in TRAINED:  # every stage: train_<stage>(cfg, run_dir, *, resume, stop_at, progress)
         from .autoencoder import train_autoencoder
-
-        train_autoencoder(cfg, run_dir, resume=args.resume, progress=progress)
-    elif args.stage == "diffusion":
         from .diffusion import train_diffusion
+        from .regression import train_regression, train_spread
 
-        train_diffusion(cfg, run_dir, resume=args.resume, progress=progress)
-    elif args.stage == "regression":
-        from .regression import train_regression
-
-        train_regression(cfg, run_dir, resume=args.resume, progress=progress)
-    elif args.stage == "spread":
-        from .regression import train_spread
-
-        train_spread(cfg, run_dir, resume=args.resume, progress=progress)
+        train = dict(zip(TRAINED, (train_autoencoder, train_diffusion, train_regression, train_spread), strict=True))
+        train[args.stage](cfg, run_dir, resume=args.resume, progress=progress)
     elif args.stage == "export":
-        from .export import export_model
+        from .export import export_model, export_v2
 
         setup_logging(run_dir / "export.log")
         if args.base_model is not None:
-            from .mean_net import export_v2
-
             export_v2(cfg, run_dir, model_dir, args.base_model, overwrite=args.overwrite)
         else:
             export_model(cfg, run_dir, model_dir, overwrite=args.overwrite)
@@ -191,7 +179,6 @@ def _guided(args: argparse.Namespace, argv: list[str]) -> int:
     import dataclasses
 
     from . import guided
-    from .export import record_command
     from .loop import setup_logging
 
     config = args.config if args.config != DEFAULT_CONFIG else guided.DEFAULT_CONFIG

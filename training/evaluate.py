@@ -15,7 +15,7 @@
      (``evaluate.unseen_degradation``: PSF sigma 1.4-2.0, noise, sub-pixel misregistration), seeds
      ``evaluate.unseen_seed + i`` --
 
-   every method (:data:`METHODS`: bicubic, bicubic + the consistency step, the SR mean, one SR
+   every method (:data:`training.card.METHODS`: bicubic, bicubic + the consistency step, the SR mean, one SR
    sample, the regression baseline of ``training regression`` when trained) is scored against the
    reference: PSNR and its gains over bicubic and over bicubic + the consistency step (the
    headline: what the networks add), SSIM, LPIPS, spectral angle, reflectance consistency and the
@@ -23,8 +23,8 @@
    first ``k`` samples, for each ``k`` of ``evaluate.sample_counts``: +-2 std coverage and
    Spearman(std, |error|) beside the trivial baseline Spearman(gradient magnitude of bicubic,
    |error|); the regression baseline has none (n/a). Writes ``metrics.json`` and ``EVALUATION.md``
-   (every figure as markdown tables, :func:`metrics_table`) into the model folder and the run's
-   ``evaluate/`` folder, and the figures into the model card.
+   (every figure as markdown tables, :func:`training.card.metrics_table`) into the model folder and
+   the run's ``evaluate/`` folder, and the figures into the model card (:func:`training.card.write_card`).
 """
 
 from __future__ import annotations
@@ -37,27 +37,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from xr_opensr.models import ModelConfig, SRModel
+from xr_opensr.models.io import CONFIG_FILE
+
+from .card import METRICS_FILE, SETS, metrics_table, write_card
 from .config import TrainConfig
-from .export import METRICS_FILE, set_std_scale, write_card
 from .loop import LOG, PairSampler, heldout_pairs, save_grid, setup_runtime, synthetic_pairs
 
-__all__ = ["EVAL_TABLE_FILE", "GOALS", "METHODS", "SETS", "calibrate", "evaluate", "evaluation_seeds",
-           "fit_std_scale", "metrics_table", "score", "unseen_pairs"]
+__all__ = ["EVAL_TABLE_FILE", "GOALS", "calibrate", "calibrate_v2", "evaluate", "evaluation_seeds", "fit_std_scale",
+           "score", "unseen_pairs"]
 
 EVAL_TABLE_FILE = "EVALUATION.md"
-#: the evaluation sets: key in metrics.json -> prefix of its summary keys
-SETS = {"synthetic_heldout": "synthetic", "real_heldout": "real", "unseen_domain": "unseen"}
-#: the methods scored on every set (``sr_mean_raw`` only when the model has a consistency step,
-#: ``regression`` only when the baseline is trained)
-METHODS = {
-    "bicubic": "bicubic",
-    "bicubic_consistency": "bicubic + consistency step",
-    "sr_mean": "SR mean",
-    "sr_mean_raw": "SR mean, without the step",
-    "sr_sample": "one SR sample",
-    "regression": "regression CNN (L1)",
-    "fast_path": "fast deterministic path (samples=0; model v2)",
-}
 
 GOALS = {
     "synthetic_psnr_gain_db": ">= +0.5 dB",
@@ -119,30 +109,52 @@ def fit_std_scale(samples: np.ndarray, hr: np.ndarray, coverage: float) -> float
     return float(max(np.quantile(ratio, coverage), 1e-6))
 
 
+def set_std_scale(folder: Path, std_scale: float) -> None:
+    """Write a calibrated ``std_scale`` into the model folder's ``config.json``."""
+    cfg = ModelConfig.from_json(folder / CONFIG_FILE)
+    cfg.replace(std_scale=float(std_scale)).to_json(folder / CONFIG_FILE)
+
+
 def calibrate(cfg: TrainConfig, run_dir: Path, model_dir: Path, progress: bool = True) -> float:
     """Fit ``std_scale`` on the validation scenes and write it into ``model_dir/config.json`` (model
-    v2: :func:`training.mean_net.calibrate_v2`, on a mix of validation domains)."""
+    v2: :func:`calibrate_v2`, on a mix of validation domains); the card says it, the old metrics go."""
     ev = cfg.evaluate
     net = _load(model_dir, cfg)
     if net.is_v2:
-        from .mean_net import calibrate_v2, write_card_v2
-
         scale = calibrate_v2(cfg, model_dir, net)
-        (model_dir / METRICS_FILE).unlink(missing_ok=True)
-        write_card_v2(model_dir, cfg, run_dir, None)
-        return scale
-    hr, lr = synthetic_pairs(cfg, ev.validation_seed, ev.validation_items)
-    samples = with_consistency(net, draw_samples(net, lr, cfg, first_seed=ev.validation_seed, progress=progress), lr)
-    scale = fit_std_scale(samples, hr.numpy(), ev.coverage_target)
-    set_std_scale(model_dir, scale)
+    else:
+        hr, lr = synthetic_pairs(cfg, ev.validation_seed, ev.validation_items)
+        raw = draw_samples(net, lr, cfg, first_seed=ev.validation_seed, progress=progress)
+        scale = fit_std_scale(with_consistency(net, raw, lr), hr.numpy(), ev.coverage_target)
+        set_std_scale(model_dir, scale)
+        LOG.info("calibrate: std_scale = %.4g (+-2 std covers %.1f %% of |SR mean - HR| on %d validation scenes)",
+                 scale, 100 * ev.coverage_target, ev.validation_items)
     (model_dir / METRICS_FILE).unlink(missing_ok=True)  # measured with the previous std_scale
     write_card(model_dir, cfg, run_dir, None)
-    LOG.info("calibrate: std_scale = %.4g (+-2 std covers %.1f %% of |SR mean - HR| on %d validation scenes)",
+    return scale
+
+
+def calibrate_v2(cfg: TrainConfig, model_dir: Path, net: SRModel) -> float:
+    """Fit ``std_scale`` of ``net`` (loaded from ``model_dir``) so that +-2 std covers
+    ``evaluate.coverage_target`` of |mean - HR| on the validation mix; writes it into
+    ``model_dir/config.json`` and returns it."""
+    from .data import synthetic_pairs as raw_pairs
+
+    ev = cfg.evaluate
+    ratios = []
+    seeds = range(ev.validation_seed, ev.validation_seed + ev.validation_items)
+    for degradation in (fixed_sensor(cfg).degradation_config(), cfg.degradation_config()):
+        pairs = raw_pairs(cfg.data_config(), degradation, hr_size=cfg.hr_patch, seeds=seeds)
+        hr, lr = PairSampler(pairs).items(list(range(len(pairs))))
+        mean, unit = net.mean_and_spread(lr, torch.zeros(lr.shape[0], *lr.shape[-2:], dtype=torch.bool))
+        ratios.append((np.abs(mean - hr.numpy()) / np.maximum(2.0 * unit, 1e-12)).ravel())
+    scale = float(max(np.quantile(np.concatenate(ratios), ev.coverage_target), 1e-6))
+    set_std_scale(model_dir, scale)
+    LOG.info("calibrate: std_scale = %.4g (+-2 std covers %.1f %% of |mean - HR| on %d validation scenes x 2 sensors)",
              scale, 100 * ev.coverage_target, ev.validation_items)
     return scale
 
 
-@torch.no_grad()
 @torch.no_grad()
 def autoencoder_round_trip(net, hr: torch.Tensor) -> np.ndarray:
     """HR reflectance -> posterior mean -> decoder -> reflectance."""
@@ -420,14 +432,7 @@ def _write(results: dict[str, Any], cfg: TrainConfig, run_dir: Path, model_dir: 
     for folder in (model_dir, out_dir):
         (folder / METRICS_FILE).write_text(text)
         (folder / EVAL_TABLE_FILE).write_text(table)
-    from xr_opensr.models import ModelConfig
-
-    if ModelConfig.from_json(model_dir / "config.json").mean_net is not None:  # model v2
-        from .mean_net import write_card_v2
-
-        write_card_v2(model_dir, cfg, run_dir, results)
-    else:
-        write_card(model_dir, cfg, run_dir, results)
+    write_card(model_dir, cfg, run_dir, results)
 
 
 def _grid(path: Path, net, hr, lr, samples, cfg: TrainConfig, n: int = 4) -> None:
@@ -436,59 +441,3 @@ def _grid(path: Path, net, hr, lr, samples, cfg: TrainConfig, n: int = 4) -> Non
     mean, std = net.summarize(samples[:n])
     save_grid(path, {"LR": lr[:n].numpy(), "bicubic": M.bicubic_upsample(lr[:n].numpy(), cfg.model.scale),
                      "SR mean": mean, "HR": hr[:n].numpy(), "std": std, "|err|": np.abs(mean - hr[:n].numpy())})
-
-
-# --------------------------------------------------------------------------- markdown
-
-
-_COLUMNS = (("psnr", "PSNR dB"), ("psnr_gain_db", "vs bicubic"), ("psnr_gain_over_bicubic_consistency_db",
-            "vs bicubic + step"), ("ssim", "SSIM"), ("lpips", "LPIPS"), ("sam_deg", "SAM °"),
-            ("consistency_db", "consistency dB"), ("reflectance", "reflectance ↓"), ("spectral", "spectral ° ↓"),
-            ("spatial", "spatial ↓"), ("synthesis", "synthesis"), ("hallucination", "hallucination ↓"),
-            ("omission", "omission ↓"), ("improvement", "improvement ↑"))
-
-
-def _cell(value: Any, signed: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        if not np.isfinite(value):
-            return str(value)
-        return f"{value:+.2f}" if signed else (f"{value:.2f}" if abs(value) >= 10 else f"{value:.4g}")
-    return str(value)
-
-
-def metrics_table(results: dict[str, Any]) -> str:
-    """Every figure of :func:`evaluate`'s results as markdown: one table of methods per set (distortion,
-    perception, opensr-test family) and one table of the uncertainty (n/a for the regression baseline)."""
-    settings = results.get("settings", {})
-    lines = [f"Measured by `python -m training evaluate`: SR mean of {settings.get('samples')} samples "
-             f"({settings.get('steps')} DDIM steps, eta {settings.get('eta')}); bicubic + step: "
-             f"{settings.get('consistency_baseline')}; opensr-test metrics with a border of "
-             f"{settings.get('opensr_border_hr_px')} HR px; PSNR peak: reflectance 1.0.", ""]
-    for name in SETS:
-        r = results.get(name, {})
-        lines += [f"### {name}: {settings.get('sets', {}).get(name, '')}", ""]
-        if "methods" not in r:
-            lines += [f"Not measured: {r.get('unavailable', 'missing')}", ""]
-            continue
-        ref = r.get("reference_consistency_db")
-        lines += [f"{r['items']} patches." + (f" The reference's own consistency with its LR (a perfect SR's): "
-                                              f"{ref:.2f} dB." if ref is not None else ""), "", "| method | " + " | ".join(t for _, t in _COLUMNS) + " |",
-                  "| --- |" + " --- |" * len(_COLUMNS)]
-        for method, values in r["methods"].items():
-            cells = [_cell(values.get(k), signed=k.startswith("psnr_gain")) for k, _ in _COLUMNS]
-            lines.append(f"| {METHODS.get(method, method)} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["### Uncertainty (std of the first k samples vs |SR mean - HR|)", "",
-              "| set | samples | ±2 std coverage | Spearman(std, abs err) | Spearman(bicubic gradient, abs err) "
-              "| margin |", "| --- | --- | --- | --- | --- | --- |"]
-    for name in SETS:
-        r = results.get(name, {})
-        for key, u in r.get("uncertainty", {}).items():
-            lines.append(f"| {name} | {key.removeprefix('samples_')} | {_cell(u['coverage_2std'])} | "
-                         f"{_cell(u['spearman_std_err'])} | {_cell(u['spearman_gradient_err'])} | "
-                         f"{_cell(u['spearman_margin'], signed=True)} |")
-        if "regression" in r.get("methods", {}):
-            lines.append(f"| {name} | regression CNN | n/a | n/a | n/a | n/a |")
-    return "\n".join(lines) + "\n"

@@ -49,6 +49,7 @@ from xr_opensr.models.guided import (
 from xr_opensr.sensor import area_downsample, bicubic_upsample, degrade
 from xr_opensr.testing import SceneStyle, bands20, synthetic_scene
 
+from .card import read_commands
 from .data import _split_rows, real_scene_path
 from .loop import (
     LOG,
@@ -531,8 +532,6 @@ def model_card(model_dir: Path, report: Mapping[str, Any], train: GuidedTrainCon
     n = sum(p.numel() for p in model.net.parameters())
     size = (Path(model_dir) / "model.safetensors").stat().st_size
     u = report["uncertainty"]
-    from .export import read_commands
-
     ran = read_commands(Path(model_dir).parents[1]) if Path(model_dir).parent.name == "guided" else []
     commands = "\n".join(f"    {c}" for c in ran) or "    (not recorded)"
     return f"""# {cfg.name} {cfg.version}: the 20 m bands of Sentinel-2 to 10 m and 2.5 m, guided by the 10 m bands

@@ -1,8 +1,10 @@
-"""The training loop shared by both stages: device, seeds, checkpoint/resume, EMA, CSV, plots, progress.
+"""The training loop shared by every stage: device, seeds, checkpoint/resume, EMA, CSV, plots, progress.
 
-A stage (``training.autoencoder.AutoencoderStage``, ``training.diffusion.DiffusionStage``) provides
-``train_step(step) -> {name: float}``, ``state_dict()``/``load_state_dict()``, ``preview(step, path)``
-and ``finish(stage_dir)``; :func:`train_stage` runs it.
+A stage (:class:`Stage`: ``AutoencoderStage``, ``DiffusionStage``, ``RegressionStage``, ``SpreadStage``,
+``GuidedStage``) provides ``train_step(step) -> {name: float}``, ``state_dict()``/``load_state_dict()``
+(:class:`Checkpointed`: the parts it names), ``preview(step, path)`` and ``finish(stage_dir, summary)``;
+:func:`train_stage` runs it, :func:`run_stage` prepares a run's stage first. Each stage's module has
+one entry point of the same signature, ``train_<stage>(cfg, run_dir, *, resume, stop_at, progress)``.
 
 Resumability: every random draw of step ``k`` (which training items, noise, timesteps, posterior
 samples) comes from generators seeded by ``(seed, stage, k)`` (:func:`step_generator`), so the data

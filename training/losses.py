@@ -11,7 +11,6 @@ Perceptual networks never download anything: each choice names where its weights
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import torch
@@ -97,10 +96,10 @@ def build_perceptual(name: str, *, reflectance_max: float = 0.4, nir: bool = Tru
             warnings.simplefilter("ignore", UserWarning)
             net = lpips.LPIPS(pretrained=True, net="alex", version="0.1", pnet_rand=True, verbose=False)
     else:
-        from xr_opensr.metrics import _lpips_model
+        from xr_opensr.metrics import lpips_network
 
-        try:  # a private copy: the training moves it to its device, the metrics' cached one stays put
-            net = copy.deepcopy(_lpips_model(name, "cpu"))
+        try:  # a network of its own: the training moves it to its device, the metrics' cached one stays put
+            net = lpips_network(name, "cpu")
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err} (or set autoencoder.perceptual_net to 'stlpips-alex')") from None
     return PerceptualLoss(net, name, reflectance_max=reflectance_max, nir=nir)

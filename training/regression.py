@@ -9,7 +9,7 @@ so the spread never changes the mean. Training runs in :func:`training.loop.run_
 (checkpoints, ``--resume``, metrics.csv, previews): Adam, linear warm-up then cosine decay,
 gradient clipping (mean and head apart). At the end the weights and their config are written to
 ``<run>/regression/regression.safetensors`` (the config as JSON in the safetensors metadata), which
-``training evaluate`` and ``training export --mean-net`` read with :func:`load_regression`.
+``training evaluate`` and ``training export --base-model`` read with :func:`load_regression`.
 """
 
 from __future__ import annotations

@@ -30,14 +30,7 @@ import numpy as np
 import xarray as xr
 
 from ._layout import ArrayLike, _apply, _band_dim, _float_array, _quiet, _spatial_dims, angle_map
-from ._lpips import (  # noqa: F401  (_lpips_model: training/losses.py)
-    LPIPS_BANDS,
-    LPIPS_NETS,
-    _lpips_model,
-    _resolve_lpips_net,
-    _shared_lpips_model,
-    lpips_network,
-)
+from ._lpips import LPIPS_BANDS, LPIPS_NETS, _resolve_lpips_net, _shared_lpips_model, lpips_network
 from ._opensrtest import OPENSR_TEST_METRICS, opensr_test_metrics
 from .sensor import _gauss1d, _separable, area_downsample, bicubic_upsample, gaussian_filter
 
