@@ -178,6 +178,8 @@ def run(
         raise InputError(f"--out {final} must end in .zarr (one Zarr store for all scenes)")
     if not final.parent.is_dir():
         raise InputError(f"the folder of --out {final} does not exist; create it first (mkdir -p {final.parent})")
+    if final.exists() and (why := _io.foreign(final)) is not None:  # never write into, nor delete, a user's folder
+        _io.refuse_foreign([(final, why)])
     run_id = _atomic.new_run_id()
     # --overwrite: a new store beside the old one, swapped in only when every scene is in it
     store = _atomic.temp_path(final, "batch", run_id) if overwrite and final.exists() else final

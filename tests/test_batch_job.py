@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from xr_opensr.errors import InputError
+
 pytestmark = [pytest.mark.distributed, pytest.mark.stac]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,3 +124,17 @@ def test_batch_job_second_job_on_the_same_store_is_refused(tmp_path):
         holder.kill()
         holder.wait()
     assert not store.exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_batch_job_never_writes_into_nor_deletes_a_users_folder(tmp_path, overwrite):
+    """A user's folder named like the store (not a store this library wrote) is refused before any work,
+    with or without --overwrite, and left as it was (issue 19: the CLI deletes only what it wrote)."""
+    bj = load_batch_job()
+    store = tmp_path / "x.zarr"
+    (store / "sub").mkdir(parents=True)
+    (store / "sub" / "data.txt").write_text("mine")
+    with pytest.raises(InputError, match="x.zarr"):
+        bj.run(out=store, bbox=(0, 0, 1, 1), datetime="2024", client=None, url="http://127.0.0.1:9",
+               overwrite=overwrite)
+    assert (store / "sub" / "data.txt").read_text() == "mine" and sorted(p.name for p in store.iterdir()) == ["sub"]

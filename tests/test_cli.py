@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -332,10 +333,19 @@ def test_cli_never_overwrites_without_flag(geotiff, tmp_path, capsys):
     (store / "keep.txt").write_text("x")
     assert main(["superresolve", str(src), str(store), *FAST]) == 2
     assert sorted(p.name for p in store.iterdir()) == ["keep.txt"]
-    # with --overwrite they are replaced
-    assert main(["superresolve", str(src), str(out), "--overwrite", *FAST]) == 0
+    # nor with --overwrite: they are not outputs of xr-opensr (tests/test_cli_safety.py has the cases)
+    assert main(["superresolve", str(src), str(out), "--overwrite", *FAST]) == 2
+    assert "is not an output of xr-opensr" in capsys.readouterr().err
+    assert out.read_bytes() == b"the user's precious file"
+    assert main(["superresolve", str(src), str(store), "--overwrite", *FAST]) == 2
+    assert sorted(p.name for p in store.iterdir()) == ["keep.txt"]
+    # outputs of xr-opensr are replaced with --overwrite
+    out.unlink()
+    shutil.rmtree(store)
+    for path in (out, store):
+        assert main(["superresolve", str(src), str(path), *FAST, "--seed", "3"]) == 0
+        assert main(["superresolve", str(src), str(path), "--overwrite", *FAST]) == 0
     assert_cog(out, count=4, shape=(96, 80))
-    assert main(["superresolve", str(src), str(store), "--overwrite", *FAST]) == 0
     assert "sr" in xr.open_zarr(store)
 
 
@@ -373,6 +383,9 @@ def test_cli_demo_writes_cogs_and_quicklook(tmp_path, monkeypatch, capsys):
     assert main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    # with --overwrite its own outputs (the COGs' run tag, the quicklook's PNG title) are replaced
+    assert main([*argv, "--overwrite"]) == 0
+    assert all(p.stat().st_mtime_ns != stamps[p.name] for p in out.iterdir())
 
 
 # --------------------------------------------------------------------------- search (local STAC API)

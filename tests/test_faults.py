@@ -250,6 +250,47 @@ def test_legacy_temporaries_of_dead_runs_are_removed(cli, inputs, tmp_path):
     assert hidden(tmp_path) == [".out.zarr.notes"]
 
 
+# --------------------------------------------------------------------------- Ctrl-C once the outputs are published
+
+
+def _program(*argv: str, fault: str | None = None) -> subprocess.Popen:
+    """``python -m xr_opensr.cli`` (the program: it ends its process itself) with SIGINT as a terminal
+    delivers it, also when the tests run as a background job (SIGINT ignored)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("XR_OPENSR_TEST_FAULT", None)
+    env.update({"XR_OPENSR_TEST_FAULT": fault} if fault else {})
+    return subprocess.Popen([sys.executable, "-m", "xr_opensr.cli", *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def test_sigint_after_the_outputs_are_published_exits_130(inputs, tmp_path):
+    out = tmp_path / "late.tif"
+    proc = _program("superresolve", str(inputs["tif"]), str(out), *FAST, fault="exiting:SIGINT")
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "interrupted" in stderr and f"wrote {out}" in stdout
+    assert assert_old_or_new(inputs, out) == "new" and hidden(tmp_path) == []  # published, complete, it stays
+
+
+def test_sigint_while_the_program_ends_is_never_a_death_by_signal(inputs, tmp_path):
+    """Ctrl-C again and again from the moment the outputs are reported until the process has ended: exit 130
+    (or 0 when it was gone first), never killed by the signal (-2: the interpreter's teardown had restored
+    the default action and took seconds)."""
+    out = tmp_path / "end.tif"
+    proc = _program("superresolve", str(inputs["tif"]), str(out), *FAST)
+    for line in proc.stdout:
+        if line.startswith("wall time"):
+            break
+    while proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    stderr = proc.stderr.read()
+    assert proc.returncode in (0, 130), (proc.returncode, stderr[-2000:])
+    assert "Traceback" not in stderr
+    assert assert_old_or_new(inputs, out) == "new" and hidden(tmp_path) == []
+
+
 # --------------------------------------------------------------------------- full disk and file-size limit
 
 

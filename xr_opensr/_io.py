@@ -26,6 +26,11 @@ the cleanup rules are in :mod:`xr_opensr._atomic`):
 * An existing output is replaced only with ``overwrite=True`` and only once the new one is complete
   and verified (a Zarr folder by an atomic exchange of names). Without it, or when another run is
   writing the same path, nothing is touched (InputError / OutputError).
+* Only outputs of xr-opensr are ever replaced (:func:`foreign`): a GeoTIFF carrying the
+  ``xr_opensr_run`` tag, a Zarr store carrying that attribute (or the title of ``superresolve``'s
+  result) and holding nothing but Zarr files. A folder named ``out.tif``, a user's file or another
+  program's store is an InputError naming it, even with ``overwrite=True``.
+* A GeoTIFF of a result with one time step records it as the tag ``time`` (ISO timestamp).
 * OS errors while writing become :class:`~xr_opensr.errors.OutputError` naming the cause and the fix;
   removing temporaries never raises over the real error.
 
@@ -37,9 +42,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import uuid
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +63,9 @@ __all__ = [
     "output_paths",
     "check_outputs",
     "reserve",
+    "foreign",
+    "refuse_foreign",
+    "written_by_xr_opensr",
     "verify_zarr",
     "finish",
     "write_result",
@@ -299,6 +308,98 @@ def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
             f"output {', '.join(map(str, existing))} already exists and was left untouched; "
             "choose another output path or pass --overwrite (overwrite=True) to replace it"
         )
+    refuse_foreign([(p, why) for p in existing if (why := foreign(p)) is not None])
+
+
+# --------------------------------------------------------------------------- what overwrite may replace
+
+#: the metadata files of a Zarr store (formats 2 and 3); every other file in a store is a chunk
+_ZARR_META = frozenset({".zgroup", ".zattrs", ".zarray", ".zmetadata", "zarr.json"})
+_ZARR_CHUNK = re.compile(r"\d+(\.\d+)*")
+
+
+def written_by_xr_opensr(attrs: Mapping[str, Any]) -> bool:
+    """True for the attrs (GeoTIFF tags, Zarr attributes) of an output of xr-opensr: the ``xr_opensr_run``
+    mark of :func:`write_cog`/:func:`write_zarr`, the title ``superresolve`` gives its result, or the
+    settings of a batch store (``examples/batch_job.py``)."""
+    return RUN_TAG in attrs or "xr_opensr_batch" in attrs or "(xr-opensr)" in str(attrs.get("title", ""))
+
+
+def foreign(path: str | os.PathLike) -> str | None:
+    """Why the existing ``path`` is not an output of xr-opensr that ``overwrite`` may replace; None if it is one.
+
+    A ``.tif`` output must be a GeoTIFF file carrying the tags xr-opensr writes; a ``.zarr`` output a
+    Zarr store whose attributes say xr-opensr wrote it and that holds nothing but Zarr metadata and chunks.
+    Folders, links to nothing, other files (a text file named ``out.tif``) and stores of other programs
+    are never replaced: the library deletes only what it wrote.
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return "a symbolic link to nothing"
+    kind = output_kind(path)
+    if kind == "cog":
+        if path.is_dir():
+            return "a folder"
+        if not path.is_file():
+            return "not a regular file"
+        return _foreign_geotiff(path)
+    if not path.is_dir():
+        return "a file, not a Zarr store"
+    return _foreign_zarr(path)
+
+
+def _foreign_geotiff(path: Path) -> str | None:
+    import warnings
+
+    import rasterio
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. NotGeoreferencedWarning: only the format matters here
+            with rasterio.open(path) as src:
+                driver, tags = src.driver, src.tags()
+    except Exception:  # rasterio raises several types for files that are not rasters
+        return "not a GeoTIFF"
+    if driver != "GTiff":
+        return f"a {driver} raster, not a GeoTIFF"
+    if not written_by_xr_opensr(tags):
+        return f"a GeoTIFF without the {RUN_TAG} tag of xr-opensr's outputs"
+    return None
+
+
+def _foreign_zarr(path: Path) -> str | None:
+    import json
+
+    attrs: Any = None
+    try:
+        if (path / ".zattrs").is_file():
+            attrs = json.loads((path / ".zattrs").read_text())
+        elif (path / "zarr.json").is_file():
+            attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+        elif (path / ".zgroup").is_file():
+            attrs = {}
+    except (OSError, ValueError, AttributeError):
+        return "a Zarr store whose metadata cannot be read"
+    if attrs is None:
+        return "a folder, not a Zarr store"
+    if not isinstance(attrs, dict) or not written_by_xr_opensr(attrs):
+        return f"a Zarr store without the {RUN_TAG} attribute of xr-opensr's outputs"
+    strangers = sorted(str(p.relative_to(path)) for p in path.rglob("*")
+                       if not p.is_dir() and p.name not in _ZARR_META and not _ZARR_CHUNK.fullmatch(p.name))
+    if strangers:
+        more = f" and {len(strangers) - 5} more" if len(strangers) > 5 else ""
+        return f"it holds files that are not Zarr metadata or chunks: {', '.join(strangers[:5])}{more}"
+    return None
+
+
+def refuse_foreign(problems: Sequence[tuple[Path, str]]) -> None:
+    """Raise InputError naming every ``(path, why)``: existing paths that are not outputs of xr-opensr."""
+    if problems:
+        listing = "; ".join(f"{p} is not an output of xr-opensr ({why})" for p, why in problems)
+        raise InputError(
+            f"{listing}: --overwrite (overwrite=True) replaces only what xr-opensr wrote, so it was left "
+            "untouched; remove it yourself if it may go, or choose another output path"
+        )
 
 
 def check_outputs(
@@ -340,13 +441,13 @@ def reserve(paths: Sequence[str | os.PathLike], *, overwrite: bool = False) -> I
         yield finals
 
 
-def _single_time(da: xr.DataArray, what: str) -> xr.DataArray:
+def _single_time(da: xr.DataArray, final: Path) -> xr.DataArray:
     extra = [d for d in da.dims if d not in ("band", "y", "x")]
     for dim in extra:
         if da.sizes[dim] != 1:
             raise InputError(
-                f"{what} has {da.sizes[dim]} steps along {dim!r}, a GeoTIFF holds one; write a .zarr output, "
-                f"or select one step first (e.g. obj.isel({dim}=0))"
+                f"the data for {final} has {da.sizes[dim]} steps along {dim!r} and a GeoTIFF holds one: select "
+                f"one step first (e.g. obj.isel({dim}=0); CLI: --time), or write a .zarr output"
             )
         da = da.isel({dim: 0})
     if "band" not in da.dims:
@@ -357,9 +458,24 @@ def _single_time(da: xr.DataArray, what: str) -> xr.DataArray:
 _CF_KEYS = ("_FillValue", "scale_factor", "add_offset", "nodata")
 
 
-def _prepare_raster(da: xr.DataArray, what: str, run: str) -> xr.DataArray:
-    """float32 with NaN nodata, or integer DN (``_encode``) with its nodata, scale and offset."""
-    da = _single_time(da, what)
+def time_tag(obj: xr.DataArray | xr.Dataset) -> str | None:
+    """The ISO timestamp of the one time step ``obj`` holds (a time coordinate of one value), else None."""
+    if "time" not in obj.coords or obj["time"].size != 1:
+        return None
+    value = obj["time"].values.reshape(-1)[0]
+    if np.issubdtype(obj["time"].dtype, np.datetime64):
+        import pandas as pd
+
+        return pd.Timestamp(value).isoformat()
+    return str(value.isoformat() if hasattr(value, "isoformat") else value)
+
+
+def _prepare_raster(da: xr.DataArray, final: Path, run: str) -> xr.DataArray:
+    """float32 with NaN nodata, or integer DN (``_encode``) with its nodata, scale and offset; tagged with
+    the run and, when the data hold one time step, its timestamp (tag ``time``)."""
+    what = final.stem
+    da = _single_time(da, final)
+    when = time_tag(da)
     encoded = np.issubdtype(da.dtype, np.integer)
     nodata = da.attrs.get("_FillValue", da.attrs.get("nodata", 0)) if encoded else np.nan
     da = da if encoded else da.astype("float32")
@@ -371,6 +487,8 @@ def _prepare_raster(da: xr.DataArray, what: str, run: str) -> xr.DataArray:
         attrs["description"] = attrs.pop("long_name")
     attrs["long_name"] = names if names and len(names) == da.sizes["band"] else what
     attrs[RUN_TAG] = run
+    if when is not None:
+        attrs["time"] = when
     da.attrs = attrs
     da.encoding = {}
     return da.rio.write_nodata(nodata, encoded=False)
@@ -520,7 +638,7 @@ def write_cog(
         for final, da in zip(finals, arrays.values(), strict=True):
             if da.rio.crs is None:
                 raise InputError(f"the data for {final} has no CRS; set one with obj.rio.write_crs(...)")
-            prepared.append(_prepare_raster(da, final.stem, run))
+            prepared.append(_prepare_raster(da, final, run))
         raws = [_atomic.temp_path(f, "stream", run) for f in finals]
         cogs = [_atomic.temp_path(f, "cog", run) for f in finals]
         with _atomic.temporaries(*raws, *cogs), _mapped_os_errors(finals):
@@ -607,7 +725,7 @@ def write_zarr(
     with reserve([final], overwrite=overwrite):
         tmp = _atomic.temp_path(final, "zarr", run)
         with _atomic.temporaries(tmp), _mapped_os_errors([final]):
-            data = uniform_chunks(result)
+            data = uniform_chunks(result).assign_attrs({RUN_TAG: run})  # marks the store as an output
             delayed = data.to_zarr(tmp, mode="w-", group=group, compute=False, consolidated=True,
                                    zarr_format=ZARR_FORMAT, write_empty_chunks=True)
             _atomic.stage("streaming")

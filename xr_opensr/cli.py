@@ -2,8 +2,10 @@
 
 Exit codes: 0 success; 2 bad input, option or path, an OS error (missing or read-only folder, no
 permission, no space, file-size limit), another run writing the same output, or a search that found
-no scene (the message on stderr names the cause and the fix, never a traceback); 130 interrupted.
-Outputs are verified and published atomically, or not at all (see ``xr_opensr._io``).
+no scene (the message on stderr names the cause and the fix, never a traceback); 130 interrupted (Ctrl-C
+at any point, also once the outputs are published: they stay, complete).
+Outputs are verified and published atomically, or not at all (see ``xr_opensr._io``); ``--overwrite``
+replaces only outputs of xr-opensr, never a folder or file it did not write.
 """
 
 from __future__ import annotations
@@ -194,8 +196,9 @@ def _dask_runner(args: argparse.Namespace) -> Iterator[Callable[..., Any]]:
         yield compute_cluster
 
 
-def _superresolve(obj: Any, args: argparse.Namespace) -> tuple[Any, bool]:
-    """Build the lazy result with the CLI options; print the model. Returns (result, untrained)."""
+def _superresolve(obj: Any, args: argparse.Namespace, bands: Any = None) -> tuple[Any, bool]:
+    """Build the lazy result with the CLI options and ``superresolve(bands=bands)``; print the model.
+    Returns (result, untrained)."""
     from . import accessor  # noqa: F401  (registers .opensr)
 
     with warnings.catch_warnings(record=True) as caught:
@@ -204,7 +207,7 @@ def _superresolve(obj: Any, args: argparse.Namespace) -> tuple[Any, bool]:
             args.samples, model=args.model, steps=args.steps, seed=args.seed, device=args.device,
             output_dtype=args.dtype, threads=args.threads,
             dtype=None if args.precision == "float32" else args.precision,
-            bands=_sr_bands(args), model20=args.model20,
+            bands=bands, model20=args.model20,
         )
     return result, _model_report(result, args.model, caught)
 
@@ -214,13 +217,126 @@ def _all_bands(bands: Sequence[str] | None) -> bool:
     return bands is not None and [b.strip().lower() for b in bands] == ["all"]
 
 
-def _sr_bands(args: argparse.Namespace) -> Any:
-    """``superresolve(bands=...)`` of the CLI options: "all" for ``--bands all``; for ``search``, the bands
-    named; otherwise None (the 10 m bands; ``superresolve --bands NAMES`` names a GeoTIFF's bands)."""
-    bands = getattr(args, "bands", None)
-    if _all_bands(bands):
+def _band_labels(obj: Any) -> list[Any] | None:
+    """The input's band labels: a Dataset's variable names, a DataArray's ``band`` labels; None without."""
+    if hasattr(obj, "data_vars"):
+        return [str(name) for name in obj.data_vars]
+    if "band" not in obj.dims:
+        return None
+    return list(obj["band"].values) if "band" in obj.coords else list(range(1, obj.sizes["band"] + 1))
+
+
+def _band_id(label: Any) -> str | None:
+    from .sentinel2 import canonical_band
+
+    return canonical_band(label) if isinstance(label, str) else None
+
+
+def _described(bands: Sequence[str]) -> str:
+    """``B08 (B8/nir)``: band ids with their aliases, as the library's messages give them."""
+    from .sentinel2 import BAND_ALIASES
+
+    return ", ".join(f"{b} ({'/'.join(BAND_ALIASES.get(b, (b,))[1:])})" for b in bands)
+
+
+def _asked_ids(names: Sequence[str], *, where: str, dash: bool) -> list[str | None]:
+    """The band ids of ``--bands`` names (None for ``-`` where ``dash``): every name a band the models take,
+    none twice; else a CLIError naming the name and the fix."""
+    from .sentinel2 import SR_BANDS
+
+    ids: list[str | None] = []
+    for name in names:
+        if dash and name == "-":
+            ids.append(None)
+            continue
+        band = _band_id(name)
+        skip = " or '-' for a band not to super-resolve" if dash else ""
+        if band is None:
+            raise CLIError(
+                f"--bands: {name!r} is not a band name; {where} with the names {' '.join(SR_BANDS)} (or aliases "
+                f"such as red, nir, swir16){skip}"
+            )
+        if band not in SR_BANDS:
+            fix = "write '-' in its place to leave it out" if dash else "leave it out of --bands"
+            raise CLIError(f"--bands: {name} cannot be super-resolved (the models take {' '.join(SR_BANDS)}); {fix}")
+        if band in ids:
+            raise CLIError(f"--bands names {band} twice ({' '.join(names)}); name each band once")
+        ids.append(band)
+    return ids
+
+
+def _input_bands(obj: Any, asked: Sequence[str] | None, source: str) -> tuple[Any, Any]:
+    """The input with its bands named, and ``superresolve(bands=...)`` for ``--bands``.
+
+    An input whose band labels hold no band name (a GeoTIFF without band descriptions: bands 1..N) is
+    named by ``--bands``, one name per band in file order (``-``: a band not to super-resolve), and all
+    the bands named are super-resolved. In an input with band names, ``--bands`` picks bands by name,
+    ``--bands all`` every band the input holds of the ten. Either way the output holds exactly the
+    bands asked for, or a CLIError names the problem and the CLI fix.
+    """
+    from .sentinel2 import GUIDED_BANDS, MODEL_BANDS, SR_BANDS
+
+    everything = _all_bands(asked)
+    labels = _band_labels(obj)
+    if labels is None:  # no band dim: the library says what it needs
+        return obj, "all" if everything else (list(asked) if asked else None)
+    ids = [_band_id(v) for v in labels]
+    n = len(labels)
+    if not any(ids) and not hasattr(obj, "data_vars"):
+        example = " ".join([*SR_BANDS[:n], *["-"] * (n - len(SR_BANDS))])
+        fix = (f"--bands {example} (one name per band of the file, in file order; '-' for a band not to "
+               "super-resolve)")
+        if asked is None or everything:
+            why = "--bands all takes the bands by name" if everything else "its bands are found by name"
+            raise CLIError(
+                f"{source} has {n} bands without band names (no band descriptions) and {why}: name them, e.g. "
+                f"{fix}, or write band descriptions into the file"
+            )
+        if len(asked) != n:
+            raise CLIError(
+                f"{source} has {n} bands but {len(asked)} band names were given with --bands "
+                f"({' '.join(asked)}); give {fix}"
+            )
+        named = _asked_ids(asked, where="name the bands of the file", dash=True)
+        requested = [b for b in named if b is not None]
+        missing = [b for b in MODEL_BANDS if b not in requested]
+        if missing:
+            raise CLIError(
+                f"{source}, as named by --bands, lacks {', '.join(missing)}: the four 10 m bands "
+                f"{', '.join(MODEL_BANDS)} are super-resolved together (and guide the 20 m bands); name them "
+                "among the bands of the file"
+            )
+        obj = obj.assign_coords(band=[b if b is not None else f"unnamed-{i + 1}" for i, b in enumerate(named)])
+        return obj, requested
+    missing = [b for b in MODEL_BANDS if b not in ids]
+    if missing:
+        raise CLIError(
+            f"{source} lacks {_described(missing)} (its bands: {', '.join(map(str, labels))}): the four 10 m bands "
+            f"{', '.join(MODEL_BANDS)} are super-resolved together and guide the 20 m bands; use an input that "
+            "holds them"
+        )
+    if asked is None or everything:
+        return obj, "all" if everything else None
+    requested = [b for b in _asked_ids(asked, where="pick bands of the input", dash=False) if b is not None]
+    absent = [b for b in requested if b not in ids]
+    if absent:
+        raise CLIError(
+            f"--bands {' '.join(asked)}: {source} has no {', '.join(absent)} (its bands: "
+            f"{', '.join(map(str, labels))}); ask for bands it holds, or --bands all"
+        )
+    if not set(requested) & set(GUIDED_BANDS) and set(requested) != set(MODEL_BANDS):
+        raise CLIError(
+            f"--bands {' '.join(asked)}: the 10 m bands are super-resolved together; ask for all four "
+            f"(--bands {' '.join(MODEL_BANDS)}), or for a 20 m band with them"
+        )
+    return obj, requested
+
+
+def _search_bands(args: argparse.Namespace) -> Any:
+    """``superresolve(bands=...)`` of ``search``: "all" for ``--bands all``, the bands named, or None."""
+    if _all_bands(args.bands):
         return "all"
-    return list(bands) if bands and args.command == "search" else None
+    return list(args.bands) if args.bands else None
 
 
 def _describe_written(paths: Sequence[Path], seconds: float) -> None:
@@ -231,7 +347,9 @@ def _describe_written(paths: Sequence[Path], seconds: float) -> None:
 
 
 def _select_time(obj: Any, when: str | None, source: str) -> Any:
-    """``--time``: an integer position (negative counts from the end) or an ISO date (the nearest step)."""
+    """``--time``: an integer position (negative counts from the end) or an ISO date or time inside the cube's
+    time range (a date: the first step of that day, else the nearest step; a time: the nearest step); outside
+    the range, a CLIError naming the range."""
     if when is None:
         return obj
     if "time" not in obj.dims:
@@ -254,7 +372,34 @@ def _select_time(obj: Any, when: str | None, source: str) -> Any:
         )
     if stamp.tzinfo is not None:
         stamp = stamp.tz_convert("UTC").tz_localize(None)
-    return obj.sel(time=[obj.time.sel(time=stamp, method="nearest").values])
+    first, last = pd.Timestamp(obj.time.values.min()), pd.Timestamp(obj.time.values.max())
+    day = not any(c in when for c in "T: ")  # a date alone: any time of that day is inside the range
+    low, high = (first.normalize(), last.normalize()) if day else (first, last)
+    if not low <= stamp <= high:
+        raise CLIError(
+            f"--time {when} is outside the time range of {source}, {first.isoformat()} to {last.isoformat()} "
+            f"({n} step(s)); give a date inside it (the nearest step is taken) or a position 0..{n - 1}"
+        )
+    times = pd.DatetimeIndex(obj.time.values)
+    same_day = times[times.normalize() == stamp.normalize()] if day else times[:0]
+    pick = same_day[0] if len(same_day) else obj.time.sel(time=stamp, method="nearest").values
+    return obj.sel(time=[pick])
+
+
+def _one_time_step(obj: Any, output: str, source: str) -> None:
+    """A GeoTIFF output holds one time step: an input with several needs --time (or a .zarr output)."""
+    from . import _io
+
+    if _io.output_kind(output) != "cog" or "time" not in obj.dims or obj.sizes["time"] == 1:
+        return
+    n = obj.sizes["time"]
+    times = obj["time"].values
+    span = f" ({str(times[0])[:19]} to {str(times[-1])[:19]})" if "time" in obj.coords else ""
+    example = str(times[0])[:10] if "time" in obj.coords and _is_datetime(obj.time) else "0"
+    raise CLIError(
+        f"{source} has {n} time steps{span} and a GeoTIFF output ({output}) holds one: pick one with --time "
+        f"(e.g. --time {example}, a date or a position 0..{n - 1}), or write a .zarr output (every step)"
+    )
 
 
 def _is_datetime(coord: Any) -> bool:
@@ -266,11 +411,62 @@ def _is_datetime(coord: Any) -> bool:
 # --------------------------------------------------------------------------- commands
 
 
+def _foreign_model_folder(folder: Path) -> str | None:
+    """Why the existing folder is not a model folder that ``convert --overwrite`` may replace; None if it is."""
+    from .models.config import ModelConfig
+    from .models.io import CARD_FILE, CONFIG_FILE, MEAN_NET_FILE, WEIGHTS_FILE
+
+    known = {CONFIG_FILE, WEIGHTS_FILE, MEAN_NET_FILE, CARD_FILE}
+    strangers = sorted(p.name for p in folder.iterdir() if p.name not in known or p.is_symlink() or not p.is_file())
+    if strangers:
+        return f"it holds {', '.join(strangers)}, which a model folder does not"
+    try:
+        ModelConfig.from_json(folder / CONFIG_FILE)
+    except (OpenSRError, OSError, ValueError) as err:
+        return f"its {CONFIG_FILE} is not a model config: {err}"
+    return None
+
+
+def _check_outdir(outdir: Path, overwrite: bool) -> None:
+    """``convert``'s OUTDIR: new, empty, or (with --overwrite) a model folder; else a CLIError with the fix."""
+    if not (outdir.exists() or outdir.is_symlink()):
+        return
+    if not outdir.is_dir():
+        raise CLIError(f"OUTDIR {outdir} exists and is not a folder; it was left untouched: choose another OUTDIR")
+    if not any(outdir.iterdir()):
+        return
+    if not overwrite:
+        raise CLIError(f"OUTDIR {outdir} exists and is not empty; it was left untouched: choose a new OUTDIR, or "
+                       "pass --overwrite to replace the model folder it holds")
+    why = _foreign_model_folder(outdir)
+    if why is not None:
+        raise CLIError(
+            f"OUTDIR {outdir} is not a model folder written by xr-opensr ({why}): --overwrite replaces only a "
+            "model folder (config.json, weights, card), so it was left untouched; remove it yourself if it may "
+            "go, or choose another OUTDIR"
+        )
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
+    from . import _atomic
     from .models import convert_checkpoint
 
-    folder = convert_checkpoint(args.checkpoint, args.outdir, ema=args.ema, overwrite=args.overwrite)
-    print(f"wrote model folder {folder} (load it with xr_opensr.load_model({str(folder)!r}))")
+    outdir = Path(args.outdir).expanduser()
+    _check_outdir(outdir, args.overwrite)  # before the checkpoint is read
+    try:
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"cannot create the folder of OUTDIR {outdir}: {err.strerror or err}; "
+                       f"{_atomic_hint(err, outdir.parent)}") from err
+    # the new folder is written beside OUTDIR and takes its place whole (never a mix of two models)
+    with _atomic.locked([outdir]):
+        _check_outdir(outdir, args.overwrite)
+        run = _atomic.new_run_id()
+        tmp = _atomic.temp_path(outdir, "model", run)
+        with _atomic.temporaries(tmp):
+            convert_checkpoint(args.checkpoint, tmp, ema=args.ema)
+            _atomic.commit([(tmp, outdir)], run)
+    print(f"wrote model folder {outdir} (load it with xr_opensr.load_model({str(outdir)!r}))")
     return 0
 
 
@@ -291,13 +487,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _superresolve_and_write(obj: Any, args: argparse.Namespace) -> int:
-    """Super-resolve ``obj`` with the CLI options and write ``args.output`` (COG or Zarr)."""
+def _superresolve_and_write(obj: Any, args: argparse.Namespace, bands: Any = None) -> int:
+    """Super-resolve ``obj`` (``superresolve(bands=bands)``) with the CLI options and write ``args.output``
+    (COG or Zarr)."""
     from . import _io
 
     start = time.perf_counter()
     with _io.reserve(_io.output_paths(args.output), overwrite=args.overwrite), _dask_runner(args) as compute:
-        result, _ = _superresolve(obj, args)
+        result, _ = _superresolve(obj, args, bands)
         written = _io.write_result(result, args.output, overwrite=args.overwrite, compute=compute)
     _describe_written(written, time.perf_counter() - start)
     return 0
@@ -308,11 +505,14 @@ def cmd_superresolve(args: argparse.Namespace) -> int:
 
     _io.check_outputs(args.output, overwrite=args.overwrite, inputs=[args.input])
     with _io.reserve(_io.output_paths(args.output), overwrite=args.overwrite):  # before any work: exit 2 at once
-        labels = None if _all_bands(args.bands) else args.bands
-        obj = _io.open_input(args.input, chunks=args.chunks, bands=labels, variable=args.variable)
+        obj = _io.open_input(args.input, chunks=args.chunks, variable=args.variable)
+        obj, bands = _input_bands(obj, args.bands, args.input)
         obj = _select_time(obj, args.time, args.input)
+        _one_time_step(obj, args.output, args.input)
         _say(f"input: {args.input} {dict(obj.sizes)}")
-        return _superresolve_and_write(obj, args)
+        if (stamp := _io.time_tag(obj)) is not None and args.time is not None:
+            _say(f"time step {stamp} (--time {args.time})")
+        return _superresolve_and_write(obj, args, bands)
 
 
 def _parse_bbox(values: Sequence[float]) -> tuple[float, float, float, float]:
@@ -391,7 +591,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.all and "time" in ds.dims and ds.sizes["time"] > 1:
         ds = ds.isel(time=[0])
     _say(f"loaded {dict(ds.sizes)}")
-    return _superresolve_and_write(ds, args)
+    return _superresolve_and_write(ds, args, _search_bands(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -401,12 +601,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if outdir.exists() and not outdir.is_dir():
         raise CLIError(f"--output {outdir} is a file; give a folder (it is created if missing)")
     paths = {"sr": outdir / "sr.tif", "uncertainty": outdir / "uncertainty.tif", "png": outdir / "quicklook.png"}
-    existing = [str(p) for p in paths.values() if p.exists()]
+    existing = [p for p in paths.values() if p.exists() or p.is_symlink()]
     if existing and not args.overwrite:
         raise CLIError(
-            f"{', '.join(existing)} already exist(s) and were left untouched; pass --overwrite to replace them "
-            "or choose another --output folder"
+            f"{', '.join(map(str, existing))} already exist(s) and were left untouched; pass --overwrite to replace "
+            "them or choose another --output folder"
         )
+    why = {p: _foreign_quicklook(p) if p == paths["png"] else _io.foreign(p) for p in existing}
+    _io.refuse_foreign([(p, reason) for p, reason in why.items() if reason is not None])
     testing = _require("xr_opensr.testing", "all")
     lr = testing.demo_cube(chunks={"y": args.chunks, "x": args.chunks})
     _say(f"demo cube: {dict(lr.sizes)} at 10 m, {lr.rio.crs} (built in, no network)")
@@ -433,6 +635,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the PNG ``Title`` of the demo's quicklook: what lets ``demo --overwrite`` know the file is its own
+QUICKLOOK_TITLE = "xr-opensr quicklook"
+
+
+def _png_text(path: Path) -> dict[str, str] | None:
+    """The ``tEXt`` entries of a PNG file; None for a file that is not a PNG."""
+    data = path.read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    text, pos = {}, 8
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if kind == b"tEXt":
+            key, _, value = data[pos + 8:pos + 8 + length].partition(b"\0")
+            text[key.decode("latin-1")] = value.decode("latin-1")
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    return text
+
+
+def _foreign_quicklook(path: Path) -> str | None:
+    """Why an existing ``quicklook.png`` is not the demo's own (see :data:`QUICKLOOK_TITLE`); None if it is."""
+    if path.is_dir():
+        return "a folder"
+    if not path.is_file():
+        return "not a regular file"
+    try:
+        text = _png_text(path)
+    except OSError as err:
+        return f"unreadable: {err.strerror or err}"
+    if text is None:
+        return "not a PNG"
+    if text.get("Title") != QUICKLOOK_TITLE:
+        return f"a PNG without the title {QUICKLOOK_TITLE!r} of the demo's quicklook"
+    return None
+
+
 def _quicklook_png(lr: Any, result: Any, path: Path, untrained: bool) -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
     from . import plot
@@ -441,7 +681,7 @@ def _quicklook_png(lr: Any, result: Any, path: Path, untrained: bool) -> None:
     if untrained:
         fig.suptitle("UNTRAINED model (random weights): NOT a meaningful super-resolution", color="red")
     tmp = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=110, metadata={"Title": QUICKLOOK_TITLE})
     os.replace(tmp, path)
     import matplotlib.pyplot as plt
 
@@ -485,7 +725,10 @@ def _add_sr_options(p: argparse.ArgumentParser, *, chunks: int = 256) -> None:
                     help="one dask worker per GPU (dask_cuda.LocalCUDACluster: pip install 'xr-opensr[cuda]'); "
                     "without a GPU, CPU worker processes of --threads threads each")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--overwrite", action="store_true", help="replace existing outputs (never done without it)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (never done without it); only outputs of xr-opensr are replaced "
+                   "(a GeoTIFF or Zarr store it wrote): a folder, another file or store under the output's name "
+                   "is an error, left untouched")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -510,7 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
         "superresolve", help="super-resolve a GeoTIFF/COG or Zarr file to a COG or Zarr store", formatter_class=fmt,
         description="Super-resolve INPUT (GeoTIFF/COG or Zarr; 10 m B04, B03, B02, B08 as DN or reflectance) 4x;\n"
         "with --bands all also the 20 m bands B05, B06, B07, B8A, B11, B12 the input holds (on the 10 m grid).\n"
-        "OUTPUT.tif: sr -> OUTPUT.tif and uncertainty -> OUTPUT_uncertainty.tif (COGs, one time step);\n"
+        "OUTPUT.tif: sr -> OUTPUT.tif and uncertainty -> OUTPUT_uncertainty.tif (COGs, one time step: --time;\n"
+        "its timestamp is the tag 'time');\n"
         "OUTPUT.zarr: one Zarr store with sr and uncertainty (any number of time steps).",
         epilog="examples:\n  xr-opensr superresolve s2.tif sr.tif --bands B04 B03 B02 B08\n"
         "  xr-opensr superresolve ten_bands.zarr sr.zarr --bands all\n"
@@ -519,11 +763,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="GeoTIFF/COG (.tif) or Zarr store (.zarr)")
     p.add_argument("output", help="output path ending in .tif (COG) or .zarr")
     p.add_argument("--bands", nargs="+", metavar="NAME",
-                   help="'all': every band the input holds of the ten (B04, B03, B02, B08, B05, B06, B07, B8A, B11, "
-                   "B12); or the names of the GeoTIFF's bands in file order when it has no band descriptions, e.g. "
-                   "B04 B03 B02 B08")
+                   help="the bands to super-resolve; the output holds exactly these. An input with band names "
+                   "(band descriptions, Zarr variables): 'all' (every band it holds of the ten: B04, B03, B02, B08, "
+                   "B05, B06, B07, B8A, B11, B12) or names, e.g. B04 B03 B02 B08 B11 (default: the four 10 m bands). "
+                   "A GeoTIFF without band descriptions: one name per band of the file, in file order ('-' for a "
+                   "band not to super-resolve), e.g. B04 B03 B02 B08; every band named is super-resolved")
     p.add_argument("--variable", help="the variable of a Zarr store to use, if not named like S2 bands")
-    p.add_argument("--time", help="only this time step: an ISO date (nearest) or an integer position")
+    p.add_argument("--time", help="only this time step: an integer position (negative from the end) or an ISO "
+                   "date or time inside the input's time range (a date: a step of that day, else the nearest; a "
+                   "time: the nearest step; outside the range: an error); a GeoTIFF output records the step as "
+                   "its tag 'time'")
     _add_sr_options(p)
     p.set_defaults(func=cmd_superresolve)
 
@@ -554,7 +803,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outdir", help="new folder for config.json + model.safetensors")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                    help="use the EMA UNet weights (default: the raw ones, as opensr-model does)")
-    p.add_argument("--overwrite", action="store_true", help="replace the contents of an existing OUTDIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUTDIR that is a model folder (config.json, weights, card; written "
+                   "beside it, then swapped in); any other folder is an error, left untouched")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="versions, device and shipped models")
@@ -562,7 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _command(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
@@ -575,9 +826,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xr-opensr {args.command}: error: {err.strerror or err}{where}; {_atomic_hint(err, folder)}",
               file=sys.stderr)
         return 2
+
+
+_late_interrupt: list[int] = []  # program mode: the Ctrl-Cs that came once the command had finished
+
+
+def _hold_interrupts() -> None:
+    """From now on a Ctrl-C only makes the exit code 130: the command has finished (its outputs are
+    published, or nothing was written). Left alone when SIGINT is ignored (a background job)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, lambda signum, frame: _late_interrupt.append(signum))
+
+
+def _end_process(code: int) -> None:
+    """End the program now, with ``code`` (130 after a late Ctrl-C). The interpreter's own teardown is
+    skipped: it restores the default SIGINT action first and then takes seconds (torch, dask threads),
+    so a Ctrl-C then killed the process (exit -2) after its outputs were complete."""
+    import logging
+
+    from . import _atomic
+
+    _atomic.stage("exiting")  # test hook (tests/test_cli_safety.py)
+    if _late_interrupt and code != 130:
+        print("interrupted (the command had finished)", file=sys.stderr)
+        code = 130
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` and return its exit code (0, 2 or 130; see the module doc).
+
+    Without ``argv`` (the ``xr-opensr`` console script, ``python -m xr_opensr.cli``) it is the program:
+    it reads ``sys.argv`` and ends the process itself, so that Ctrl-C at any point exits 130, also while
+    the interpreter shuts down. Callers in a Python process pass ``argv`` and get the code back.
+    """
+    program = argv is None
+    try:
+        try:
+            code = _command(argv)
+        except SystemExit as exit_:  # argparse: --help (0), a bad option (2)
+            if not program:
+                raise
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+        if program:
+            _hold_interrupts()
     except KeyboardInterrupt:
+        if program:
+            _hold_interrupts()
         print("interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if program:
+        _end_process(code)
+    return code
 
 
 if __name__ == "__main__":
