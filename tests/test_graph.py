@@ -310,3 +310,218 @@ def test_whole_core_dims_reach_the_kernel_whole_and_leave_the_output(chunks):
     again = superresolve_array(da.from_array(x, chunks=(2, 3, 2, 8, 8)), median_kernel, patch=P, overlap=4,
                                n_outputs=2, whole=1, lead_keys=np.arange(2, dtype=np.uint64)).compute()
     np.testing.assert_array_equal(other, again)
+
+
+# --------------------------------------------------------------------------- crop (convolutional models)
+
+HALO = 2  # LR pixels: the receptive-field halo of conv_net
+BOXES = 4  # 5x5 HR box passes in conv_net: 2 HR pixels each, 8 in all = HALO LR pixels
+
+
+def conv_net(lr: np.ndarray) -> np.ndarray:
+    """A stand-in fully convolutional network of any input size, receptive field ``HALO`` LR pixels:
+    (N, C, h, w) float32 -> (N, 2, C, 4h, 4w) float32.
+
+    Nodata (NaN in any band) is filled with 0 (a local fill) and is NaN in the output; the bands are
+    mixed, LR-reflect padded by ``HALO``, upsampled (nearest) and smoothed by ``BOXES`` 'valid' 5x5
+    box filters in HR, each a sum of shifted slices in a fixed order, so every output pixel is the
+    same float32 operations on the same values whatever the input size (the whole image or a patch).
+    Plane 0 "mean", plane 1 "std" (|mean - upsampled input|).
+    """
+    invalid = np.isnan(lr).any(axis=1, keepdims=True)
+    x = np.where(invalid, np.float32(0), lr)
+    x = x + np.float32(0.25) * x.mean(axis=1, keepdims=True, dtype=np.float32)
+    pad = ((0, 0), (0, 0), (HALO, HALO), (HALO, HALO))
+    up = np.pad(x, pad, mode="reflect").repeat(S4, axis=2).repeat(S4, axis=3)
+    for _ in range(BOXES):
+        n, m = up.shape[-2] - 4, up.shape[-1] - 4
+        acc = np.zeros((*up.shape[:-2], n, m), np.float32)
+        for dy in range(5):
+            for dx in range(5):
+                acc += up[..., dy : dy + n, dx : dx + m]
+        up = acc * np.float32(1 / 25)
+    c0 = S4 * HALO - 2 * BOXES  # HR padding left after the boxes
+    mean = up[..., c0 : up.shape[-2] - c0, c0 : up.shape[-1] - c0]
+    hr_invalid = invalid.repeat(S4, axis=2).repeat(S4, axis=3)
+    mean = np.where(hr_invalid, np.float32(np.nan), mean)
+    std = np.abs(mean - lr.repeat(S4, axis=2).repeat(S4, axis=3))
+    return np.stack([mean, std], axis=1).astype(np.float32)
+
+
+def conv_kernel(patches: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """``conv_net`` as a graph kernel (counts its patches and calls)."""
+    with _LOCK:
+        _CALLS["patches"] += len(patches)
+        _CALLS["calls"] += 1
+    assert patches.dtype == np.float32 and seeds.dtype == np.uint64
+    return conv_net(patches)
+
+
+def border_nan_kernel(patches: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """``conv_net`` with NaN in every patch's outer ``HALO`` LR pixels (a model invalid in its halo)."""
+    out = conv_kernel(patches, seeds)
+    b = S4 * HALO
+    out[..., :b, :] = out[..., -b:, :] = np.nan
+    out[..., :, :b] = out[..., :, -b:] = np.nan
+    return out
+
+
+def whole_image(x: np.ndarray) -> np.ndarray:
+    """conv_net run on the whole image: (*L, C, H, W) -> (*L, 2, C, 4H, 4W)."""
+    *lead, c, h, w = x.shape
+    return conv_net(x.reshape(-1, c, h, w)).reshape(*lead, 2, c, S4 * h, S4 * w)
+
+
+def unpadded(n: int, patch: int, overlap: int, halo: int = HALO) -> np.ndarray:
+    """(4n,) bool along an axis of n LR pixels: the HR pixels whose receptive field (``halo`` LR
+    pixels) does not reach the padding the graph gives the last patch (when the image ends less
+    than ``halo`` pixels before the patch: the network's padding then differs from the whole
+    image's). Everywhere else crop equals the whole-image run, bit for bit."""
+    grid = PatchGrid(n, n, patch, overlap)
+    last = (grid.count(n) - 1) * grid.stride
+    ok = np.ones(n, bool)
+    if n - last < patch:
+        ok[max(0, last + patch - halo) :] = False
+    return ok.repeat(S4)
+
+
+def run_crop(x, chunks, kernel=conv_kernel, scheduler="sync", patch=P, overlap=2 * HALO, **kw):
+    arr = da.from_array(x, chunks=chunks)
+    out = superresolve_array(arr, kernel, patch=patch, overlap=overlap, n_outputs=2, crop=True, **kw)
+    return out, out.compute(scheduler=scheduler)
+
+
+def assert_whole_image(got: np.ndarray, x: np.ndarray, patch=P, overlap=2 * HALO) -> None:
+    """``got`` equals conv_net on the whole image, bit for bit, off the far-edge padding zone."""
+    h, w = x.shape[-2:]
+    ok = np.logical_and.outer(unpadded(h, patch, overlap), unpadded(w, patch, overlap))
+    np.testing.assert_array_equal(got[..., ok], whole_image(x)[..., ok])
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 17, 40, 53, 64])
+def test_crop_windows_tile_the_axis(n):
+    """Crop windows are 0/1 and every HR pixel of the axis is in exactly one patch's support."""
+    grid = PatchGrid(n, n, P, 2 * HALO, crop=True)
+    total = np.zeros(S4 * (grid.rows * grid.stride + grid.overlap), np.int64)
+    for i in range(grid.rows):
+        w = grid.window(i, grid.rows)
+        lo, hi = grid.support(i, grid.rows)
+        assert set(np.unique(w)) <= {0, 1} and w[lo:hi].all() and not w[:lo].any() and not w[hi:].any()
+        total[S4 * i * grid.stride : S4 * (i * grid.stride + P)] += w.astype(np.int64)
+    assert (total[: S4 * n] == 1).all()
+    assert grid.support(0, grid.rows)[0] == 0 and grid.support(grid.rows - 1, grid.rows)[1] == S4 * P
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 40, 40), (4, 53, 47), (4, 16, 28), (4, 5, 3), (1, 4, 64, 17)])
+def test_crop_equals_the_network_on_the_whole_image(shape):
+    """crop=True with overlap = 2 * halo: the network run on the whole image, bit for bit (off the
+    padding of a last patch that ends within ``halo`` of the image edge), so no seam anywhere."""
+    x = scene(shape, seed=sum(shape))
+    _, got = run_crop(x, (*shape[:-2], 9, 11))
+    assert_whole_image(got, x)
+    if shape[-2:] == (40, 40):  # 40 = 3 strides + overlap: the last patch fits, equal everywhere
+        assert unpadded(40, P, 2 * HALO).all()
+        np.testing.assert_array_equal(got, whole_image(x))
+    np.testing.assert_allclose(got, whole_image(x), atol=0.05)  # the padding zone only differs a little
+
+
+def test_crop_has_no_seams():
+    """The crop borders (HR ``s*(k*S + O/2)``) are invisible with a convolutional kernel; the seam
+    metric sees them with a kernel that is not (a per-patch bias)."""
+    x = scene((4, 60, 60), seed=4)
+    cut = S4 * HALO  # shift so that the crop borders fall on the metric's patch borders s*k*S
+    _, conv = run_crop(x, (4, 30, 30))
+    _, hard = run_crop(x, (4, 30, 30), kernel=biased)
+    assert seam_ratio(hard[0, :, cut:, cut:], P - 2 * HALO, P) > 1.5
+    assert seam_ratio(conv[0, :, cut:, cut:], P - 2 * HALO, P) <= 1.1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    h=st.integers(1, 45), w=st.integers(1, 45), half=st.integers(HALO, 6), patch=st.sampled_from([12, 16]),
+    ty=st.integers(1, 4), tx=st.integers(1, 4), lead=st.integers(1, 2),
+)
+def test_crop_any_grid_and_blocking_is_the_whole_image(h, w, half, patch, ty, tx, lead):
+    """Property: every image size, overlap >= 2 * halo and block layout gives, bit for bit, the
+    one-block result, with the threaded scheduler too, and the whole-image network."""
+    x = scene((lead, 3, h, w), seed=h * 100 + w)
+    x[..., : h // 3, w // 2 : w // 2 + 2] = np.nan
+    ov = min(2 * half, patch // 2)
+    _, got = run_crop(x, (1, 3, 7, 9), patch=patch, overlap=ov, block_tiles=(ty, tx), scheduler="threads")
+    _, one = run_crop(x, x.shape, patch=patch, overlap=ov, block_tiles=(100, 100))
+    np.testing.assert_array_equal(got, one)
+    assert_whole_image(got, x, patch=patch, overlap=ov)
+
+
+@pytest.mark.parametrize("chunks", [(2, 4, 53, 47), (1, 2, 3, 3), (1, 4, (10, 1, 30, 12), (5, 40, 2)), (2, 4, 12, 24)])
+def test_crop_chunk_and_scheduler_invariant(chunks):
+    x = scene((2, 4, 53, 47), seed=1)
+    x[1, :, 5:9, 30:33] = np.nan
+    _, ref = run_crop(x, (2, 4, 53, 47), block_tiles=(100, 100))
+    _, got = run_crop(x, chunks, scheduler="threads")
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_crop_computes_each_patch_once_and_each_pixel_from_one_patch():
+    x = da.from_array(scene((2, 4, 50, 38)), chunks=(1, 4, 30, 30))
+    with raise_if_dask_computes():
+        out = superresolve_array(x, conv_kernel, patch=P, overlap=2 * HALO, n_outputs=2, crop=True)
+        mean, std = out[:, 0], out[:, 1]
+    reset_calls()
+    dask.compute(mean, std, scheduler="threads")
+    grid = PatchGrid(50, 38, P, 2 * HALO, crop=True)
+    assert _CALLS["patches"] == 2 * grid.n_patches
+    blended = superresolve_array(x, conv_kernel, patch=P, overlap=2 * HALO, n_outputs=2)
+    assert out.name.startswith("opensr-blend-") and out.name != blended.name  # crop is part of the token
+    assert superresolve_array(x, conv_kernel, patch=P, overlap=2 * HALO, n_outputs=2, crop=True).name == out.name
+    # pixels: each output pixel once, plus the halo's share
+    area = sum(np.diff(grid.support(i, grid.rows)) for i in range(grid.rows))
+    assert area[0] >= S4 * 50 and area[0] - S4 * 50 < S4 * P  # the last patch's support reaches past the image
+
+
+def test_crop_nodata_and_discarded_borders_never_reach_the_output():
+    """NaN in a patch's discarded border (a model invalid in its halo, or nodata next to the patch)
+    never reaches the output; nodata stays where it is; all-nodata patches skip the kernel."""
+    x = scene((4, 40, 40), seed=6)
+    x[:, :16, :16] = np.nan  # patch (0, 0) entirely nodata
+    x[2, 30, 31] = np.nan  # a single pixel in one band
+    x[:, 13, 20] = np.nan  # in the border of patches (0, *) and the centre of patches (1, *)
+    reset_calls()
+    _, got = run_crop(x, (4, 13, 13))
+    assert _CALLS["patches"] == PatchGrid(40, 40, P, 2 * HALO).n_patches - 1
+    hr_invalid = (~np.isfinite(x).all(axis=0)).repeat(S4, 0).repeat(S4, 1)
+    for plane in got:
+        np.testing.assert_array_equal(np.isnan(plane).any(axis=0), hr_invalid)
+        np.testing.assert_array_equal(np.isnan(plane).all(axis=0), hr_invalid)
+    full = whole_image(x)
+    np.testing.assert_array_equal(got, full)  # 40 x 40: no padding zone
+    # a model that is NaN over its whole halo: only the image's own border (kept by the first and
+    # last patches) shows it; the discarded borders inside the image are never read
+    _, bad = run_crop(x, (4, 13, 13), kernel=border_nan_kernel)
+    b = S4 * HALO
+    np.testing.assert_array_equal(bad[..., b:-b, b:-b], full[..., b:-b, b:-b])
+    _, blended = run(x, (4, 13, 13), kernel=border_nan_kernel, overlap=2 * HALO)
+    assert np.isnan(blended[..., b:-b, b:-b]).sum() > np.isnan(full[..., b:-b, b:-b]).sum()  # a blend would
+
+
+def test_crop_edges_carry_only_the_centre_rows():
+    """The edges a block hands to the next blocks hold the spill patches' centre rows/columns that
+    reach into them (s*O/2), not the whole overlap (s*O); the image's last patch keeps all its rows."""
+    x = da.from_array(scene((1, 4, 60, 60)), chunks=(1, 4, 24, 24))
+    out = superresolve_array(x, conv_kernel, patch=P, overlap=2 * HALO, n_outputs=2, crop=True, block_tiles=(2, 2))
+    graph = dict(out.__dask_graph__())
+    edges = [k for k in graph if k[0].startswith("opensr-edge-row-")]
+    assert edges
+    for key in edges:
+        assert dask.get(graph, key).shape[-2] == S4 * HALO  # cut = s * O / 2
+    blend = superresolve_array(x, conv_kernel, patch=P, overlap=2 * HALO, n_outputs=2, block_tiles=(2, 2))
+    graph = dict(blend.__dask_graph__())
+    key = next(k for k in graph if k[0].startswith("opensr-edge-row-"))
+    assert dask.get(graph, key).shape[-2] == S4 * 2 * HALO
+
+
+def test_crop_overlap_zero_is_the_blend():
+    x = scene((4, 37, 29), seed=2)
+    _, a = run(x, (4, 5, 7), overlap=0)
+    _, b = run_crop(x, (4, 5, 7), kernel=standin, overlap=0)
+    np.testing.assert_array_equal(a, b)

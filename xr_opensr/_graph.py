@@ -1,4 +1,4 @@
-"""The dask layer: a fixed patch grid, explicit halos, one kernel pass per patch, seamless blend.
+"""The dask layer: a fixed patch grid, explicit halos, one kernel pass per patch, seamless blend or crop.
 
 Everything here works on ``dask.array`` and numpy; the model is reached only through the
 ``kernel`` callable (``_kernel.run_patches`` bound to a ModelSpec, or a numpy stand-in in tests).
@@ -20,7 +20,7 @@ Two stages, each patch computed once
        the next blocks (explicit small ``opensr-halo-*`` copies) -> (..., ni, nj, K, C, sP, sP).
        ``opensr-edge-*`` tasks copy out the parts the next blocks need (HR rows/columns from s*S).
     2. ``opensr-blend``: per block, its remaining (interior) patches through the kernel, then
-       the weighted blend of interior + spill + the previous blocks' edges, cropped to the block
+       the weighted blend (or crop) of interior + spill + the previous blocks' edges, cut to the block
        -> (..., K, C, sh, sw). Interior results never leave the task, so whatever order the
        scheduler picks, what waits for a later block is thin: spills and edges (a patch row per
        row of blocks), not whole blocks. All-nodata patches skip the kernel.
@@ -32,6 +32,21 @@ Blend
     its covering patches in global row-major patch order, so it is bit-identical whatever the
     chunking. NaN (nodata) in a patch stays NaN where it is; it never spreads (to other
     pixels, nor from a per-band channel to other channels: see ``guide_channels``).
+
+Crop (``crop=True``, for a fully convolutional model with a receptive-field halo of ``h`` LR pixels)
+    The same grid, the same two stages, with ``O = 2h``, but no blend: each HR pixel takes, bit for
+    bit, the value of the one patch whose *centre* covers it, ``[s*O//2, s*P - s*O + s*O//2)`` HR
+    pixels of the patch (from its start for the first patch along an axis, to its end for the
+    last). The centres tile the image exactly, so each output pixel is computed once, plus the
+    halo's share ``(P / S)^2`` per pixel; patch borders are discarded without being read (NaN
+    there never reaches the output), and the edges passed to the next blocks are only the centre
+    rows/columns they take. A centre pixel sees only its patch's data within ``h`` of it, the same
+    as in the whole image, so the result is the model run on the whole image: bit for bit with a
+    model whose arithmetic per pixel does not depend on the input size (up to float rounding
+    otherwise, e.g. a convolution algorithm chosen per size), and with one exception: where the
+    image ends less than ``h`` pixels before the end of its (padded) last patch, the pixels within
+    ``h`` of that edge see the model's own padding at the patch end. No seams, by construction
+    (tests: ``test_graph.py``, "crop"); ``models.halo.receptive_halo`` measures ``h``.
 
 Seeds
     Patch (i, j) of the leading-dims element with key ``k`` draws its noise from
@@ -75,6 +90,8 @@ class PatchGrid:
     patch: int
     overlap: int
     scale: int = 4
+    #: crop instead of blend: every HR pixel takes the value of the one patch whose centre covers it
+    crop: bool = False
 
     def __post_init__(self) -> None:
         if not (self.height >= 1 and self.width >= 1):
@@ -108,10 +125,35 @@ class PatchGrid:
         t = (np.arange(m, dtype=np.float64) + 0.5) / m
         return (np.sin(0.5 * np.pi * t) ** 2).astype(np.float32)
 
+    @property
+    def cut(self) -> int:
+        """Crop mode: the HR pixels at the start of an overlap that still belong to the earlier patch
+        (``s*O // 2``: half the overlap, the model's halo when ``O = 2 * halo``)."""
+        return self.scale * self.overlap // 2
+
+    def support(self, index: int, count: int) -> tuple[int, int]:
+        """The HR range ``[lo, hi)`` of patch ``index`` of ``count`` along one axis where its window is
+        not zero: the whole patch when blending; its centre when cropping, ``[cut, s*P - s*O + cut)``,
+        reaching the patch's start for the first patch and its end for the last."""
+        hp = self.scale * self.patch
+        if not self.crop:
+            return 0, hp
+        lo = self.cut if index > 0 else 0
+        hi = hp - self.scale * self.overlap + self.cut if index < count - 1 else hp
+        return lo, hi
+
     def window(self, index: int, count: int) -> np.ndarray:
-        """HR weights (s*P,) float32 of patch ``index`` of ``count`` along one axis."""
+        """HR weights (s*P,) float32 of patch ``index`` of ``count`` along one axis.
+
+        Blend: raised-cosine ramps over the overlaps (> 0 everywhere). Crop: 1 on :meth:`support`,
+        0 elsewhere; the supports of neighbouring patches tile the axis exactly.
+        """
         w = np.ones(self.scale * self.patch, dtype=np.float32)
-        if self.overlap:
+        if self.crop:
+            lo, hi = self.support(index, count)
+            w[:lo] = 0
+            w[hi:] = 0
+        elif self.overlap:
             r = self.ramp()
             if index > 0:
                 w[: r.size] = r
@@ -249,22 +291,31 @@ def _patch_block(
     return tuple(o.reshape((*lead, *o.shape[1:])) for o in outs)
 
 
-def _edge(spill: tuple[np.ndarray, ...], *, which: str, has_row: bool, crop: int) -> np.ndarray:
+def _edge(spill: tuple[np.ndarray, ...], *, which: str, has_row: bool, crop: int,
+          stop: tuple[int | None, int | None] = (None, None)) -> np.ndarray:
     """The part of a block's spill patches that the next block needs, copied.
 
     ``spill`` = (last patch row,) + (last patch column without the corner,) as made by
     :func:`_patch_block`; ``which`` is "row" (for the block below: the last patch row, HR rows
     from ``crop`` on), "col" (for the block to the right: the last patch column, HR columns from
-    ``crop`` on) or "corner". Copies: a view would keep the whole spill alive.
+    ``crop`` on) or "corner". ``stop``: the (row, column) HR index where the copy ends (crop mode:
+    the end of the patch's centre, as the next block reads no further; None: the patch's end).
+    Copies: a view would keep the whole spill alive.
     """
     row = spill[0] if has_row else None
+    ys, xs = slice(crop, stop[0]), slice(crop, stop[1])
     if which == "row":
-        return row[..., crop:, :].copy()
+        return row[..., ys, :].copy()
     if which == "corner":
-        return row[..., -1:, :, :, crop:, crop:].copy()
+        return row[..., -1:, :, :, ys, xs].copy()
     col = spill[-1] if len(spill) == 2 or not has_row else None
     parts = [p for p in (col, None if row is None else row[..., -1:, :, :, :, :]) if p is not None]
-    return np.concatenate([p[..., crop:] for p in parts], axis=-6)
+    return np.concatenate([p[..., xs] for p in parts], axis=-6)
+
+
+#: a patch in a block task: (piece (L, rows, cols, K, C, y, x), its row, its col, HR row and column of
+#: the patch where the piece starts (> 0 for the neighbours' edges, which lack the rows/columns before))
+_Cell = tuple[np.ndarray, int, int, int, int]
 
 
 def _blend_block(
@@ -280,7 +331,7 @@ def _blend_block(
     rows: tuple[int, int],
     cols: tuple[int, int],
 ) -> np.ndarray:
-    """Stage 2: blend the patches covering a block into its HR pixels.
+    """Stage 2: blend (or, with ``grid.crop``, paste) the patches covering a block into its HR pixels.
 
     ``interior``/``spill`` are the block's own patches (rows ``[p0, p1)`` x cols ``[q0, q1)`` =
     ``patches``; ``spills`` says whether the last row / column is in ``spill``), ``top``/``left``/
@@ -295,13 +346,14 @@ def _blend_block(
     k, c, hp = pieces[0].shape[-4], pieces[0].shape[-3], grid.scale * grid.patch
     n_lead = int(np.prod(lead))
     dr, dc = int(top is not None or corner is not None), int(left is not None or corner is not None)
-    cells: dict[tuple[int, int], tuple[np.ndarray, int, int]] = {}  # (a, b) -> (piece, its row, its col)
+    crop = grid.scale * grid.stride  # where the neighbours' edges start in their patches
+    cells: dict[tuple[int, int], _Cell] = {}  # (a, b) -> (piece, its row, its col, dy, dx)
 
-    def put(arr: np.ndarray | None, i: int, j: int) -> None:
+    def put(arr: np.ndarray | None, i: int, j: int, dy: int = 0, dx: int = 0) -> None:
         if arr is not None and arr.size:
             arr = arr.reshape((n_lead, *arr.shape[-6:]))
             for a, b in itertools.product(range(arr.shape[1]), range(arr.shape[2])):
-                cells[i + a, j + b] = (arr, a, b)
+                cells[i + a, j + b] = (arr, a, b, dy, dx)
 
     if interior is not None:
         put(interior[0], dr, dc)
@@ -310,24 +362,32 @@ def _blend_block(
             put(spill[0], dr + p1 - p0 - 1, dc)
         if sc:
             put(spill[-1], dr, dc + q1 - q0 - 1)
-    put(top, 0, dc)
-    put(left, dr, 0)
-    put(corner, 0, 0)
+    put(top, 0, dc, dy=crop)
+    put(left, dr, 0, dx=crop)
+    put(corner, 0, 0, dy=crop, dx=crop)
     i0, j0 = p0 - dr, q0 - dc  # global index of cell (0, 0)
     (y0, y1), (x0, x1) = rows, cols
     s, S = grid.scale, grid.stride
     hy0, hy1, hx0, hx1 = s * y0, s * y1, s * x0, s * x1
+    n_rows, n_cols = dr + p1 - p0, dc + q1 - q0
+    if grid.crop:
+        out = np.full((n_lead, k, c, hy1 - hy0, hx1 - hx0), np.nan, dtype=np.float32)
+        for (a, ys, py), (b, xs, px) in itertools.product(
+            _spans(grid, i0, n_rows, grid.rows, hy0, hy1), _spans(grid, j0, n_cols, grid.cols, hx0, hx1)
+        ):
+            out[..., py, px] = _cell(cells.get((a, b)), ys, xs, hp)
+        return out.reshape((*lead, *out.shape[1:]))
     acc = np.zeros((n_lead, k, c, hy1 - hy0, hx1 - hx0), dtype=np.float32)
     wsum = np.zeros((hy1 - hy0, hx1 - hx0), dtype=np.float32)
-    windows_x = [grid.window(j0 + b, grid.cols) for b in range(dc + q1 - q0)]
+    windows_x = [grid.window(j0 + b, grid.cols) for b in range(n_cols)]
     buf = np.empty((n_lead, k, c, hp, hp), dtype=np.float32)  # one patch's weighted values, reused
-    for a in range(dr + p1 - p0):  # global row-major order: the same summation order in every chunking
+    for a in range(n_rows):  # global row-major order: the same summation order in every chunking
         i = i0 + a
         wy = grid.window(i, grid.rows)
         py0, py1 = max(hy0, s * i * S), min(hy1, s * i * S + wy.size)
         if py1 <= py0:
             continue
-        for b in range(dc + q1 - q0):
+        for b in range(n_cols):
             j = j0 + b
             wx = windows_x[b]
             px0, px1 = max(hx0, s * j * S), min(hx1, s * j * S + wx.size)
@@ -342,18 +402,33 @@ def _blend_block(
     return acc.reshape((*lead, *acc.shape[1:]))
 
 
-def _cell(cell: tuple[np.ndarray, int, int] | None, ys: slice, xs: slice, hp: int) -> np.ndarray:
-    """HR rows ``ys`` and columns ``xs`` of a patch (``(piece, row, col)``, a piece cropped at its
-    top/left to its last rows/columns of the ``hp`` x ``hp`` patch), (L, K, C, y, x); NaN where the
-    patch is missing or cropped away (a view when it is all there)."""
+def _spans(grid: PatchGrid, first: int, n: int, count: int, h0: int, h1: int) -> list[tuple[int, slice, slice]]:
+    """Crop mode, along one axis: for the ``n`` patches from global index ``first`` (of ``count``),
+    the HR pixels of ``[h0, h1)`` that each one's :meth:`PatchGrid.support` gives it, as
+    (cell index, slice in the patch, slice in the block); patches giving none are left out, so
+    their discarded borders are never read."""
+    out, step = [], grid.scale * grid.stride
+    for a in range(n):
+        lo, hi = grid.support(first + a, count)
+        origin = step * (first + a)
+        p0, p1 = max(h0, origin + lo), min(h1, origin + hi)
+        if p1 > p0:
+            out.append((a, slice(p0 - origin, p1 - origin), slice(p0 - h0, p1 - h0)))
+    return out
+
+
+def _cell(cell: _Cell | None, ys: slice, xs: slice, hp: int) -> np.ndarray:
+    """HR rows ``ys`` and columns ``xs`` of a patch (``(piece, row, col, dy, dx)``, the piece holding
+    the patch's HR rows from ``dy`` and columns from ``dx`` of the ``hp`` x ``hp`` patch),
+    (L, K, C, y, x); NaN where the patch is missing or cropped away (a view when it is all there)."""
     if cell is None:
         return np.float32(np.nan)
-    arr, a, b = cell
-    dy, dx = hp - arr.shape[-2], hp - arr.shape[-1]
-    if ys.start >= dy and xs.start >= dx:
+    arr, a, b, dy, dx = cell
+    h, w = arr.shape[-2:]
+    if dy <= ys.start and ys.stop <= dy + h and dx <= xs.start and xs.stop <= dx + w:
         return arr[:, a, b, :, :, ys.start - dy : ys.stop - dy, xs.start - dx : xs.stop - dx]
     full = np.full((*arr.shape[:1], *arr.shape[3:5], hp, hp), np.nan, dtype=np.float32)
-    full[..., dy:, dx:] = arr[:, a, b]
+    full[..., dy : dy + h, dx : dx + w] = arr[:, a, b]
     return full[..., ys, xs]
 
 
@@ -415,6 +490,7 @@ def superresolve_array(
     target_block: int | None = None,
     guide_channels: int | None = None,
     whole: int = 0,
+    crop: bool = False,
 ) -> da.Array:
     """Lazy patch-wise super-resolution of a dask array.
 
@@ -439,6 +515,13 @@ def superresolve_array(
     whole : how many of the leading dims, the last ones, are core dims of the model (e.g. 1 for
         ``time`` with a multi-date model): they are rechunked whole, the kernel gets patches
         (N, *those dims, C, P, P), and the output has none of them.
+    crop : False: blend the patches over their overlaps (raised-cosine weights). True, for a fully
+        convolutional model with a receptive-field halo of ``overlap / 2`` LR pixels (pass
+        ``overlap = 2 * halo``): each output pixel is the value of the one patch whose centre
+        ``[overlap/2, patch - overlap/2)`` covers it (the first/last patch along an axis reaching the
+        image edge), bit for bit, unweighted; the rest of a patch is discarded, never read (NaN there
+        never reaches the output). Up to the patch padding at the far image edges, the result is the
+        model run on the whole image.
 
     Returns
     -------
@@ -449,7 +532,7 @@ def superresolve_array(
         raise ValueError(f"x must be (*L, C, H, W) with {whole} whole leading dims, got shape {x.shape}")
     *all_lead, c, h, w = x.shape
     lead_shape, lead_nd = all_lead[: len(all_lead) - whole], len(all_lead) - whole
-    grid = PatchGrid(h, w, patch, overlap, scale)
+    grid = PatchGrid(h, w, patch, overlap, scale, crop)
     lead_keys = _lead_keys(lead_keys, tuple(lead_shape))
     conversion = tuple(None if v is None else np.asarray(v, dtype=np.float64)
                        for v in (band_scale, band_offset, band_nodata))
@@ -565,10 +648,15 @@ class _BlockTasks:
             (names["halo-col"], *lb, bi, bj + 1) if sc else None,
             (names["halo-corner"], *lb, bi + 1, bj + 1) if sr and sc else None,
         )
+        stops = {}
+        if self.grid.crop:  # the next blocks read the spill patches' centres only
+            hy, hx = self.grid.support(p1 - 1, self.grid.rows)[1], self.grid.support(q1 - 1, self.grid.cols)[1]
+            stops = {"row": dict(stop=(hy, None)), "col": dict(stop=(None, hx)), "corner": dict(stop=(hy, hx))}
         for which, wanted, has_row in (("row", sr, True), ("col", sc, sr), ("corner", sr and sc, True)):
             if wanted:
                 self.layers[f"edge-{which}"][(names[f"edge-{which}"], *lb, bi, bj)] = (
-                    functools.partial(_edge, which=which, has_row=has_row, crop=self.crop), spill_key)
+                    functools.partial(_edge, which=which, has_row=has_row, crop=self.crop, **stops.get(which, {})),
+                    spill_key)
         return sr, sc
 
     def _add_blend(self, src: tuple, lb: tuple[int, ...], bi: int, bj: int, spills: tuple[bool, bool],
