@@ -6,7 +6,7 @@
 
 (a) overhead   accessor end to end (numpy cube -> computed Dataset) / the raw kernel over the same
                patches. Like for like: the sync scheduler vs the kernel alone, both one torch thread
-               (goal <= 1.10); and the threaded scheduler vs one ``SRModel.sample`` call using all cores.
+               (goal <= 1.10); and the threaded scheduler vs one ``model.run`` call using all cores.
 (b) opensr-utils  GeoTIFF -> super-resolved GeoTIFF with ``opensr_utils.large_file_processing`` vs
                ``rioxarray.open_rasterio(...).opensr.superresolve(...).sr.rio.to_raster(...)``, same
                model (wrapped as an nn.Module), window and overlap (goal >= 3x faster); prints the
@@ -56,6 +56,7 @@ from affine import Affine
 import xr_opensr  # noqa: F401
 import xr_opensr.accessor  # noqa: F401  (registers .opensr)
 from xr_opensr import _graph, _kernel, _runtime
+from xr_opensr.models.base import SampleOptions
 
 CRS = "EPSG:32633"
 X0, Y0 = 500_000.0, 5_000_000.0
@@ -125,27 +126,26 @@ def bench_overhead(args) -> None:
     cube = s2_cube(args.size, lazy=False)
     kw = {"model": args.model, "steps": args.steps}
     cube.opensr.superresolve(args.samples, **kw).compute()  # warm-up: model loaded and cached
-    cfg = _runtime.get_model(_runtime.ModelSpec(model=args.model)).config
+    cfg = _runtime.get_model(_runtime.ModelRef(model=args.model)).info
     refl = cube.values.astype(np.float64) * 1e-4
-    patches, seeds = _grid_patches(refl, cfg.patch_size, cfg.default_overlap)
-    spec = _runtime.ModelSpec(model=args.model, samples=args.samples, steps=args.steps)
+    patches, seeds = _grid_patches(refl, cfg.patch, cfg.overlap)
+    spec = _runtime.ModelSpec(_runtime.ModelRef(model=args.model), SampleOptions(samples=args.samples, steps=args.steps))
     net = _runtime.get_model(spec)
 
     raw_1 = _timed(lambda: _kernel.run_patches(spec, patches, seeds), args.repeats)
     acc_sync = _timed(lambda: cube.opensr.superresolve(args.samples, **kw).compute(scheduler="sync"), args.repeats)
 
     def raw_all_cores():
-        out = net.sample(patches, samples=args.samples, steps=args.steps, seed=[int(v) for v in seeds])
-        net.summarize(out)
+        net.run(patches, np.asarray(seeds, dtype=np.uint64), spec.options)
 
     raw_n = _timed(raw_all_cores, args.repeats)
     acc_threads = _timed(lambda: cube.opensr.superresolve(args.samples, **kw).compute(scheduler="threads"),
                          args.repeats)
-    print(f"\n(a) overhead  {args.size}x{args.size} LR, {len(patches)} patches of {cfg.patch_size} px, "
+    print(f"\n(a) overhead  {args.size}x{args.size} LR, {len(patches)} patches of {cfg.patch} px, "
           f"samples={args.samples}, steps={args.steps}, {os.cpu_count()} cores, torch {torch.__version__}")
     print(f"    raw kernel, 1 thread          {raw_1:8.2f} s")
     print(f"    accessor, sync scheduler      {acc_sync:8.2f} s   ratio {acc_sync / raw_1:.3f}  (goal <= 1.10)")
-    print(f"    raw SRModel.sample, all cores {raw_n:8.2f} s")
+    print(f"    raw model.run, all cores      {raw_n:8.2f} s")
     print(f"    accessor, threads scheduler   {acc_threads:8.2f} s   ratio {acc_threads / raw_n:.3f}")
 
 
@@ -161,12 +161,12 @@ def bench_opensr_utils(args) -> None:
         print(f"\n(b) skipped: opensr-utils is not importable ({err}); "
               "pip install --no-deps opensr-utils pytorch-lightning einops omegaconf")
         return
-    net = _runtime.get_model(_runtime.ModelSpec(model=args.model))
-    cfg = net.config
+    net = _runtime.get_model(_runtime.ModelRef(model=args.model))
+    cfg = net.info
     samples, steps = args.samples, args.steps
 
     class Adapter(torch.nn.Module):
-        """Our SRModel for opensr-utils: (B, 4, h, w) reflectance in [0, 1] -> mean of the samples."""
+        """Our model for opensr-utils: (B, 4, h, w) reflectance in [0, 1] -> its mean."""
 
         factor = cfg.scale
 
@@ -175,9 +175,9 @@ def bench_opensr_utils(args) -> None:
             self.net = net
 
         def forward(self, x):
-            out = self.net.sample(x.detach().cpu().float().numpy(), samples=samples, steps=steps,
-                                  seed=list(range(x.shape[0])))
-            return torch.from_numpy(self.net.summarize(out)[0])
+            out = self.net.run(x.detach().cpu().float().numpy(), np.arange(x.shape[0], dtype=np.uint64),
+                               SampleOptions(samples=samples, steps=steps))
+            return torch.from_numpy(out[:, 0])
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -208,8 +208,8 @@ def bench_opensr_utils(args) -> None:
             logging.getLogger("lightning").setLevel(logging.ERROR)
             with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
                 with large_file_processing(
-                    root=str(lr_path), model=Adapter(), window_size=(cfg.patch_size, cfg.patch_size),
-                    overlap=cfg.default_overlap, device="cpu", output_path=str(tmp / "theirs.tif"),
+                    root=str(lr_path), model=Adapter(), window_size=(cfg.patch, cfg.patch),
+                    overlap=cfg.overlap, device="cpu", output_path=str(tmp / "theirs.tif"),
                     overwrite=True, batch_size=16,
                 ) as runner:
                     runner.run()
@@ -222,7 +222,7 @@ def bench_opensr_utils(args) -> None:
         lr = rioxarray.open_rasterio(lr_path, chunks={"x": 256, "y": 256})
         seed1 = lr.opensr.superresolve(samples, model=args.model, steps=steps, seed=1).sr.values
         print(f"\n(b) vs opensr-utils large_file_processing  {args.utils_size}x{args.utils_size} LR GeoTIFF, window "
-              f"{cfg.patch_size}, overlap {cfg.default_overlap}, samples={samples}, steps={steps}, model {args.model}")
+              f"{cfg.patch}, overlap {cfg.overlap}, samples={samples}, steps={steps}, model {args.model}")
         print(f"    opensr-utils (uint16 DN, uncompressed)      {t_theirs:8.2f} s")
         for v in variants:
             path = tmp / f"ours-{v}.tif"

@@ -142,8 +142,9 @@ def main() -> None:
     for name in ("default", "v1"):
         for dtype in dtypes:
             label = dtype or "float32"
-            if name == "default":
+            if name == "default":  # its diffusion model (model v2: the diffusion part)
                 net = xr_opensr.load_model("default", device=device, dtype=dtype)
+                net = getattr(net, "diffusion", net)
             else:
                 cfg = ldsr_s2_v1_config()
                 if quick:  # a 32^2 LR patch instead of 128^2: the same networks, 16x fewer pixels

@@ -119,9 +119,10 @@ def main() -> None:
         through_accessor(args)
         return
     torch.set_num_threads(args.threads)
-    old = xr_opensr.load_model(args.model, device="cpu")  # contiguous weights, as before
-    new = xr_opensr.load_model(args.model, device="cpu")
-    low = xr_opensr.load_model(args.model, device="cpu", dtype="bfloat16")
+    # the diffusion model (model v2: its diffusion part); ``old`` keeps contiguous weights, as before
+    old, new, low = (getattr(m, "diffusion", m) for m in (
+        xr_opensr.load_model(args.model, device="cpu"), xr_opensr.load_model(args.model, device="cpu"),
+        xr_opensr.load_model(args.model, device="cpu", dtype="bfloat16")))
     steps = args.steps or new.config.sampler.steps
     size = 4 * new.config.patch_size
     hr, lr = scenes(args.patches, size)

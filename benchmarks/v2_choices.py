@@ -64,8 +64,7 @@ def main() -> None:
     if args.base is not None:
         v1 = xr_opensr.load_model(args.base, device="cpu")
     else:
-        v1 = xr_opensr.load_model(args.model, device="cpu")
-        v1.mean_net = None
+        v1 = xr_opensr.load_model(args.model, device="cpu").diffusion  # model v2's diffusion part
     results = {}
     for name, (hr, lr) in _sets(cfg, args.items).items():
         t0 = time.perf_counter()

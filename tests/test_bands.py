@@ -12,7 +12,7 @@ import xarray as xr
 from conftest import ALL_BANDS, CRS, S2_BANDS, X0, Y0, make_cube, raise_if_dask_computes
 
 import xr_opensr  # noqa: F401  (registers .opensr)
-from xr_opensr import _inputs, errors
+from xr_opensr import _inputs, errors, geometry
 from xr_opensr.sensor import PSF_SIGMA_HR, degrade
 from xr_opensr.sentinel2 import GUIDED_BANDS, MODEL_BANDS
 from xr_opensr.testing import s2_cube
@@ -100,7 +100,7 @@ def test_20m_grid_phase_gives_results_consistent_with_the_native_pixels(kw, orig
     """Brought back to 20 m by the sensor model, the 2.5 m result must give the native 20 m pixels, whether
     the cube starts on a 20 m pixel or in its middle; measured against the wrong blocks it does not."""
     cube = s2_cube(24, 22, bands=("B04", "B03", "B02", "B08", "B11"), dtype="float32", origin=origin, crs=CRS)
-    py, px = _inputs.phase20(_inputs.lr_geobox(cube, "y", "x"))
+    py, px = geometry.phase20(geometry.lr_geobox(cube, "y", "x"))
     assert (py, px) == (int(origin[1] != Y0), int(origin[0] != X0))
     lr = cube.sel(band="B11").values
     assert (lr[py:py + 20:2, px:px + 20:2] == lr[py + 1:py + 20:2, px + 1:px + 20:2]).all()  # 2 x 2 blocks
@@ -258,12 +258,13 @@ def test_errors_before_compute(make, kwargs, error, match, model20):
 
 
 def test_ten_bands_without_20m_request_never_load_the_20m_model(monkeypatch):
-    from xr_opensr import _runtime
+    from xr_opensr.models import chain, guided
 
     def fail(*args, **kwargs):
         raise AssertionError("the 20 m model was loaded")
 
-    monkeypatch.setattr(_runtime, "get_guided", fail)
+    monkeypatch.setattr(guided, "load_guided", fail)
+    monkeypatch.setattr(chain.Chain, "run", fail)
     res = make_cube(8, 8, bands=ALL_BANDS).opensr.superresolve(2, **KW, model20="no-such-model")
     assert list(res.band.values) == list(S2_BANDS)
     res.compute()

@@ -333,6 +333,7 @@ def test_model_v2_exports_calibrates_and_evaluates(trained, tmp_path):
     evaluate calibrates the spread on the validation mix and scores the fast path."""
     from xr_opensr.models import load_model
     from xr_opensr.models.io import MEAN_NET_FILE
+    from xr_opensr.models.v2 import MeanSpreadModel
 
     run, out = trained["run"], tmp_path / "v2"
     common = ["--config", str(run / "tiny.json"), "--out", str(run), "--no-progress", "--model-dir", str(out)]
@@ -340,7 +341,7 @@ def test_model_v2_exports_calibrates_and_evaluates(trained, tmp_path):
     assert (out / MEAN_NET_FILE).is_file()
     assert (out / "model.safetensors").read_bytes() == (run / "model" / "model.safetensors").read_bytes()
     net = load_model(out, device="cpu")
-    assert net.is_v2 and net.config.std_scale == 1.0
+    assert isinstance(net, MeanSpreadModel) and net.config.std_scale == 1.0
     assert main(["evaluate", *common]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert load_model(out, device="cpu").config.std_scale == pytest.approx(metrics["summary"]["std_scale"])

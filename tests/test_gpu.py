@@ -14,6 +14,7 @@ import torch
 
 from xr_opensr import _kernel, _runtime
 from xr_opensr.models import load_model
+from xr_opensr.models.base import SampleOptions
 
 pytestmark = [
     pytest.mark.gpu,
@@ -59,8 +60,8 @@ def test_gpu_agrees_with_cpu_and_bf16_is_close():
 
 
 def test_kernel_on_gpu_one_block_in_flight_and_batch_from_total_memory():
-    spec = _runtime.ModelSpec(model="default", device="cuda", samples=2, steps=2)
-    net = _runtime.get_model(spec)
+    spec = _runtime.ModelSpec(_runtime.ModelRef(model="default", device="cuda"), SampleOptions(samples=2, steps=2))
+    net = _runtime.get_model(spec).diffusion  # model v2's diffusion part: its batch size
     limit = net.batch_limit(32, 32)
     assert limit == net.batch_limit(32, 32) and limit > 32  # a function of the device, not its load
     out = _kernel.run_patches(spec, lr_patches(3, 32), np.array([1, 2, 3], dtype=np.uint64))

@@ -100,3 +100,29 @@ def test_bad_calls():
 def test_import_needs_no_torch():
     code = "import sys, xr_opensr.models.halo; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("changes", [None, {"blocks": 2, "uncertainty_depth": 2, "uncertainty_detail": False},
+                                     {"blocks": 1, "uncertainty_depth": 4, "uncertainty_detail": True}])
+def test_model_v2_declares_a_halo_its_mean_and_spread_respect(changes):
+    """``MeanSpreadModel.info.halo`` (from the config) is at least the measured receptive field of the
+    mean (with the consistency step) and the spread: the shipped default, and seeded smaller ones."""
+    import dataclasses
+
+    import torch
+
+    from xr_opensr.models.io import seeded_model
+    from xr_opensr.models.registry import load
+
+    if changes is None:
+        model = load("default", device="cpu")
+    else:
+        base = load("default", device="cpu").config
+        model = seeded_model(base.replace(mean_net=dataclasses.replace(base.mean_net, **changes)), 3)
+
+    def path(x):
+        mean, std = model.mean_and_spread(x.float(), torch.zeros(1, *x.shape[-2:], dtype=torch.bool))
+        return torch.from_numpy(mean), torch.from_numpy(std)
+
+    measured = receptive_halo(path, model.info.scale, probe=96, channels=4)
+    assert measured <= model.info.halo <= measured + 2, (measured, model.info.halo)

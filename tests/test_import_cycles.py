@@ -23,8 +23,6 @@ KNOWN_PRIVATE = {
     # re-exports it but imports torch
     ("training.data", "xr_opensr._config"),
     ("training.degradation", "xr_opensr._config"),
-    # a registered name or folder -> the model's folder (the base model's card and weights of model v2)
-    ("training.export", "xr_opensr.models.io._resolve"),
 }
 
 

@@ -247,3 +247,20 @@ def test_model_that_overflows_is_a_model_error(tmp_path):
 def test_unknown_device_is_a_device_error_naming_the_valid_ones():
     with raise_if_dask_computes(), pytest.raises(errors.DeviceError, match=r"device='potato'.*'cpu', 'cuda'"):
         make_cube(6, 6).opensr.superresolve(**KW, device="potato")
+
+
+def test_geometry_coords_are_odc_geos_bit_for_bit():
+    """The LR GeoBox gives back the input's coordinates, the HR coords are odc-geo's ``xr_coords``, bit for bit."""
+    from odc.geo.xr import xr_coords
+
+    from xr_opensr import geometry
+
+    cube = make_cube(7, 5)
+    _, y, x, lr = geometry.grid(cube)
+    for dim, coord in xr_coords(lr, crs_coord_name=None, dims=(y, x)).items():
+        assert coord.values.tobytes() == cube[dim].values.astype(np.float64).tobytes()
+    hr = geometry.hr_geobox(lr, 4)
+    ours = geometry.hr_coords(hr, y, x)
+    for dim, coord in xr_coords(hr, crs_coord_name=None, dims=(y, x)).items():
+        assert ours[dim][1].tobytes() == coord.values.tobytes() and ours[dim][2]["units"] == "metre"
+    assert hr.shape == (28, 20) and hr.affine.a == 2.5 and geometry.phase20(lr) == (0, 0)

@@ -18,7 +18,14 @@ import xr_opensr
 from xr_opensr import _kernel, _runtime, errors
 from xr_opensr import metrics as M
 from xr_opensr.models import load_model
+from xr_opensr.models.base import SampleOptions
 from xr_opensr.models.pipeline import MAX_SAMPLES
+
+
+def _spec(cpu_threads: int = 1, **options) -> _runtime.ModelSpec:
+    """The ModelSpec of the tiny model on the CPU run with ``options`` (:class:`SampleOptions`)."""
+    return _runtime.ModelSpec(_runtime.ModelRef(model="tiny", device="cpu"), SampleOptions(**options),
+                              cpu_threads=cpu_threads)
 
 
 def lr_patches(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -65,7 +72,7 @@ def test_summary_matches_samples_and_batch_size_only_changes_rounding():
 
 
 def test_run_patches_through_spec_is_chunk_free_and_counts():
-    spec = _runtime.ModelSpec(model="tiny", device="cpu", samples=2, steps=2, batch_size=3)
+    spec = _spec(samples=2, steps=2, batch_size=3)
     p = lr_patches(4, 16)
     seeds = np.arange(4, dtype=np.uint64) * 7
     _kernel.reset_kernel_stats()
@@ -80,7 +87,7 @@ def test_run_patches_through_spec_is_chunk_free_and_counts():
 
 def test_threads_are_a_per_run_setting_and_restored():
     before = torch.get_num_threads()
-    spec = _runtime.ModelSpec(model="tiny", device="cpu", samples=2, steps=2, cpu_threads=2)
+    spec = _spec(samples=2, steps=2, cpu_threads=2)
     out = _kernel.run_patches(spec, lr_patches(2, 16), np.array([1, 2], dtype=np.uint64))
     assert np.isfinite(out[0]).all() and torch.get_num_threads() == before
     cube = make_cube(16, 16)
@@ -102,10 +109,12 @@ _RSS_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     import numpy as np
     from xr_opensr import _kernel, _runtime
+    from xr_opensr.models.base import SampleOptions
     samples = int(sys.argv[1])
-    spec = _runtime.ModelSpec(model="tiny", device="cpu", samples=samples, steps=1)
+    ref = _runtime.ModelRef(model="tiny", device="cpu")
+    spec = _runtime.ModelSpec(ref, SampleOptions(samples=samples, steps=1))
     patch = np.random.default_rng(0).uniform(0.02, 0.3, (1, 4, 16, 16)).astype(np.float32)
-    _kernel.run_patches(_runtime.ModelSpec(model="tiny", device="cpu", samples=2, steps=1), patch,
+    _kernel.run_patches(_runtime.ModelSpec(ref, SampleOptions(samples=2, steps=1)), patch,
                         np.array([1], dtype=np.uint64))  # model loaded, torch warmed up
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = _kernel.run_patches(spec, patch, np.array([1], dtype=np.uint64))
@@ -140,12 +149,17 @@ def test_baselines_through_the_same_pipeline(name):
         np.testing.assert_array_equal(out[0, 0], M.bicubic_upsample(p[0], 4))
         np.testing.assert_array_equal(out[1, 0], ref)
     else:
-        default = load_model("default", device="cpu")
-        expected = default.apply_consistency(M.bicubic_upsample(p[:1], 4)[:, None], p[:1])[0, 0]
+        from xr_opensr.models.pipeline import consistency_step
+
+        step = load_model("default", device="cpu").config.consistency
+        expected = consistency_step(M.bicubic_upsample(p[:1], 4)[:, None], p[:1], 4, step)[0, 0]
         np.testing.assert_allclose(out[0, 0], expected, atol=1e-7)
     assert np.all(out[:, 1][np.isfinite(out[:, 0])] == 0)  # uncertainty 0
     assert np.isnan(out[1, 0]).any() and np.array_equal(np.isnan(out[1, 0]), np.isnan(ref))
     np.testing.assert_array_equal(out[:, 2], out[:, 0])
+    info = net.info  # no config: declared directly
+    assert not hasattr(net, "config") and info.sampling is None and info.mean_without_samples
+    assert (info.bands, info.scale, info.patch, info.overlap) == (("B04", "B03", "B02", "B08"), 4, 32, 8)
 
     cube = make_cube(40, 36)
     ds = cube.opensr.superresolve(2, model=name)
@@ -181,7 +195,7 @@ def test_model_is_prepared_once_at_load_before_threads_share_it():
     from xr_opensr import _runtime
 
     _runtime.clear_cache()
-    spec = _runtime.ModelSpec(model="tiny", device="cpu", samples=2, steps=2)
+    spec = _spec(samples=2, steps=2)
     assert getattr(_runtime.get_model(spec), "_inference_ready", False)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -97,9 +99,30 @@ def test_save_and_load_keep_the_diffusion_file_apart(v2, lr, tmp_path):
         assert not any(k.startswith("mean_net.") for k in fh.keys())  # noqa: SIM118
     again = load_model(folder, device="cpu")
     np.testing.assert_array_equal(again.sample_summary(lr, samples=2, steps=2), v2.sample_summary(lr, samples=2, steps=2))
+    assert json.loads((folder / "config.json").read_text())["kind"] == "ldm+mean"
     (folder / MEAN_NET_FILE).unlink()
     with pytest.raises(CheckpointError, match=MEAN_NET_FILE):
         load_model(folder, device="cpu")
+
+
+def test_v2_is_a_composition_behind_the_model_interface(v2, lr):
+    """A mean network and a diffusion model (an SRModel of the same config without the mean network);
+    ``info`` says samples=0 gives the mean; ``run`` is ``sample_summary`` with the options."""
+    from xr_opensr.models import SRModel
+    from xr_opensr.models.base import Model, SampleOptions
+    from xr_opensr.models.v2 import MeanSpreadModel
+
+    assert isinstance(v2, MeanSpreadModel) and isinstance(v2, Model) and type(v2.diffusion) is SRModel
+    assert v2.diffusion.config.kind == "ldm" and v2.diffusion.config.mean_net is None and v2.config.kind == "ldm+mean"
+    assert v2.info.mean_without_samples and not v2.diffusion.info.mean_without_samples and not v2.info.trained
+    assert v2.info.sampling == v2.diffusion.info.sampling and v2.device == v2.diffusion.device
+    from xr_opensr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="has a mean_net: build it with xr_opensr.models.v2.MeanSpreadModel"):
+        SRModel(v2.config)  # the diffusion model alone never carries a mean network
+    opts = SampleOptions(samples=3, steps=2, return_samples=True)
+    np.testing.assert_array_equal(v2.run(lr, np.array([1, 2, 3], dtype=np.uint64), opts),
+                                  v2.sample_summary(lr, samples=3, steps=2, seed=[1, 2, 3], return_samples=True))
 
 
 def test_config_rejects_bad_mean_net():

@@ -12,8 +12,10 @@ import torch
 import xr_opensr
 from xr_opensr.errors import CheckpointError, DeviceError, InputError, ModelError
 from xr_opensr.models import ModelConfig, SRModel, load_model, save_model, tiny_config
+from xr_opensr.models.base import Model, SampleOptions, Sampling
 from xr_opensr.models.diffusion import NoiseSchedule, ScheduleConfig, ddim_timesteps
-from xr_opensr.models.io import seeded_model
+from xr_opensr.models.io import load_folder, seeded_model
+from xr_opensr.models.pipeline import consistency_step
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +38,41 @@ def test_config_json_round_trip(tmp_path):
     cfg = tiny_config(std_scale=3.5)
     cfg.to_json(tmp_path / "c.json")
     assert ModelConfig.from_json(tmp_path / "c.json") == cfg
+
+
+def test_config_kind_follows_the_structure_and_must_agree_with_it(tmp_path):
+    """``kind`` is written (save_model, to_json), follows mean_net when left out, and a kind that does not
+    fit the config, or an unknown one, is a ConfigError naming it; the shipped configs carry theirs."""
+    from xr_opensr.errors import ConfigError
+    from xr_opensr.models.regression import MeanNetConfig
+
+    data = tiny_config().to_dict()
+    assert data["kind"] == "ldm" and tiny_config(mean_net=MeanNetConfig()).kind == "ldm+mean"
+    assert ModelConfig.from_dict({k: v for k, v in data.items() if k != "kind"}).kind == "ldm"
+    with pytest.raises(ConfigError, match="kind 'ldm\\+mean' does not fit the config"):
+        ModelConfig.from_dict({**data, "kind": "ldm+mean"})
+    with pytest.raises(ConfigError, match="'kind' must be one of"):
+        ModelConfig.from_dict({**data, "kind": "gan"})
+    for name, kind in (("tiny", "ldm"), ("default", "ldm+mean")):
+        if name in xr_opensr.registered_models():
+            assert json.loads((xr_opensr.registered_models()[name] / "config.json").read_text())["kind"] == kind
+    folder = save_model(seeded_model(tiny_config(), 0), tmp_path / "m")
+    assert json.loads((folder / "config.json").read_text())["kind"] == "ldm"
+    assert type(load_folder(folder)) is SRModel
+
+
+def test_info_is_built_from_the_config(tiny, lr):
+    """The model interface: ``info`` from the config, ``run`` = ``sample_summary`` with the options."""
+    cfg = tiny.config
+    info = tiny.info
+    assert isinstance(tiny, Model) and not info.trained and tiny_config().provenance["trained"] is False
+    assert (info.patch, info.overlap, info.patch_multiple, info.bands) == (16, 4, 2, cfg.bands)
+    assert info.sampling == Sampling(cfg.sampler.steps, cfg.sampler.eta, cfg.schedule.timesteps)
+    assert not info.mean_without_samples and info.consistency == "none" and info.std_scale == cfg.std_scale
+    opts = SampleOptions(samples=3, steps=2, return_samples=True, batch_size=4)
+    np.testing.assert_array_equal(tiny.run(lr, np.array([5, 6], dtype=np.uint64), opts),
+                                  tiny.sample_summary(lr, samples=3, steps=2, seed=[5, 6], batch_size=4,
+                                                      return_samples=True))
 
 
 def test_config_rejects_newer_format_and_unknown_keys(tmp_path):
@@ -287,7 +324,7 @@ def test_shipped_default_beats_bicubic_on_held_out_synthetic_scenes():
     bicubic = metrics.bicubic_upsample(lr, 4)
     gain = metrics.psnr(mean, hr) - metrics.psnr(bicubic, hr)
     assert gain >= 0.5, f"SR mean beats bicubic by only {gain:.2f} dB"
-    stepped = model.apply_consistency(bicubic[:, None], lr)[:, 0]
+    stepped = consistency_step(bicubic[:, None], lr, 4, model.config.consistency)[:, 0]
     gain = metrics.psnr(mean, hr) - metrics.psnr(stepped, hr)
     assert gain >= 0.5, f"SR mean beats bicubic + the consistency step by only {gain:.2f} dB"
     assert metrics.reflectance_consistency(mean, lr) >= 40

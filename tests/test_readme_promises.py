@@ -171,9 +171,9 @@ def test_the_models_table():
     default = load_model("default", device="cpu")
     cfg = default.config
     assert (cfg.name, cfg.version, cfg.patch_size, cfg.sampler.steps) == ("xr-opensr-default", "0.2.1", 32, 10)
-    assert default.is_v2
+    assert default.info.mean_without_samples  # model v2: a mean network composed with a diffusion model
     mean_net = sum(p.numel() for p in default.mean_net.parameters())
-    diffusion = sum(p.numel() for n, p in default.named_parameters() if not n.startswith("mean_net."))
+    diffusion = sum(p.numel() for p in default.diffusion.parameters())
     assert round(mean_net / 1e6, 2) == 0.38 and round(diffusion / 1e6, 1) == 3.3
     assert round(mb(names["default"])) == 15
     assert round((ROOT / "xr_opensr/weights/s2-20m/model.safetensors").stat().st_size / 1e3) == 352
@@ -283,7 +283,7 @@ def test_default_sr_and_uncertainty_run_no_diffusion(counted_calls):
     assert np.isfinite(res.uncertainty.values).all() and float(res.uncertainty.mean()) > 0
     assert counted_calls == {"denoise": 0, "decode": 0, "encode_condition": 0}
     lr = np.random.default_rng(0).uniform(0.02, 0.3, (1, 4, 32, 32)).astype(np.float32)
-    _runtime.get_model(_runtime.ModelSpec(model="default", device="cpu", samples=2, steps=1)).sample_summary(
+    _runtime.get_model(_runtime.ModelRef(model="default", device="cpu")).sample_summary(
         lr, samples=2, steps=1, return_samples=True)
     assert counted_calls["denoise"] > 0 and counted_calls["decode"] > 0  # the counting sees the diffusion
 

@@ -131,3 +131,52 @@ def test_matrices_are_degrade_and_bicubic_of_finite_images(n, factor, sigma):
     np.testing.assert_allclose(up_h @ lr @ up_w.T, sensor.bicubic_upsample(lr, factor), rtol=0, atol=1e-14)
     with pytest.raises(ValueError, match="not a multiple of factor"):
         sensor.degrade_matrix(n + 1, factor)
+
+
+# --------------------------------------------------------------------------- back-projection
+
+
+def _steps(fine, coarse, factor, iterations, sigma):
+    """The definition: ``fine += bicubic(coarse - degrade(fine))``, ``iterations`` times."""
+    for _ in range(iterations):
+        fine = fine + sensor.bicubic_upsample(coarse - sensor.degrade(fine, factor, psf_sigma=sigma), factor)
+    return fine
+
+
+@pytest.mark.parametrize(("factor", "sigma", "iterations"), [(4, 1.7, 1), (4, 0.0, 2), (2, 0.85, 5), (4, 1.7, 0)])
+def test_back_projection_in_numpy_and_torch(factor, sigma, iterations):
+    import torch
+
+    rng = np.random.default_rng(factor + iterations)
+    fine = rng.uniform(0, 0.4, (2, 3, 3, 12 * factor, 8 * factor)).astype(np.float32)  # (B, S, C, H, W)
+    coarse = rng.uniform(0, 0.4, (2, 1, 3, 12, 8)).astype(np.float32)                   # broadcast over S
+    got = sensor.back_project(fine, coarse, factor, iterations, psf_sigma=sigma)
+    assert got.dtype == np.float32 and got.shape == fine.shape and got is not fine
+    np.testing.assert_array_equal(got, _steps(fine, coarse, factor, iterations, sigma))
+    twin = sensor.back_project_torch(torch.from_numpy(fine), torch.from_numpy(coarse), factor, iterations,
+                                     psf_sigma=sigma)
+    np.testing.assert_allclose(twin.numpy(), got, rtol=0, atol=2e-6)
+    if iterations:
+        before = np.abs(sensor.degrade(fine, factor, psf_sigma=sigma) - coarse).mean()
+        assert np.abs(sensor.degrade(got, factor, psf_sigma=sigma) - coarse).mean() < 0.75 * before
+    fine[0, 0, 1, 5, 7] = np.nan  # nodata: NaN-aware, as the sensor model
+    np.testing.assert_array_equal(sensor.back_project(fine, coarse, factor, iterations, psf_sigma=sigma),
+                                  _steps(fine, coarse, factor, iterations, sigma))
+
+
+def test_torch_twins_are_degrade_and_bicubic_and_differentiable():
+    import torch
+
+    x = np.random.default_rng(4).random((2, 3, 32, 24), dtype=np.float32)
+    np.testing.assert_allclose(sensor.degrade_torch(torch.from_numpy(x), 2, psf_sigma=0.85).numpy(),
+                               sensor.degrade(x, 2, psf_sigma=0.85), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(sensor.bicubic_upsample_torch(torch.from_numpy(x), 4).numpy(),
+                               sensor.bicubic_upsample(x, 4), rtol=0, atol=1e-6)
+    fine, coarse = torch.from_numpy(x).double().requires_grad_(), torch.zeros(2, 3, 8, 6, dtype=torch.float64)
+    g, v = torch.rand_like(fine), torch.rand_like(fine)  # an affine map: <grad, v> = <g, f(x + v) - f(x)>
+    (sensor.back_project_torch(fine, coarse, 4, 2) * g).sum().backward()
+    with torch.no_grad():
+        jv = sensor.back_project_torch(fine + v, coarse, 4, 2) - sensor.back_project_torch(fine, coarse, 4, 2)
+    assert float((fine.grad * v).sum()) == pytest.approx(float((g * jv).sum()), rel=1e-9)
+    with pytest.raises(ValueError, match="not a multiple of factor"):
+        sensor.degrade_torch(torch.zeros(1, 10, 12))

@@ -355,7 +355,7 @@ def write_card(folder: Path, cfg: TrainConfig, run_dir: Path, metrics: dict[str,
     """(Re)write the card of the model folder ``folder`` (model v1 or v2, as its ``config.json`` says)
     with its ``std_scale`` and ``metrics`` (None: not evaluated yet); model v2 keeps its diffusion section."""
     config = ModelConfig.from_json(Path(folder) / CONFIG_FILE)
-    if config.mean_net is not None:
+    if config.kind == "ldm+mean":
         card = model_card_v2(cfg, run_dir, kept_base_card(folder), config.std_scale, metrics)
     else:
         card = model_card(cfg, run_dir, config.std_scale, metrics)

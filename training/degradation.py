@@ -26,9 +26,9 @@ import numpy as np
 
 from xr_opensr import sensor
 from xr_opensr._config import Rules, load_config
-from xr_opensr.sensor import PSF_SIGMA_HR, area_downsample, gaussian_filter
+from xr_opensr.sensor import PSF_SIGMA_HR, area_downsample
 
-__all__ = ["DegradationConfig", "area_downsample", "degrade", "psf_blur", "shift_image"]
+__all__ = ["DegradationConfig", "area_downsample", "degrade", "shift_image"]
 
 
 @dataclass(frozen=True)
@@ -100,11 +100,6 @@ class DegradationConfig:
         return sensor.mtf_at_nyquist(int(self.factor), self.psf_sigma, self.psf_truncate)
 
 
-def psf_blur(hr: np.ndarray, sigma: float, *, truncate: float = 4.0) -> np.ndarray:
-    """Gaussian PSF over the last two axes (mirrored edges); NaN pixels are left out and stay NaN."""
-    return gaussian_filter(hr, sigma, truncate=truncate)
-
-
 def shift_image(img: np.ndarray, dy: float, dx: float) -> np.ndarray:
     """``img`` (..., H, W) moved by (dy, dx) pixels: ``out[y, x] = img[y - dy, x - dx]``, bilinear
     between the four nearest pixels, edges replicated; float32."""
@@ -143,9 +138,6 @@ def degrade(hr: np.ndarray, config: DegradationConfig | None = None, *,
     arr = np.asarray(hr, dtype=np.float32)
     if arr.ndim < 2:
         raise ValueError(f"hr must have at least 2 dims (..., H, W), got shape {arr.shape}")
-    h, w = arr.shape[-2:]
-    if h % cfg.factor or w % cfg.factor:
-        raise ValueError(f"hr of {h} x {w} pixels is not a multiple of factor {cfg.factor}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     sigma, noise = cfg.psf_sigma, cfg.noise_std
     if cfg.psf_sigma_range is not None:
@@ -154,7 +146,7 @@ def degrade(hr: np.ndarray, config: DegradationConfig | None = None, *,
         arr = shift_image(arr, *rng.uniform(-cfg.shift_max, cfg.shift_max, 2))
     if cfg.noise_std_range is not None:
         noise = float(rng.uniform(*cfg.noise_std_range))
-    lr = sensor.degrade(arr, int(cfg.factor), psf_sigma=sigma, truncate=cfg.psf_truncate).astype(np.float32)
+    lr = sensor.degrade(arr, int(cfg.factor), psf_sigma=sigma, truncate=cfg.psf_truncate)
     if noise > 0:
         lr = lr + rng.normal(0.0, noise, lr.shape).astype(np.float32)
     if cfg.clip_min is not None:

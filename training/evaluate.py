@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from xr_opensr.models import ModelConfig, SRModel
+from xr_opensr.models import ModelConfig
 from xr_opensr.models.io import CONFIG_FILE
 
 from .card import METRICS_FILE, SETS, metrics_table, write_card
@@ -92,9 +92,10 @@ def draw_samples(net, lr: torch.Tensor, cfg: TrainConfig, first_seed: int = 0, p
 
 
 def with_consistency(net, raw: np.ndarray, lr: torch.Tensor) -> np.ndarray:
-    """The model's consistency step on raw samples: what ``net.sample`` returns by default (model
-    v2's samples are final: built around the mean, which had the step)."""
-    return raw if net.is_v2 else net.apply_consistency(raw, lr.numpy())
+    """The model's consistency step on raw samples: what ``net.sample`` returns by default (a model
+    with a mean path, ``info.mean_without_samples`` (model v2): its samples are final, built around the
+    mean, which had the step)."""
+    return raw if net.info.mean_without_samples else net.apply_consistency(raw, lr.numpy())
 
 
 def fit_std_scale(samples: np.ndarray, hr: np.ndarray, coverage: float) -> float:
@@ -120,7 +121,7 @@ def calibrate(cfg: TrainConfig, run_dir: Path, model_dir: Path, progress: bool =
     v2: :func:`calibrate_v2`, on a mix of validation domains); the card says it, the old metrics go."""
     ev = cfg.evaluate
     net = _load(model_dir, cfg)
-    if net.is_v2:
+    if net.info.mean_without_samples:  # model v2: the spread of its mean path
         scale = calibrate_v2(cfg, model_dir, net)
     else:
         hr, lr = synthetic_pairs(cfg, ev.validation_seed, ev.validation_items)
@@ -134,7 +135,7 @@ def calibrate(cfg: TrainConfig, run_dir: Path, model_dir: Path, progress: bool =
     return scale
 
 
-def calibrate_v2(cfg: TrainConfig, model_dir: Path, net: SRModel) -> float:
+def calibrate_v2(cfg: TrainConfig, model_dir: Path, net) -> float:
     """Fit ``std_scale`` of ``net`` (loaded from ``model_dir``) so that +-2 std covers
     ``evaluate.coverage_target`` of |mean - HR| on the validation mix; writes it into
     ``model_dir/config.json`` and returns it."""
@@ -157,7 +158,8 @@ def calibrate_v2(cfg: TrainConfig, model_dir: Path, net: SRModel) -> float:
 
 @torch.no_grad()
 def autoencoder_round_trip(net, hr: torch.Tensor) -> np.ndarray:
-    """HR reflectance -> posterior mean -> decoder -> reflectance."""
+    """HR reflectance -> posterior mean -> decoder -> reflectance (model v2: of its diffusion part)."""
+    net = getattr(net, "diffusion", net)
     x = net.normalize(hr.to(net.device))
     return net.denormalize(net.autoencoder.decode(net.autoencoder.encode(x).mode())).cpu().numpy()
 
@@ -243,14 +245,14 @@ def uncertainty_metrics(net, samples: np.ndarray, hr: np.ndarray, bicubic: np.nd
                         counts: list[int], lr: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """``samples_<k>``: coverage and ranking of the std of the first ``k`` samples (the model's
     ``summarize``: std_scale applied) vs |mean - HR|, beside the bicubic-gradient map's ranking.
-    Model v2 (its samples depend on how many are drawn): the engine's mean and std for ``k`` samples
-    of ``lr``."""
+    A model with a mean path (model v2: its samples depend on how many are drawn): the engine's mean and
+    std for ``k`` samples of ``lr``."""
     from xr_opensr import metrics as M
 
     gradient = M.gradient_magnitude(bicubic)
     out = {}
     for k in counts:
-        if net.is_v2:
+        if net.info.mean_without_samples:
             summary = net.sample_summary(lr, samples=k)
             mean, std = summary[:, 0], summary[:, 1]
         else:
@@ -284,7 +286,7 @@ def score(net, hr: torch.Tensor, lr: torch.Tensor, cfg: TrainConfig, raw: np.nda
     images = {"bicubic": bicubic,
               "bicubic_consistency": enforce_consistency(bicubic, lr_np, scale, consistency_baseline(net, cfg)),
               "sr_mean": net.summarize(samples[:, :ev.samples])[0]}
-    if net.config.consistency.active and not net.is_v2:
+    if net.config.consistency.active and not net.info.mean_without_samples:
         images["sr_mean_raw"] = raw[:, :ev.samples].mean(axis=1)
     images["sr_sample"] = samples[:, 0]
     timing = {}
@@ -292,7 +294,7 @@ def score(net, hr: torch.Tensor, lr: torch.Tensor, cfg: TrainConfig, raw: np.nda
         t0 = time.perf_counter()
         images["regression"] = regression.predict(lr_np)[0]
         timing["regression_ms_per_patch"] = 1e3 * (time.perf_counter() - t0) / len(lr_np)
-    if net.is_v2:  # the fast deterministic path (samples=0), one patch per call as in the engine
+    if net.info.mean_without_samples:  # the fast deterministic path (samples=0), one patch per call as in the engine
         t0 = time.perf_counter()
         fast = np.concatenate([net.sample_summary(lr_np[i:i + 1], samples=0)[:, 0] for i in range(len(lr_np))])
         timing["fast_path_ms_per_patch"] = 1e3 * (time.perf_counter() - t0) / len(lr_np)

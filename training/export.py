@@ -8,7 +8,7 @@
   default``): model v2, the autoencoder and the denoiser of ``--base-model`` (a registered name or a
   model folder; the networks are not retrained) with the mean network of ``<run>/regression``
   (``python -m training regression``): its mean and uncertainty come from the mean network, its
-  samples take their detail from the diffusion model (:mod:`xr_opensr.models.pipeline`).
+  samples take their detail from the diffusion model (:mod:`xr_opensr.models.v2`).
   ``std_scale`` is then fitted by :func:`training.evaluate.calibrate_v2` on a mix of validation
   domains (synthetic validation scenes through the default sensor and through the training's
   randomised sensor); the unseen-domain set is never used.
@@ -24,6 +24,7 @@ from typing import Any
 
 from xr_opensr.errors import ModelError
 from xr_opensr.models import SRModel, save_model
+from xr_opensr.models.v2 import MeanSpreadModel
 
 from .autoencoder import AE_WEIGHTS
 from .card import (
@@ -102,9 +103,10 @@ def export_v2(cfg: TrainConfig, run_dir: Path, out: Path, base: str, *, overwrit
     from .regression import load_regression, mean_net_file
 
     base_net = xr_opensr.load_model(base, device="cpu")
-    if base_net.is_v2:
-        raise ModelError(f"--base-model {base!r} already has a mean network; give a model v1 (e.g. the default "
-                         "0.1.0 folder) whose diffusion networks v2 should use")
+    if not isinstance(base_net, SRModel):
+        raise ModelError(f"--base-model {base!r} is no diffusion model alone (kind 'ldm'; it may already have a "
+                         "mean network); give a model v1 (e.g. the default 0.1.0 folder) whose diffusion networks "
+                         "v2 should use")
     reg = load_regression(mean_net_file(run_dir))
     bc = base_net.config
     if reg.bands != tuple(bc.bands) or reg.scale != bc.scale or not torch.equal(
@@ -120,12 +122,13 @@ def export_v2(cfg: TrainConfig, run_dir: Path, out: Path, base: str, *, overwrit
         provenance["spread_head_steps"] = spread.get("steps")
     config = bc.replace(name=cfg.model.name, version=cfg.model.version, mean_net=reg.config, std_scale=1.0,
                         provenance=provenance)
-    net = SRModel(config)
-    state = {**base_net.state_dict(), **{f"mean_net.{k}": v for k, v in reg.state_dict().items()}}
-    net.load_state_dict(state, strict=True)
-    from xr_opensr.models.io import WEIGHTS_FILE, _resolve
+    net = MeanSpreadModel(config)
+    net.diffusion.load_state_dict(base_net.state_dict(), strict=True)
+    net.mean_net.load_state_dict(reg.state_dict(), strict=True)
+    from xr_opensr.models.io import WEIGHTS_FILE
+    from xr_opensr.models.registry import resolve
 
-    source = _resolve(base)
+    source = resolve(base)
     save_model(net, out, card=model_card_v2(cfg, run_dir, card_sections(source), 1.0, None), overwrite=overwrite)
     if source.is_dir():  # the same tensors: keep the base's file byte for byte (git stores it once)
         shutil.copyfile(source / WEIGHTS_FILE, Path(out) / WEIGHTS_FILE)

@@ -187,6 +187,18 @@ def _release(final: Path) -> None:
         os.close(fd)
 
 
+def release_all() -> None:
+    """Release every output lock this process still holds: a program ending (``os._exit``) after an
+    interrupt that cut a release short (the lock files are this process's own)."""
+    with _held_guard:
+        for path, (fd, _) in list(_held.items()):
+            del _held[path]
+            with contextlib.suppress(OSError):
+                path.unlink()
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 @contextlib.contextmanager
 def locked(finals: Sequence[Path]) -> Iterator[list[Path]]:
     """Hold the lock of every path in ``finals``; roll forward journals and remove stale temporaries.
@@ -203,8 +215,23 @@ def locked(finals: Sequence[Path]) -> Iterator[list[Path]]:
             recover(final)
         yield [p for final in order for p in _clean_stale(final)]
     finally:
-        for final in reversed(taken):
-            _release(final)
+        with _interrupts_held():  # a Ctrl-C in the middle must not leave a lock behind
+            for final in reversed(taken):
+                _release(final)
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back while inside (delivered right after, at exit)."""
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (AttributeError, ValueError, OSError):  # no POSIX signal masks here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _clean_stale(final: Path) -> list[Path]:

@@ -1,19 +1,17 @@
 """Input preparation for :func:`xr_opensr.superresolve`: everything before the dask graph.
 
-* the grid: spatial dims, the CRS (also from CF grid mappings and attributes), checks (regular,
-  north-up, 10 m, projected in metres) and the LR ``GeoBox``;
 * the bands: the model bands picked out of a DataArray or a Dataset of band variables, as one raw
   dask array, with the per-band DN -> reflectance rule of :mod:`xr_opensr.sentinel2`;
 * the seed keys of the leading elements (time stamps ...);
 * the value checks that run inside the graph's tasks, around the kernel.
 
-Only xarray, dask.array and numpy here; the model is touched through ``_runtime``/``_kernel`` in the
-checked kernel, which runs when the graph is computed.
+The grid and its GeoBox are :mod:`xr_opensr.geometry`'s. Only xarray, dask.array and numpy here; the
+model is touched through ``_runtime``/``_kernel`` in the checked kernel, which runs when the graph is
+computed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import numbers
@@ -26,11 +24,10 @@ import numpy as np
 import xarray as xr
 
 from . import _graph, _kernel, _runtime
-from .errors import BandError, GridError, InputError, ModelError, OpenSRWarning
+from .errors import BandError, InputError, ModelError, OpenSRWarning
 from .sentinel2 import (
     BAND_ALIASES,
     BAND_DIM_NAMES,
-    GRID_RESOLUTION_M,
     GUIDED_BANDS,
     SR_BANDS,
     ReflectanceRule,
@@ -50,188 +47,31 @@ class ModelInput(NamedTuple):
     """The model bands as the graph reads them."""
 
     selection: Selection  # labels, coords, output dims and per-band conversion
-    lead_dims: list[Hashable]  # dims before (band, y, x), e.g. ["time"]
-    data: da.Array  # (*lead, band, y, x) raw values
+    lead_dims: list[Hashable]  # dims of the output before (band, y, x), e.g. ["time"]
+    data: da.Array  # (*lead, *whole, band, y, x) raw values
     keys: np.ndarray  # (*lead) uint64 seed keys
-
-
-def grid(obj: Any) -> tuple[xr.DataArray | xr.Dataset, Hashable, Hashable, Any]:
-    """(obj with a readable CRS, y dim, x dim, LR ``GeoBox``): the checks that need no model."""
-    if not isinstance(obj, xr.DataArray | xr.Dataset):
-        raise InputError(
-            f"superresolve needs an xarray DataArray or Dataset, got {type(obj).__name__}; "
-            "wrap arrays with xr.DataArray(..., dims=('band', 'y', 'x')) and write a CRS with .rio.write_crs"
-        )
-    y_dim, x_dim = spatial_dims(obj)
-    obj = with_crs(obj)
-    return obj, y_dim, x_dim, lr_geobox(obj, y_dim, x_dim)
+    whole_dims: tuple[Hashable, ...] = ()  # the model's core dims before (band, y, x): kept whole, not in the output
 
 
 def model_input(obj: xr.DataArray | xr.Dataset, y_dim: Hashable, x_dim: Hashable,
-                model_bands: tuple[str, ...], bands: Any) -> ModelInput:
-    """The model bands of ``obj`` (see ``superresolve(bands=...)``) as a (*lead, band, y, x) dask array."""
+                model_bands: tuple[str, ...], bands: Any, whole: tuple[Hashable, ...] = ()) -> ModelInput:
+    """The model bands of ``obj`` (see ``superresolve(bands=...)``) as a (*lead, *whole, band, y, x) dask
+    array; ``whole``: the model's core dims before (band, y, x) (e.g. ``("time",)``), which the input
+    must have and the output loses."""
     sel = select_bands(obj, y_dim, x_dim, model_bands, bands)
-    lead_dims = [d for d in sel.dims if d not in (sel.band_dim, y_dim, x_dim)]
-    order = [sel.dims.index(d) for d in (*lead_dims, sel.band_dim, y_dim, x_dim)]
+    missing = [d for d in whole if d not in sel.dims]
+    if missing:
+        raise InputError(f"the model consumes the dims {list(whole)}, but the input has no {missing} (dims "
+                         f"{tuple(sel.dims)}); give it a cube with those dims (e.g. a time series: "
+                         "obj.expand_dims(time=[...]) for one date), or choose a single-date model")
+    lead_dims = [d for d in sel.dims if d not in (sel.band_dim, y_dim, x_dim, *whole)]
+    order = [sel.dims.index(d) for d in (*lead_dims, *whole, sel.band_dim, y_dim, x_dim)]
     data = sel.data.transpose(order)
     keys = lead_keys(obj, lead_dims, [data.shape[i] for i in range(len(lead_dims))])
-    return ModelInput(sel, lead_dims, data, keys)
-
-
-# --------------------------------------------------------------------------- grid
-
-
-def spatial_dims(obj: xr.DataArray | xr.Dataset) -> tuple[Hashable, Hashable]:
-    try:
-        return obj.rio.y_dim, obj.rio.x_dim
-    except Exception as err:  # rioxarray.exceptions.MissingSpatialDimensionError
-        raise GridError(
-            f"no spatial dimensions found in dims {tuple(obj.dims)}: expected 'y'/'x' (or "
-            "'latitude'/'longitude'); rename them, e.g. obj.rename({'row': 'y', 'col': 'x'}), "
-            "or call obj.rio.set_spatial_dims(x_dim=..., y_dim=...)"
-        ) from err
-
-
-def _axis(obj: xr.DataArray | xr.Dataset, dim: Hashable, which: str) -> tuple[float, float]:
-    """(first centre, step) of a spatial axis in metres, checked regular."""
-    n = obj.sizes[dim]
-    if n == 0:
-        raise InputError(f"dimension {dim!r} is empty")
-    if dim not in obj.coords and any(c.ndim == 2 and dim in c.dims for c in obj.coords.values()):
-        raise GridError(
-            f"dimension {dim!r} has only 2-D coordinates ({[k for k, c in obj.coords.items() if c.ndim == 2]}): "
-            "a curvilinear, rotated or sheared grid; reproject it to a north-up 10 m grid first, e.g. "
-            "obj.rio.reproject(obj.rio.crs, resolution=10)"
-        )
-    if dim not in obj.coords:
-        raise GridError(
-            f"dimension {dim!r} has no coordinates: assign the pixel-centre coordinates in metres, "
-            f"e.g. obj.assign_coords({dim}=...) or load with rioxarray/odc-stac"
-        )
-    values = np.asarray(obj[dim].values)
-    if not np.issubdtype(values.dtype, np.number):
-        raise GridError(f"coordinate {dim!r} must be numeric (metres), got dtype {values.dtype}")
-    values = values.astype(np.float64)
-    if n >= 2:
-        diffs = np.diff(values)
-        step = float(diffs.mean())
-        if not np.allclose(diffs, step, rtol=0, atol=1e-4 * max(1.0, abs(step))):
-            raise GridError(
-                f"the {dim!r} coordinate is irregular (spacing from {diffs.min():g} to {diffs.max():g} m); "
-                "expected a regular 10 m grid: regrid first, e.g. obj.rio.reproject(obj.rio.crs, resolution=10)"
-            )
-    else:
-        with quiet_affine():
-            transform = obj.rio.transform(recalc=False)
-        step = float(transform.a if which == "x" else transform.e)
-        if transform.is_identity or step == 0:
-            raise GridError(
-                f"cannot tell the pixel size of {dim!r} from one pixel: write the transform, e.g. "
-                "obj.rio.write_transform(Affine(10, 0, x0, 0, -10, y0))"
-            )
-    if abs(abs(step) - GRID_RESOLUTION_M) > 1e-3:
-        raise GridError(
-            f"the {dim!r} pixel size is {abs(step):g} m; expected {GRID_RESOLUTION_M:g} m (the Sentinel-2 10 m "
-            "bands B02/B03/B04/B08): resample first, e.g. obj.rio.reproject(obj.rio.crs, resolution=10) "
-            "or odc.stac.load(..., resolution=10)"
-        )
-    return float(values[0]), step
-
-
-#: attributes that may hold a CRS (WKT, PROJ string, "EPSG:n" or an EPSG code), most specific first
-_CRS_ATTRS = ("crs_wkt", "spatial_ref", "crs", "proj:epsg", "epsg_code", "epsg")
-
-
-def with_crs(obj: xr.DataArray | xr.Dataset) -> xr.DataArray | xr.Dataset:
-    """``obj`` with its CRS readable by rioxarray: where ``obj.rio.crs`` does not find it, the CRS is
-    taken from a grid-mapping variable (``grid_mapping`` attr/encoding, a ``spatial_ref``/``crs``
-    variable: WKT or CF attributes) or from a CRS attribute of the object or its variables."""
-    try:
-        if obj.rio.crs is not None:
-            return obj
-    except Exception as err:  # rioxarray parses attrs["crs"]: pyproj/rasterio CRSError
-        raise GridError(
-            f"the 'crs' attribute {str(obj.attrs.get('crs'))[:80]!r} is not a CRS ({err}); write the right one, "
-            "e.g. obj.rio.write_crs('EPSG:326NN') (its UTM zone)"
-        ) from err
-    from pyproj import CRS
-    from pyproj.exceptions import CRSError
-
-    holders = [obj.encoding.get("grid_mapping"), obj.attrs.get("grid_mapping"), "spatial_ref", "crs"]
-    if isinstance(obj, xr.Dataset):
-        holders += [v.encoding.get("grid_mapping", v.attrs.get("grid_mapping")) for v in obj.data_vars.values()]
-    names = obj.variables if isinstance(obj, xr.Dataset) else obj.coords
-    sources = [obj[h].attrs for h in holders if isinstance(h, str) and h in names and obj[h].ndim == 0]
-    sources += [obj.attrs] + ([v.attrs for v in obj.data_vars.values()] if isinstance(obj, xr.Dataset) else [])
-    for attrs in sources:
-        for key in _CRS_ATTRS:
-            if isinstance(attrs.get(key), str | int) and not isinstance(attrs[key], bool):
-                try:
-                    return obj.rio.write_crs(CRS.from_user_input(attrs[key]).to_wkt())
-                except CRSError as err:
-                    raise GridError(
-                        f"the {key!r} attribute {str(attrs[key])[:80]!r} is not a CRS ({err}); write the "
-                        "right one, e.g. obj.rio.write_crs('EPSG:326NN') (its UTM zone)"
-                    ) from err
-        if "grid_mapping_name" in attrs:
-            with contextlib.suppress(CRSError):
-                return obj.rio.write_crs(CRS.from_cf(dict(attrs)).to_wkt())
-    return obj
-
-
-def _check_north_up(obj: xr.DataArray | xr.Dataset) -> None:
-    """A rotated or sheared grid (rioxarray keeps it in the transform, with 2-D coordinates) is refused."""
-    try:
-        with quiet_affine():
-            transform = obj.rio.transform(recalc=False)
-    except Exception:  # no transform at all: the coordinates decide
-        return
-    if transform.b != 0 or transform.d != 0:
-        raise GridError(
-            f"the grid is rotated or sheared (transform a={transform.a:g} b={transform.b:g} d={transform.d:g} "
-            f"e={transform.e:g}); xr-opensr needs a north-up 10 m grid: reproject it first, e.g. "
-            "obj.rio.reproject(obj.rio.crs, resolution=10)"
-        )
-
-
-@contextlib.contextmanager
-def quiet_affine():
-    """Silence affine 3's ``PendingDeprecationWarning`` for ``Affine * Affine``, which rioxarray and
-    odc-geo raise inside their own code on every call (nothing a user can act on)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Use `@` matmul", PendingDeprecationWarning)
-        yield
-
-
-def hr_geobox(geobox: Any, scale: int) -> Any:
-    """The ``scale`` times finer GeoBox of the LR ``geobox`` (each LR pixel split into scale x scale)."""
-    with quiet_affine():
-        return geobox.zoom_out(1 / scale)
-
-
-def lr_geobox(obj: xr.DataArray | xr.Dataset, y_dim: Hashable, x_dim: Hashable):
-    from affine import Affine
-    from odc.geo.geobox import GeoBox
-
-    crs = obj.rio.crs
-    if crs is None:
-        raise GridError(
-            "the input has no CRS: write it with obj.rio.write_crs('EPSG:326NN') (its UTM zone), "
-            "or load with odc-stac/rioxarray which set it"
-        )
-    if not crs.is_projected:
-        raise GridError(
-            f"the CRS {crs.to_string()} is geographic (degrees); expected a projected CRS in metres: "
-            "reproject, e.g. obj.rio.reproject(obj.rio.estimate_utm_crs(), resolution=10)"
-        )
-    units = (crs.linear_units or "").lower()
-    if units not in ("metre", "meter", "m", "metres", "meters"):
-        raise GridError(f"the CRS {crs.to_string()} has units {units!r}; expected metres (e.g. UTM)")
-    _check_north_up(obj)
-    y0, dy = _axis(obj, y_dim, "y")
-    x0, dx = _axis(obj, x_dim, "x")
-    affine = Affine(dx, 0.0, x0 - dx / 2, 0.0, dy, y0 - dy / 2)
-    return GeoBox((obj.sizes[y_dim], obj.sizes[x_dim]), affine, crs.to_wkt())
+    if whole:
+        sel.out_dims = [d for d in sel.out_dims if d not in whole]
+        sel.coords = {k: v for k, v in sel.coords.items() if not set(v.dims) & set(whole)}
+    return ModelInput(sel, lead_dims, data, keys, tuple(whole))
 
 
 def native20_bands(obj: xr.DataArray | xr.Dataset) -> list[str]:
@@ -245,28 +85,6 @@ def native20_bands(obj: xr.DataArray | xr.Dataset) -> list[str]:
                 labels += _dim_labels(arr, dim)
     found = {canonical_band(label) for label in labels}
     return [b for b in GUIDED_BANDS if b in found]
-
-
-def phase20(geobox: Any) -> tuple[int, int]:
-    """(row, column) of the first 10 m pixel within the Sentinel-2 20 m grid, 0 or 1 each.
-
-    The 20 m pixels of Sentinel-2 products have their edges at multiples of 20 m of the CRS (the MGRS
-    tile origins are multiples of 60 m); a 10 m grid on multiples of 10 m holds each in a 2 x 2 block,
-    starting at row/column 0 or 1. A grid off the multiples of 10 m cannot hold them: GridError.
-    """
-    affine = geobox.affine
-    phase = []
-    for dim, edge in (("y", affine.f), ("x", affine.c)):
-        steps = edge / GRID_RESOLUTION_M
-        if abs(steps - round(steps)) > 1e-6:
-            raise GridError(
-                f"the {dim} edge of the grid ({edge:.3f} m) is not on a multiple of {GRID_RESOLUTION_M:g} m, so "
-                "the native 20 m pixels (edges at multiples of 20 m) do not fall on 2 x 2 blocks of its pixels; "
-                "load the cube on the standard grid, e.g. xr_opensr.stac.load_s2(..., bands='all') or "
-                "odc.stac.load(..., resolution=10), or ask for 10 m bands only"
-            )
-        phase.append(int(round(steps)) % 2)
-    return phase[0], phase[1]
 
 
 # --------------------------------------------------------------------------- bands
@@ -325,17 +143,13 @@ def _wanted(model_bands: tuple[str, ...], bands: Any) -> list[tuple[str, list[st
         unknown = sorted(set(map(str, bands)) - set(model_bands))
         missing = [b for b in model_bands if b not in bands]
         if unknown or missing:
-            raise BandError(
-                f"bands mapping must have exactly the model bands {list(model_bands)} as keys; "
-                f"unknown {unknown}, missing {missing}"
-            )
+            raise BandError(f"bands mapping must have exactly the model bands {list(model_bands)} as keys; "
+                            f"unknown {unknown}, missing {missing}")
         return [(b, [_norm(bands[b])]) for b in model_bands]
     if isinstance(bands, str) or not isinstance(bands, Sequence) or len(bands) != len(model_bands):
-        raise BandError(
-            f"bands must list {len(model_bands)} input labels for the model bands {list(model_bands)} in that "
-            f"order (e.g. bands=['red', 'green', 'blue', 'nir']) or map them, got {bands!r}; or name the bands "
-            f"to super-resolve (e.g. bands=['B04', 'B11']), or bands='all' for {list(SR_BANDS)}"
-        )
+        raise BandError(f"bands must list {len(model_bands)} input labels for the model bands {list(model_bands)} in "
+                        f"that order (e.g. bands=['red', 'green', 'blue', 'nir']) or map them, got {bands!r}; or name "
+                        f"the bands to super-resolve (e.g. bands=['B04', 'B11']), or bands='all' for {list(SR_BANDS)}")
     return [(b, [_norm(v)]) for b, v in zip(model_bands, bands)]
 
 
@@ -358,10 +172,8 @@ def band_request(bands: Any, model_bands: tuple[str, ...], guided_bands: tuple[s
     labels: dict[str, list[str]] = {}
     if isinstance(bands, str):
         if _norm(bands) != "all":
-            raise BandError(
-                f"bands={bands!r} is not understood: give 'all' (the bands {list(sr_bands)}), a list of band "
-                "names (e.g. bands=['B04', 'B11']) or None (the 10 m bands)"
-            )
+            raise BandError(f"bands={bands!r} is not understood: give 'all' (the bands {list(sr_bands)}), a list of "
+                            "band names (e.g. bands=['B04', 'B11']) or None (the 10 m bands)")
         optional = [(b, _aliases(b)) for b in guided_bands]
         return BandRequest(_wanted(model_bands, None), optional, list(sr_bands), True, True)
     elif isinstance(bands, Mapping):
@@ -394,13 +206,11 @@ def _match(labels: Sequence[Any], wanted: list[tuple[str, list[str]]]) -> tuple[
     for band, accepted in wanted:
         hits = [i for i, v in enumerate(normed) if v in accepted]
         if len(hits) > 1:
-            raise BandError(
-                f"band {band} has {len(hits)} labels in {[_plain(v) for v in labels]} "
-                f"({', '.join(repr(_plain(labels[i])) for i in hits)}"
-                f" at positions {hits}): which one is {band} cannot be told, and a mislabelled band would be "
-                "super-resolved as another; give each band one distinct label, e.g. "
-                "obj.assign_coords(band=['B04', 'B03', ...]) or ds.rename({...})"
-            )
+            raise BandError(f"band {band} has {len(hits)} labels in {[_plain(v) for v in labels]} "
+                            f"({', '.join(repr(_plain(labels[i])) for i in hits)} at positions {hits}): which one is "
+                            f"{band} cannot be told, and a mislabelled band would be super-resolved as another; give "
+                            "each band one distinct label, e.g. obj.assign_coords(band=['B04', 'B03', ...]) or "
+                            "ds.rename({...})")
         hit = next((normed.index(a) for a in accepted if a in normed), None)
         if hit is None:
             missing.append(band)
@@ -428,19 +238,15 @@ def _check_guides(missing: list[str], request: BandRequest, model_bands: tuple[s
     asked = [b for b in request.requested if b not in model_bands and (not request.everything or b in held)]
     if not guides or not request.guided or not asked:
         return
-    raise BandError(
-        f"the 20 m bands {', '.join(asked)} are super-resolved guided by the four 10 m bands "
-        f"{', '.join(model_bands)}, but {where} lacks {_describe(guides, None)}; add them to the input "
-        f"(e.g. xr_opensr.stac.load_s2(..., bands='all')), or ask for 10 m bands only"
-    )
+    raise BandError(f"the 20 m bands {', '.join(asked)} are super-resolved guided by the four 10 m bands "
+                    f"{', '.join(model_bands)}, but {where} lacks {_describe(guides, None)}; add them to the input "
+                    f"(e.g. xr_opensr.stac.load_s2(..., bands='all')), or ask for 10 m bands only")
 
 
 def _check_real(dtype: np.dtype, what: str) -> None:
     if np.dtype(dtype).kind not in "iuf":
-        raise InputError(
-            f"{what} has dtype {np.dtype(dtype)}; expected real numbers (float reflectance or integer DN): "
-            "convert first, e.g. obj.astype('float32') (complex data: take obj.real or abs(obj))"
-        )
+        raise InputError(f"{what} has dtype {np.dtype(dtype)}; expected real numbers (float reflectance or integer "
+                         "DN): convert first, e.g. obj.astype('float32') (complex data: take obj.real or abs(obj))")
 
 
 def _as_dask(data: Any, dims: Sequence[Hashable], whole: Sequence[Hashable]) -> da.Array:
@@ -484,18 +290,14 @@ def select_bands(obj, y_dim, x_dim, model_bands: tuple[str, ...], bands: Any) ->
     if not full:
         named = [c for c in candidates if str(c[0]).lower() in BAND_DIM_NAMES]
         if not named:
-            raise BandError(
-                f"no band dimension in dims {tuple(obj.dims)}: expected a dim such as 'band' whose labels "
-                f"name the bands {list(model_bands)}; e.g. ds.to_dataarray('band') for a Dataset, or "
-                "obj.expand_dims(band=[...])"
-            )
+            raise BandError(f"no band dimension in dims {tuple(obj.dims)}: expected a dim such as 'band' whose labels "
+                            f"name the bands {list(model_bands)}; e.g. ds.to_dataarray('band') for a Dataset, or "
+                            "obj.expand_dims(band=[...])")
         d, labels, _, missing = named[0]
         _check_guides(missing, request, model_bands, labels, f"dim {d!r} with labels {list(labels)}")
-        raise BandError(
-            f"missing bands {_describe(missing, bands)} in dim {d!r} with labels {list(labels)}; "
-            f"pass bands=[...] naming the input labels of {list(model_bands)} in that order, "
-            f"or label the dim: obj.assign_coords({d}=[...])"
-        )
+        raise BandError(f"missing bands {_describe(missing, bands)} in dim {d!r} with labels {list(labels)}; "
+                        f"pass bands=[...] naming the input labels of {list(model_bands)} in that order, "
+                        f"or label the dim: obj.assign_coords({d}=[...])")
     band_dim, labels, found, _ = full[0]
     picks, names, out = _channels(labels, request, found)
     _check_real(obj.dtype, f"DataArray {obj.name!r}" if obj.name is not None else "the DataArray")
@@ -529,21 +331,17 @@ def _select_from_dataset(ds, y_dim, x_dim, model_bands, request: BandRequest, ba
     found, missing = _match(names, request.wanted)
     if missing:
         _check_guides(missing, request, model_bands, names, f"the Dataset (variables {names})")
-        raise BandError(
-            f"missing bands {_describe(missing, bands)} among the Dataset variables {names}; "
-            f"pass bands=[...] naming the variables of {list(model_bands)} in that order, "
-            "or rename them, e.g. ds.rename({'b4': 'red'})"
-        )
+        raise BandError(f"missing bands {_describe(missing, bands)} among the Dataset variables {names}; "
+                        f"pass bands=[...] naming the variables of {list(model_bands)} in that order, "
+                        "or rename them, e.g. ds.rename({'b4': 'red'})")
     picks, band_ids, out = _channels(names, request, found)
     chosen = [ds[names[i]] for i in picks]
     dims = list(chosen[0].dims)
     for var in chosen:
         _check_real(var.dtype, f"variable {var.name!r}")
         if set(var.dims) != set(dims):
-            raise InputError(
-                f"band variables have different dims ({var.name!r}: {var.dims}, {chosen[0].name!r}: "
-                f"{tuple(dims)}); align them first, e.g. ds[...].broadcast_like(...)"
-            )
+            raise InputError(f"band variables have different dims ({var.name!r}: {var.dims}, {chosen[0].name!r}: "
+                             f"{tuple(dims)}); align them first, e.g. ds[...].broadcast_like(...)")
     spatial_last = list(chosen[0].transpose(..., y_dim, x_dim).dims)
     back = [spatial_last.index(d) for d in dims]
     arrays = [_as_dask(v.transpose(*spatial_last).data, spatial_last, ()).transpose(back) for v in chosen]
@@ -616,13 +414,14 @@ def _checked_kernel(spec: _runtime.ModelSpec, patches: np.ndarray, seeds: np.nda
 
 
 def _check_reflectance(spec: _runtime.ModelSpec, patches: np.ndarray) -> None:
-    """(N, C, P, P) reflectance (NaN = nodata) must lie in :data:`REFLECTANCE_RANGE`."""
+    """(N, *W, C, P, P) reflectance (NaN = nodata) must lie in :data:`REFLECTANCE_RANGE`."""
     lo, hi = REFLECTANCE_RANGE
-    low = np.fmin.reduce(patches, axis=(0, 2, 3))  # per band, NaN ignored
-    high = np.fmax.reduce(patches, axis=(0, 2, 3))
+    per_band = np.moveaxis(patches, -3, 0).reshape(patches.shape[-3], -1)
+    low = np.fmin.reduce(per_band, axis=1)  # per band, NaN ignored
+    high = np.fmax.reduce(per_band, axis=1)
     if not (np.nanmin(low, initial=lo) < lo or np.nanmax(high, initial=hi) > hi):
         return
-    bands = (*_runtime.get_model(spec).config.bands, *spec.bands20)
+    bands = _runtime.get_model(spec).info.bands
     ranges = ", ".join(f"{b} {a:.4g} to {z:.4g}" for b, a, z in zip(bands, low, high) if a < lo or z > hi)
     outside = int(np.count_nonzero((patches < lo) | (patches > hi)))
     if 100 < np.nanmax(high) <= 70_000 and np.nanmin(low) >= lo:
@@ -632,33 +431,31 @@ def _check_reflectance(spec: _runtime.ModelSpec, patches: np.ndarray) -> None:
         fix = ("an undeclared fill value (declare it: obj.rio.write_nodata(value)), saturated pixels (mask them, "
                "e.g. with the SCL band: xr_opensr.stac.load_s2(..., mask_clouds=True)) or a wrong offset; "
                f"mask such pixels first, e.g. obj.where((refl >= {lo:g}) & (refl <= {hi:g}))")
-    raise InputError(
-        f"implausible surface reflectance after scaling: {outside} values outside [{lo:g}, {hi:g}] "
-        f"({ranges}); likely {fix}"
-    )
+    raise InputError(f"implausible surface reflectance after scaling: {outside} values outside [{lo:g}, {hi:g}] "
+                     f"({ranges}); likely {fix}")
 
 
 def _check_result(spec: _runtime.ModelSpec, patches: np.ndarray, out: np.ndarray) -> None:
     """NaN/inf in the mean or std of a valid pixel is a ModelError (the std only when computed:
     ``samples=0`` leaves it NaN); an all-zero band warns."""
-    valid = _kernel.valid_mask(patches, len(_runtime.get_model(spec).config.bands))  # (N, C, P, P): per band
+    model, ref = _runtime.get_model(spec), spec.ref
+    valid = _kernel.valid_mask(model, patches)  # (N, C, P, P): the model's nodata rule, per band
     s = out.shape[-1] // patches.shape[-1]
     hr_valid = valid.repeat(s, axis=2).repeat(s, axis=3)[:, None]  # (N, 1, C, sP, sP)
-    broken = hr_valid & ~np.isfinite(out[:, : 2 if spec.samples else 1])
+    broken = hr_valid & ~np.isfinite(out[:, : 2 if spec.options.samples else 1])
     if broken.any():
-        fix = ("use dtype=None (float32)" if spec.dtype not in (None, "float32")
+        fix = ("use dtype=None (float32)" if ref.dtype not in (None, "float32")
                else "its weights make the networks overflow: re-export or retrain the model")
-        n10 = len(_runtime.get_model(spec).config.bands)
-        culprit = spec.model20 if spec.bands20 and not broken[:, :, :n10].any() else spec.model
-        raise ModelError(
-            f"model {culprit!r} returned NaN or infinite values for {int(broken.sum())} values of valid "
-            f"pixels (device {spec.device!r}, dtype {spec.dtype or 'float32'}); {fix}"
-        )
+        n10 = len(model.info.bands) - len(spec.bands20)
+        culprit = ref.model20 if spec.bands20 and not broken[:, :, :n10].any() else ref.model
+        raise ModelError(f"model {culprit!r} returned NaN or infinite values for {int(broken.sum())} values of valid "
+                         f"pixels (device {ref.device!r}, dtype {ref.dtype or 'float32'}); {fix}")
     weight = hr_valid[:, 0]  # (N, C, sP, sP)
     mean = np.where(weight, out[:, 0], 0.0)  # (N, C, sP, sP)
     zero = weight.any(axis=(-2, -1)) & ~mean.any(axis=(-2, -1))  # (N, C): valid pixels, all 0
-    inputs = np.where(valid, patches, 0.0)
-    hidden = zero & inputs.any(axis=(-2, -1))  # ... though their input was not all 0
+    nonzero = np.nan_to_num(patches) != 0
+    nonzero = nonzero.reshape((nonzero.shape[0], -1, *nonzero.shape[-3:])).any(axis=1)  # (N, C, P, P)
+    hidden = zero & (valid & nonzero).any(axis=(-2, -1))  # ... though their input was not all 0
     if hidden.any():
         warnings.warn(
             f"super-resolved reflectance is 0 everywhere in {int(hidden.sum())} band(s) of patches whose input "

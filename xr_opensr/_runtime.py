@@ -1,9 +1,9 @@
 """Model spec -> model, loaded once per process and reused (threads, processes, dask workers).
 
 Only a :class:`ModelSpec` (a few strings and numbers, frozen and hashable) travels in the dask
-graph. Each process that runs a patch task turns it into an :class:`~xr_opensr.models.SRModel`
-with :func:`get_model`, which loads the weights the first time and then returns the cached model.
-torch is imported lazily, inside the functions.
+graph. Each process that runs a patch task turns it into a model (:class:`xr_opensr.models.base.Model`)
+with :func:`get_model`, which loads the weights the first time (through the registry) and then returns
+the cached model. torch is imported lazily, inside the functions.
 """
 
 from __future__ import annotations
@@ -15,75 +15,77 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .models import SRModel
+from .models.base import SampleOptions
 
-__all__ = ["ModelSpec", "get_model", "get_guided", "load_count", "clear_cache", "model_lock", "torch_threads", "local_cluster"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .models.base import Model
+
+__all__ = ["ModelRef", "ModelSpec", "get_model", "load_count", "clear_cache", "model_lock", "torch_threads", "local_cluster"]
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """What a patch task needs to load a model and sample it; small, frozen, hashable, picklable.
+class ModelRef:
+    """What to load: the model (and the 20 m model of a chain), where and in which dtype.
 
     Attributes
     ----------
-    model : registered model name (``"default"``, ``"tiny"``) or absolute path of a model folder,
-        ``.safetensors`` file or LDSR-S2 ``.ckpt`` file.
+    model : a model name (``"default"``, ``"tiny"``, ``"bicubic"``, a registered one) or the absolute path
+        of a model folder, ``.safetensors`` file or LDSR-S2 ``.ckpt`` file
+        (:func:`xr_opensr.models.registry.load`).
     device : ``"auto"`` (CUDA if the process sees a GPU, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
         Resolved in the process that runs the task.
-    dtype : denoiser compute dtype name (``None``/``"float32"``, ``"bfloat16"``, ``"float16"``).
+    dtype : compute dtype name (``None``/``"float32"``, ``"bfloat16"``, ``"float16"``).
     ema : for ``.ckpt`` files, use the EMA UNet weights.
-    samples : samples drawn per patch (>= 1).
-    steps, eta : DDIM settings; ``None`` = the model's defaults.
-    histogram_matching : match each sample band to the LR patch's histogram.
-    return_samples : the kernel returns the samples too, not only their mean and std.
-    batch_size : (patch, sample) latents per network call; ``None`` = the model's choice for the
-        device (:meth:`~xr_opensr.models.SRModel.batch_limit`: from the model and the device's type
-        and total memory, never from the load of the moment). Every call of a run has this shape.
-    cpu_threads : torch intra-op threads of a task on the CPU, fixed per run (torch's CPU results
-        can depend on the thread count). Default 1: dask runs one task per core. Raise it when a
-        process has more cores than concurrent tasks (one block, or a dask worker with
-        ``nthreads=1`` on a multi-core machine).
     compile : run the denoiser through ``torch.compile`` (CUDA graphs on a GPU).
-    model20 : the 20 m-band model (``"s2-20m"`` or the absolute path of a folder), None: no 20 m path.
-    bands20 : the native 20 m bands in the patches after the model bands (the 20 m path runs when
-        not empty), in the 20 m model's order.
-    phase20 : (row, column) of the patches' first pixel within the 20 m grid, 0 or 1 (10 m pixels):
-        where the 2 x 2 blocks of 10 m pixels holding one 20 m pixel begin.
+    model20 : the 20 m-band model of a chain (``"s2-20m"`` or the absolute path of a folder); None: none.
     """
 
     model: str = "default"
     device: str = "auto"
     dtype: str | None = None
     ema: bool | None = None
-    samples: int = 1
-    steps: int | None = None
-    eta: float | None = None
-    histogram_matching: bool = True
-    return_samples: bool = False
-    batch_size: int | None = None
-    cpu_threads: int = 1
     compile: bool = False
     model20: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a patch task needs; small, frozen, hashable, picklable: it travels in the dask graph.
+
+    Attributes
+    ----------
+    ref : which model to load (:class:`ModelRef`).
+    options : how to run it (:class:`~xr_opensr.models.base.SampleOptions`).
+    bands20 : the native 20 m bands in the patches after the model bands (then the model run is the
+        chain of the model and ``ref.model20``, :class:`~xr_opensr.models.chain.Chain`), in the 20 m model's
+        order; empty: the model alone.
+    phase20 : (row, column) of the patches' first pixel within the 20 m grid, 0 or 1 (10 m pixels).
+    cpu_threads : torch intra-op threads of a task on the CPU, fixed per run (torch's CPU results can
+        depend on the thread count). Default 1: dask runs one task per core.
+    """
+
+    ref: ModelRef = ModelRef()
+    options: SampleOptions = SampleOptions()
     bands20: tuple[str, ...] = ()
     phase20: tuple[int, int] = (0, 0)
+    cpu_threads: int = 1
 
     @property
     def n_outputs(self) -> int:
         """Planes per band the kernel returns: mean, std (and the samples)."""
-        return 2 + (self.samples if self.return_samples else 0)
+        return self.options.n_outputs
 
 
 _LOADS = 0
 _LOADS_LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=4)
-def _load(model: str, device: str, dtype: str | None, ema: bool | None, compile: bool = False) -> SRModel:
+@functools.lru_cache(maxsize=8)
+def _load(model: str, device: str, dtype: str | None, ema: bool | None, compile: bool = False) -> Any:
     global _LOADS
-    from .models import load_model
+    from .models.registry import load
 
-    net = load_model(model, device=device, dtype=dtype, ema=ema)
+    net = load(model, device=device, dtype=dtype, ema=ema)
     if hasattr(net, "prepare_inference"):  # once, before any thread of this process samples with it
         net.prepare_inference()
     if compile and hasattr(net, "compile_denoiser"):
@@ -93,52 +95,36 @@ def _load(model: str, device: str, dtype: str | None, ema: bool | None, compile:
     return net
 
 
+@functools.lru_cache(maxsize=8)
+def _chain(ref: ModelRef, bands20: tuple[str, ...], phase20: tuple[int, int]) -> Any:
+    from .models.chain import Chain
+
+    base = _load(ref.model, ref.device, ref.dtype, ref.ema, ref.compile)
+    guided = _load(ref.model20, str(base.device), None, None)
+    return Chain(base, guided, bands20=bands20, phase20=phase20)
+
+
 _LOAD_LOCK = threading.Lock()
 
 
-def get_model(spec: ModelSpec) -> SRModel:
-    """The model of ``spec``, loaded on first use in this process and cached (keyed by the load
-    fields: model, device, dtype, ema, compile; sampling settings do not reload). One model per
-    device per process: a dask worker per GPU holds one copy.
+def get_model(spec: ModelSpec | ModelRef) -> Model:
+    """The model a task of ``spec`` runs, loaded on first use in this process and cached (keyed by the
+    load fields; sampling settings do not reload): the model of ``spec.ref``, or, with ``spec.bands20``,
+    its chain with the 20 m model (loaded on the same device). One model per device per process: a dask
+    worker per GPU holds one copy.
 
-    Raises the errors of :func:`xr_opensr.load_model` (ModelError, CheckpointError, DeviceError),
-    and InputError for ``samples`` above :data:`~xr_opensr.models.pipeline.MAX_SAMPLES` or a
-    ``cpu_threads`` below 1.
+    Raises the errors of :func:`xr_opensr.models.registry.load` (ModelError, CheckpointError,
+    ConfigError, DeviceError).
     """
-    from .errors import InputError
-    from .models.pipeline import MAX_SAMPLES
-
-    if not 0 <= spec.samples <= MAX_SAMPLES:
-        raise InputError(f"samples must be in [0, {MAX_SAMPLES}] (memory does not grow with samples, time "
-                         f"does), got {spec.samples}")
-    if spec.cpu_threads < 1:
-        raise InputError(f"threads must be a positive integer, got {spec.cpu_threads}")
+    ref = spec if isinstance(spec, ModelRef) else spec.ref
     with _LOAD_LOCK:  # two threads asking at once load once
-        return _load(spec.model, spec.device, spec.dtype, spec.ema, spec.compile)
+        if isinstance(spec, ModelSpec) and spec.bands20:
+            if ref.model20 is None:
+                from .errors import InputError
 
-
-@functools.lru_cache(maxsize=4)
-def _load_guided(model20: str, device: str) -> Any:
-    global _LOADS
-    from .models.guided import load_guided
-
-    net = load_guided(model20, device=device)
-    with _LOADS_LOCK:
-        _LOADS += 1
-    return net
-
-
-def get_guided(spec: ModelSpec) -> Any:
-    """The 20 m-band model of ``spec`` (:class:`~xr_opensr.models.guided.GuidedSR`), on the device of
-    ``get_model(spec)``, loaded on first use in this process and cached. Raises the errors of
-    :func:`~xr_opensr.models.guided.load_guided` (InputError, ConfigError, CheckpointError)."""
-    from .errors import InputError
-
-    if spec.model20 is None:
-        raise InputError("no 20 m model in this ModelSpec: set model20 (e.g. 's2-20m')")
-    device = str(get_model(spec).device)
-    with _LOAD_LOCK:
-        return _load_guided(spec.model20, device)
+                raise InputError("20 m bands in the patches but no 20 m model: set ModelRef.model20 (e.g. 's2-20m')")
+            return _chain(ref, spec.bands20, spec.phase20)
+        return _load(ref.model, ref.device, ref.dtype, ref.ema, ref.compile)
 
 
 def load_count() -> int:
@@ -149,7 +135,7 @@ def load_count() -> int:
 def clear_cache() -> None:
     """Forget the cached models of this process (the next :func:`get_model` loads again)."""
     _load.cache_clear()
-    _load_guided.cache_clear()
+    _chain.cache_clear()
 
 
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}

@@ -6,13 +6,12 @@ Registered when ``xr_opensr`` is imported; it only stores the object and forward
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
 from .core import superresolve
+from .options import takes_options
 
 __all__ = ["OpenSRAccessor"]
 
@@ -32,38 +31,19 @@ class OpenSRAccessor:
 
         return native20_bands(self._obj)
 
-    def superresolve(
-        self,
-        samples: int = 10,
-        *,
-        model: str | Path = "default",
-        steps: int | None = None,
-        eta: float | None = None,
-        seed: int = 0,
-        bands: Sequence[Hashable] | Mapping[str, Hashable] | None = None,
-        patch: int | None = None,
-        overlap: int | None = None,
-        batch_size: int | None = None,
-        threads: int = 1,
-        device: str = "auto",
-        dtype: Any = None,
-        histogram_matching: bool = True,
-        return_samples: bool = False,
-        output_dtype: Any = None,
-        model20: str | Path = "s2-20m",
-    ) -> xr.Dataset:
+    @takes_options("self")
+    def superresolve(self, samples: int = 10, **options: Any) -> xr.Dataset:
         """Lazy 4x super-resolution (10 m and 20 m bands -> 2.5 m) with per-pixel uncertainty.
 
         ``bands="all"`` (or a list such as ``["B04", "B11"]``) adds the native 20 m bands; the default
         is the four 10 m bands. Returns a Dataset with ``sr`` and ``uncertainty`` (and ``samples``); see
-        :func:`xr_opensr.superresolve` for the parameters, input conventions and errors.
+        :func:`xr_opensr.superresolve` for the input conventions, the result and the errors.
+
+        Parameters
+        ----------
+        {options}
         """
-        return superresolve(
-            self._obj, samples, model=model, steps=steps, eta=eta, seed=seed, bands=bands, patch=patch,
-            overlap=overlap, batch_size=batch_size, threads=threads, device=device, dtype=dtype,
-            histogram_matching=histogram_matching, return_samples=return_samples, output_dtype=output_dtype,
-            model20=model20,
-        )
+        return superresolve(self._obj, samples, **options)
 
 
 xr.register_dataarray_accessor("opensr")(OpenSRAccessor)

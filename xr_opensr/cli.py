@@ -78,9 +78,6 @@ def _positive(kind: type = int) -> Callable[[str], Any]:
     return _number(kind, lambda v: v > 0, f"a positive {kind.__name__}")
 
 
-_non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-
-
 def _device(text: str) -> str:
     import re
 
@@ -98,19 +95,13 @@ def _chunks(text: str) -> int | str:
     return _positive(int)(text)
 
 
-def _is_untrained(model: str, used_name: str | None) -> bool:
-    """True for models with random weights (the shipped 'tiny'), from their config's provenance."""
-    from .models import registered_models
-    from .models.config import ModelConfig
+def _is_untrained(model: str) -> bool:
+    """True for models with seeded random weights (the shipped 'tiny'): a model declares it
+    (:attr:`xr_opensr.models.base.ModelInfo.trained`)."""
+    from . import _runtime
+    from .options import RunOptions
 
-    folder = registered_models().get(model) or registered_models().get(used_name or "")
-    path = Path(model).expanduser()
-    if folder is None and path.is_dir() and (path / "config.json").is_file():
-        folder = path
-    if folder is None:
-        return False
-    source = str(ModelConfig.from_json(folder / "config.json").provenance.get("source", ""))
-    return "random weights" in source or "not trained" in source
+    return not _runtime.get_model(RunOptions(model=model, device="cpu").spec().ref).info.trained
 
 
 def _model_report(result: Any, model: str, caught: Sequence[warnings.WarningMessage]) -> bool:
@@ -118,7 +109,7 @@ def _model_report(result: Any, model: str, caught: Sequence[warnings.WarningMess
     attrs = result.attrs
     name, version = attrs.get("model", model), attrs.get("model_version", "?")
     fallback = any(_UNTRAINED_MARK in str(w.message) for w in caught)
-    untrained = fallback or _is_untrained(model, name)
+    untrained = fallback or _is_untrained(model)
     _say(
         f"model: {name} {version} (requested {model!r}); {attrs.get('samples')} samples, "
         f"{attrs.get('steps')} DDIM steps, seed {attrs.get('seed')}, patch {attrs.get('patch')} px"
@@ -203,12 +194,8 @@ def _superresolve(obj: Any, args: argparse.Namespace, bands: Any = None) -> tupl
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = obj.opensr.superresolve(
-            args.samples, model=args.model, steps=args.steps, seed=args.seed, device=args.device,
-            output_dtype=args.dtype, threads=args.threads,
-            dtype=None if args.precision == "float32" else args.precision,
-            bands=bands, model20=args.model20,
-        )
+        options = {name: getattr(args, flag[2:]) for flag, (name, _) in SR_OPTIONS.items()}
+        result = obj.opensr.superresolve(**options, bands=bands)
     return result, _model_report(result, args.model, caught)
 
 
@@ -230,13 +217,6 @@ def _band_id(label: Any) -> str | None:
     from .sentinel2 import canonical_band
 
     return canonical_band(label) if isinstance(label, str) else None
-
-
-def _described(bands: Sequence[str]) -> str:
-    """``B08 (B8/nir)``: band ids with their aliases, as the library's messages give them."""
-    from .sentinel2 import BAND_ALIASES
-
-    return ", ".join(f"{b} ({'/'.join(BAND_ALIASES.get(b, (b,))[1:])})" for b in bands)
 
 
 def _asked_ids(names: Sequence[str], *, where: str, dash: bool) -> list[str | None]:
@@ -274,6 +254,7 @@ def _input_bands(obj: Any, asked: Sequence[str] | None, source: str) -> tuple[An
     ``--bands all`` every band the input holds of the ten. Either way the output holds exactly the
     bands asked for, or a CLIError names the problem and the CLI fix.
     """
+    from ._inputs import _describe
     from .sentinel2 import GUIDED_BANDS, MODEL_BANDS, SR_BANDS
 
     everything = _all_bands(asked)
@@ -293,10 +274,8 @@ def _input_bands(obj: Any, asked: Sequence[str] | None, source: str) -> tuple[An
                 f"{fix}, or write band descriptions into the file"
             )
         if len(asked) != n:
-            raise CLIError(
-                f"{source} has {n} bands but {len(asked)} band names were given with --bands "
-                f"({' '.join(asked)}); give {fix}"
-            )
+            raise CLIError(f"{source} has {n} bands but {len(asked)} band names were given with --bands "
+                           f"({' '.join(asked)}); give {fix}")
         named = _asked_ids(asked, where="name the bands of the file", dash=True)
         requested = [b for b in named if b is not None]
         missing = [b for b in MODEL_BANDS if b not in requested]
@@ -311,7 +290,7 @@ def _input_bands(obj: Any, asked: Sequence[str] | None, source: str) -> tuple[An
     missing = [b for b in MODEL_BANDS if b not in ids]
     if missing:
         raise CLIError(
-            f"{source} lacks {_described(missing)} (its bands: {', '.join(map(str, labels))}): the four 10 m bands "
+            f"{source} lacks {_describe(missing, None)} (its bands: {', '.join(map(str, labels))}): the four 10 m bands "
             f"{', '.join(MODEL_BANDS)} are super-resolved together and guide the 20 m bands; use an input that "
             "holds them"
         )
@@ -320,15 +299,11 @@ def _input_bands(obj: Any, asked: Sequence[str] | None, source: str) -> tuple[An
     requested = [b for b in _asked_ids(asked, where="pick bands of the input", dash=False) if b is not None]
     absent = [b for b in requested if b not in ids]
     if absent:
-        raise CLIError(
-            f"--bands {' '.join(asked)}: {source} has no {', '.join(absent)} (its bands: "
-            f"{', '.join(map(str, labels))}); ask for bands it holds, or --bands all"
-        )
+        raise CLIError(f"--bands {' '.join(asked)}: {source} has no {', '.join(absent)} (its bands: "
+                       f"{', '.join(map(str, labels))}); ask for bands it holds, or --bands all")
     if not set(requested) & set(GUIDED_BANDS) and set(requested) != set(MODEL_BANDS):
-        raise CLIError(
-            f"--bands {' '.join(asked)}: the 10 m bands are super-resolved together; ask for all four "
-            f"(--bands {' '.join(MODEL_BANDS)}), or for a 20 m band with them"
-        )
+        raise CLIError(f"--bands {' '.join(asked)}: the 10 m bands are super-resolved together; ask for all four "
+                       f"(--bands {' '.join(MODEL_BANDS)}), or for a 20 m band with them")
     return obj, requested
 
 
@@ -396,10 +371,8 @@ def _one_time_step(obj: Any, output: str, source: str) -> None:
     times = obj["time"].values
     span = f" ({str(times[0])[:19]} to {str(times[-1])[:19]})" if "time" in obj.coords else ""
     example = str(times[0])[:10] if "time" in obj.coords and _is_datetime(obj.time) else "0"
-    raise CLIError(
-        f"{source} has {n} time steps{span} and a GeoTIFF output ({output}) holds one: pick one with --time "
-        f"(e.g. --time {example}, a date or a position 0..{n - 1}), or write a .zarr output (every step)"
-    )
+    raise CLIError(f"{source} has {n} time steps{span} and a GeoTIFF output ({output}) holds one: pick one with --time "
+                   f"(e.g. --time {example}, a date or a position 0..{n - 1}), or write a .zarr output (every step)")
 
 
 def _is_datetime(coord: Any) -> bool:
@@ -518,10 +491,8 @@ def cmd_superresolve(args: argparse.Namespace) -> int:
 def _parse_bbox(values: Sequence[float]) -> tuple[float, float, float, float]:
     west, south, east, north = values
     if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
-        raise CLIError(
-            f"--bbox {west} {south} {east} {north} is not a WEST SOUTH EAST NORTH box in degrees "
-            "(needs west < east, south < north); e.g. --bbox 9.0 45.0 9.1 45.1"
-        )
+        raise CLIError(f"--bbox {west} {south} {east} {north} is not a WEST SOUTH EAST NORTH box in degrees "
+                       "(needs west < east, south < north); e.g. --bbox 9.0 45.0 9.1 45.1")
     return west, south, east, north
 
 
@@ -691,29 +662,62 @@ def _quicklook_png(lr: Any, result: Any, path: Path, untrained: bool) -> None:
 # --------------------------------------------------------------------------- parser
 
 
+#: the super-resolution options of demo, superresolve and search: CLI flag -> (RunOptions field, the CLI's own
+#: argparse keywords). The default and the help (first sentence) are the field's where not given here, and the
+#: field's check follows ``type`` (xr_opensr.options.RunOptions).
+SR_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "--model": ("model", {}),
+    "--samples": ("samples", {"type": int}),
+    "--steps": ("steps", {"type": int}),
+    "--model20": ("model20", {}),
+    "--seed": ("seed", {"type": int}),
+    "--device": ("device", {"type": _device}),
+    "--dtype": ("output_dtype", {"choices": ("float32", "uint16"), "default": "float32", "help": "output values: "
+                                 "float32 reflectance, or uint16 DN = round(reflectance x 10000) with nodata 0 and "
+                                 "scale 1e-4 (half the bytes, lossless to 1e-4)"}),
+    "--precision": ("dtype", {"choices": ("float32", "bfloat16", "float16"), "default": "float32", "help":
+                              "compute dtype of the denoiser and decoder: bfloat16 on a GPU or a CPU with "
+                              "AMX/AVX512-BF16 (about 2-3x faster on such CPUs); float16 on a GPU only"}),
+    "--threads": ("threads", {"type": int}),
+}
+
+#: the RunOptions fields that SR_OPTIONS leaves out, and why
+NOT_IN_TABLE = {"bands": "each command's own --bands (names, 'all', file order with '-') gives bands=",
+                **dict.fromkeys(("eta", "patch", "overlap", "batch_size", "histogram_matching"),
+                                "Python only: the model's defaults serve the command line"),
+                "return_samples": "Python only: the GeoTIFF/Zarr outputs hold sr and uncertainty"}
+
+
+def _checked(name: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: the text parsed by ``parse`` (as given if it cannot be), then the field's one check."""
+    from .options import RunOptions
+
+    def convert(text: str) -> Any:
+        with contextlib.suppress(ValueError):
+            text = parse(text)
+        try:
+            return RunOptions.check(name, text)
+        except OpenSRError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return convert
+
+
 def _add_sr_options(p: argparse.ArgumentParser, *, chunks: int = 256) -> None:
+    from .options import RunOptions
+
+    field = RunOptions.__dataclass_fields__
     g = p.add_argument_group("super-resolution")
-    g.add_argument("--model", default="default",
-                   help="registered name (default, tiny), model folder or LDSR-S2 .ckpt (default: %(default)s)")
-    g.add_argument("--samples", type=_non_negative_int, default=10,
-                   help="samples per pixel; sr is their mean, uncertainty their std; 0: the model's mean alone, "
-                        "fastest, no uncertainty (default: %(default)s)")
-    g.add_argument("--steps", type=_positive(int), default=None, help="DDIM steps (default: the model's)")
-    g.add_argument("--model20", default="s2-20m",
-                   help="the 20 m-band model, used for B05, B06, B07, B8A, B11, B12 (--bands all): a name or a "
-                   "model folder (default: %(default)s)")
-    g.add_argument("--seed", type=_non_negative_int, default=0, help="base seed (default: %(default)s)")
-    g.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    g.add_argument("--dtype", choices=("float32", "uint16"), default="float32",
-                   help="output values: float32 reflectance, or uint16 DN = round(reflectance x 10000) with nodata 0 "
-                   "and scale 1e-4 (half the bytes, lossless to 1e-4) (default: %(default)s)")
+    for flag, (name, own) in SR_OPTIONS.items():
+        summary = " ".join(field[name].metadata["doc"].replace("``", "").replace("%", "%%").split())
+        kw = {"default": field[name].default, "help": summary.split(". ")[0].rstrip("."), **own}
+        if "type" in own:  # text the CLI parses; the rest (names, paths, choices) as given
+            kw["type"] = _checked(name, own["type"])
+        if kw["default"] is not None:
+            kw["help"] += " (default: %(default)s)"
+        g.add_argument(flag, **kw)
     g.add_argument("--chunks", type=_chunks, default=chunks,
                    help="LR pixels per dask block side, or 'auto' (default: %(default)s)")
-    g.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="compute dtype of the denoiser and decoder: bfloat16 on a GPU or a CPU with AMX/AVX512-BF16 "
-                   "(about 2-3x faster on such CPUs); float16 on a GPU only (default: %(default)s)")
-    g.add_argument("--threads", type=_positive(int), default=1,
-                   help="torch threads per task on the CPU; results depend on it (default: %(default)s)")
     g = p.add_argument_group("execution")
     ex = g.add_mutually_exclusive_group()
     ex.add_argument("--scheduler", metavar="ADDRESS",
@@ -850,6 +854,7 @@ def _end_process(code: int) -> None:
     from . import _atomic
 
     _atomic.stage("exiting")  # test hook (tests/test_cli_safety.py)
+    _atomic.release_all()  # a Ctrl-C may have cut a lock's release short: the program's own lock files go
     if _late_interrupt and code != 130:
         print("interrupted (the command had finished)", file=sys.stderr)
         code = 130

@@ -3,17 +3,22 @@
 :func:`degrade` is the one sensor model of the package (Gaussian PSF, then the area mean): the
 training pairs (``training.degradation``), the consistency step (``models.consistency``) and the
 synthetic cubes (``testing``) use it. :func:`area_downsample`, :func:`bicubic_upsample` and
-:func:`gaussian_filter` are its parts and the resamplings of the metrics. :func:`degrade_matrix` and
-:func:`bicubic_matrix` are the same linear maps of finite images as one matrix per axis (for code that
-applies them many times to images of one size, as matrix products).
+:func:`gaussian_filter` are its parts and the resamplings of the metrics. :func:`back_project` is the one
+back-projection (``hr <- hr + bicubic(lr - degrade(hr))``: the consistency steps of every model).
+:func:`degrade_matrix` and :func:`bicubic_matrix` are the same linear maps of finite images as one matrix
+per axis; :func:`degrade_torch`, :func:`bicubic_upsample_torch` and :func:`back_project_torch` apply them
+to torch tensors (differentiable, for training; fast for images of one size).
 
 Numpy arrays ``(..., y, x)`` or DataArrays with spatial dims (coordinates and a rioxarray transform
-follow the new grid). NaN marks nodata and neither spreads nor shrinks.
+follow the new grid). NaN marks nodata and neither spreads nor shrinks. The torch functions take finite
+tensors and import torch when called.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -21,7 +26,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ._layout import ArrayLike, _float_array, _spatial_dims
 
-__all__ = ["PSF_SIGMA_HR", "area_downsample", "bicubic_matrix", "bicubic_upsample", "degrade", "degrade_matrix",
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["PSF_SIGMA_HR", "area_downsample", "back_project", "back_project_torch", "bicubic_matrix",
+           "bicubic_upsample", "bicubic_upsample_torch", "degrade", "degrade_matrix", "degrade_torch",
            "gaussian_filter", "mtf_at_nyquist", "sensor_sigma"]
 
 #: Standard deviation (HR pixels, 2.5 m) of the Gaussian PSF of the 10 m bands: 1.7 px = 4.25 m. With
@@ -209,6 +218,85 @@ def gaussian_filter(img: ArrayLike, sigma: float, *, truncate: float = 4.0) -> n
         out = num / den
     out[nan] = np.nan
     return out
+
+
+def back_project(fine: ArrayLike, coarse: ArrayLike, factor: int = 4, iterations: int = 1, *,
+                 psf_sigma: float = PSF_SIGMA_HR) -> np.ndarray:
+    """Back-projection of a measured ``coarse`` image into ``fine``: ``iterations`` steps of
+    ``fine <- fine + bicubic_upsample(coarse - degrade(fine))`` with the sensor model of ``psf_sigma``
+    (0: the area mean alone), NaN-aware as :func:`degrade` and :func:`bicubic_upsample`.
+
+    Parameters
+    ----------
+    fine : array (..., factor * h, factor * w) reflectance.
+    coarse : array (..., h, w) reflectance, broadcastable against ``fine`` after the grid (e.g.
+        (B, 1, C, h, w) for samples (B, S, C, H, W)).
+
+    Returns
+    -------
+    numpy.ndarray float32 shaped like ``fine`` (a copy for ``iterations=0``).
+    """
+    out, coarse = np.asarray(fine, dtype=np.float32), np.asarray(coarse, dtype=np.float32)
+    if iterations == 0:
+        return out.copy()
+    for _ in range(iterations):
+        out = out + bicubic_upsample(coarse - degrade(out, factor, psf_sigma=psf_sigma), factor)
+    return out
+
+
+def degrade_torch(hr: torch.Tensor, factor: int = 4, *, psf_sigma: float = PSF_SIGMA_HR) -> torch.Tensor:
+    """:func:`degrade` of a finite tensor (..., factor * h, factor * w) as ``D_h @ hr @ D_w.T``
+    (:func:`degrade_matrix`, float32, in ``hr``'s dtype and device): differentiable, within float32
+    rounding of :func:`degrade`; an image's result does not depend on its batch mates."""
+    return _product(hr, "degrade", factor, psf_sigma)
+
+
+def bicubic_upsample_torch(lr: torch.Tensor, factor: int = 4) -> torch.Tensor:
+    """:func:`bicubic_upsample` of a finite tensor (..., h, w) as matrix products (:func:`bicubic_matrix`),
+    as :func:`degrade_torch`."""
+    return _product(lr, "bicubic", factor, 0.0)
+
+
+def back_project_torch(fine: torch.Tensor, coarse: torch.Tensor, factor: int = 4, iterations: int = 1, *,
+                       psf_sigma: float = PSF_SIGMA_HR) -> torch.Tensor:
+    """:func:`back_project` of finite tensors, differentiable, within float32 rounding of the steps.
+
+    The same linear map runs on the coarse grid: with ``r_0 = coarse - degrade(fine)`` and
+    ``r_{k+1} = r_k - degrade(bicubic(r_k))``, the result is ``fine + bicubic(r_0 + ... +
+    r_{iterations-1})``: one :func:`degrade_torch` and one :func:`bicubic_upsample_torch` on the fine
+    grid whatever ``iterations``.
+    """
+    if iterations == 0:
+        return fine.clone()
+    step_h, step_w = (_matrix("step", n, factor, psf_sigma).to(coarse) for n in coarse.shape[-2:])
+    residual = coarse - _product(fine, "degrade", factor, psf_sigma)
+    total = residual
+    for _ in range(iterations - 1):
+        residual = residual - step_h @ residual @ step_w.T
+        total = total + residual
+    return fine + _product(total, "bicubic", factor, 0.0)
+
+
+def _product(x: torch.Tensor, kind: str, factor: int, psf_sigma: float) -> torch.Tensor:
+    """``M_h @ x @ M_w.T`` over the last two axes, ``M`` the ``kind`` matrix (:func:`_matrix`)."""
+    rows, cols = (_matrix(kind, n, factor, psf_sigma).to(x) for n in x.shape[-2:])
+    return rows @ x @ cols.T
+
+
+@functools.lru_cache(maxsize=64)
+def _matrix(kind: str, n: int, factor: int, psf_sigma: float) -> torch.Tensor:
+    """float32 CPU matrix along an axis of ``n`` pixels: ``"degrade"`` (n / factor, n)
+    (:func:`degrade_matrix`), ``"bicubic"`` (factor n, n) (:func:`bicubic_matrix`), ``"step"`` (n, n)
+    their product ``degrade @ bicubic`` on a coarse axis (a back-projection step is ``r - S_h @ r @ S_w.T``)."""
+    import torch
+
+    if kind == "degrade":
+        m = degrade_matrix(n, factor, psf_sigma=psf_sigma)
+    elif kind == "bicubic":
+        m = bicubic_matrix(n, factor)
+    else:
+        m = degrade_matrix(factor * n, factor, psf_sigma=psf_sigma) @ bicubic_matrix(n, factor)
+    return torch.from_numpy(m.astype(np.float32))
 
 
 def _positive_factor(factor: int) -> int:

@@ -1,9 +1,9 @@
 """Baseline models that run through the same pipeline as the diffusion models: bicubic upsampling.
 
 ``load_model("bicubic")`` and ``load_model("bicubic+consistency")`` (and ``superresolve(...,
-model="bicubic")``, ``xr-opensr superresolve --model bicubic``) give an object with the engine's
-interface (``config``, ``sample``, ``sample_summary``, ``summarize``), so a baseline goes through
-the same patch grid, blending, output layout and writers as a real model:
+model="bicubic")``, ``xr-opensr superresolve --model bicubic``) give a model of the model interface
+(:class:`~xr_opensr.models.base.Model`), so a baseline goes through the same patch grid, blending,
+output layout and writers as a real model:
 
 - ``"bicubic"``: Keys' cubic convolution (a = -0.5) of each patch, :func:`xr_opensr.sensor.
   bicubic_upsample` (the bicubic of the metrics and ``training evaluate``);
@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .config import ModelConfig
+from ..sentinel2 import MODEL_BANDS
+from .base import ModelInfo
 from .consistency import ConsistencyConfig
-from .pipeline import MAX_SAMPLES, SRModel
+from .pipeline import MAX_SAMPLES, SummaryRun, consistency_step
 
 __all__ = ["BASELINES", "DEFAULT_CONSISTENCY", "BaselineModel", "load_baseline"]
 
@@ -39,40 +40,32 @@ BASELINES = ("bicubic", "bicubic+consistency")
 DEFAULT_CONSISTENCY = ConsistencyConfig(kernel="psf", psf_sigma=1.7, iterations=1)
 
 
-class BaselineModel(torch.nn.Module):
-    """Bicubic upsampling (optionally + a consistency step) with the interface of :class:`SRModel`.
+class BaselineModel(SummaryRun):
+    """Bicubic upsampling (optionally + a consistency step) behind the model interface.
 
     Runs in numpy on the CPU whatever device is asked for; deterministic (seeds are ignored).
     ``consistency`` is the step of ``"bicubic+consistency"`` (None: :data:`DEFAULT_CONSISTENCY`;
     ``load_model`` passes the shipped default model's); ``"bicubic"`` has none.
     """
 
-    # one home for these: the model's own consistency step and sample statistics
-    apply_consistency = SRModel.apply_consistency
-    summarize = SRModel.summarize
-
     def __init__(self, name: str, consistency: ConsistencyConfig | None = None) -> None:
-        super().__init__()
         if name not in BASELINES:
             raise InputError(f"unknown baseline {name!r}; use one of {BASELINES}")
         if name == "bicubic":
             consistency = ConsistencyConfig()
         elif consistency is None:
             consistency = DEFAULT_CONSISTENCY
-        self.config = ModelConfig(
-            name=name, version="1.0.0", patch_size=32, default_overlap=8, conditioning="mode",
-            consistency=consistency,
-            provenance={"source": "xr_opensr.models.baselines: Keys cubic convolution (a=-0.5)"
-                        + (", then the default model's consistency step" if consistency.active else "")},
-        )
+        self.consistency = consistency
+        #: the four 10 m bands, 4x, patches of 32 LR px; ``samples=0`` gives the upsampled image
+        self.info = ModelInfo(name=name, version="1.0.0", bands=MODEL_BANDS, scale=4, patch=32, overlap=8,
+                              sampling=None, mean_without_samples=True, consistency=consistency.describe())
 
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32
+    def __repr__(self) -> str:
+        return f"BaselineModel(name={self.info.name!r}, consistency={self.info.consistency!r})"
 
     def place(self, device: Any = "auto", dtype: Any = None) -> BaselineModel:
         """Nothing to move: a baseline always runs in numpy on the CPU. Returns self."""
@@ -84,22 +77,13 @@ class BaselineModel(torch.nn.Module):
         from ..sensor import bicubic_upsample
 
         lr = np.asarray(lr, dtype=np.float32)
-        s = self.config.scale
+        s = self.info.scale
         invalid = ~np.isfinite(lr).all(axis=1)
         lr = np.where(invalid[:, None], np.float32(np.nan), lr)
         hr = np.asarray(bicubic_upsample(lr, s), dtype=np.float32)
-        if self.config.consistency.active and not invalid.all():
-            hr = self.apply_consistency(hr[:, None], lr, invalid)[:, 0]
+        if self.consistency.active and not invalid.all():
+            hr = consistency_step(hr[:, None], lr, s, self.consistency, invalid)[:, 0]
         return hr
-
-    def sample(self, lr: Any, samples: int = 1, steps: int | None = None, eta: float | None = None,
-               seed: Any = 0, **_: Any) -> Any:
-        """``samples`` copies of :meth:`upsample`: (B, samples, C, s*h, s*w), the array type of ``lr``."""
-        is_numpy = not isinstance(lr, torch.Tensor)
-        x = np.asarray(lr if is_numpy else lr.cpu().numpy())
-        _check(x, samples, len(self.config.bands))
-        out = np.repeat(self.upsample(x)[:, None], samples, axis=1)
-        return out if is_numpy else torch.from_numpy(out)
 
     def sample_summary(self, lr: Any, samples: int = 1, steps: int | None = None, eta: float | None = None,
                        seed: Any = 0, *, return_samples: bool = False, **_: Any) -> np.ndarray:
@@ -107,7 +91,7 @@ class BaselineModel(torch.nn.Module):
         ``samples=0``), and the ``samples`` copies when ``return_samples`` -- the layout of
         :meth:`SRModel.sample_summary`."""
         x = np.asarray(lr)
-        _check(x, samples, len(self.config.bands))
+        _check(x, samples, len(self.info.bands))
         hr = self.upsample(x)
         out = np.empty((hr.shape[0], 2 + (samples if return_samples else 0), *hr.shape[1:]), dtype=np.float32)
         out[:, 0] = hr
@@ -115,9 +99,6 @@ class BaselineModel(torch.nn.Module):
         np.copyto(out[:, 1], np.float32(np.nan), where=np.isnan(hr))  # NaN under nodata
         out[:, 2:] = hr[:, None]
         return out
-
-    def extra_repr(self) -> str:
-        return f"name={self.config.name!r}, consistency={self.config.consistency.describe()!r}"
 
 
 def _check(x: np.ndarray, samples: Any, bands: int) -> None:
@@ -131,4 +112,4 @@ def load_baseline(name: str, consistency: ConsistencyConfig | None = None) -> Ba
     """The baseline model ``name`` (one of :data:`BASELINES`); ``consistency``: the step of
     ``"bicubic+consistency"`` (None: :data:`DEFAULT_CONSISTENCY`; :func:`~xr_opensr.models.load_model`
     passes the shipped default model's)."""
-    return BaselineModel(name, consistency).eval()
+    return BaselineModel(name, consistency)

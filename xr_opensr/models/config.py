@@ -37,6 +37,9 @@ class ModelConfig:
 
     Attributes
     ----------
+    kind : ``"ldm"`` (a latent diffusion model: :class:`~xr_opensr.models.pipeline.SRModel`) or
+        ``"ldm+mean"`` (model v2: :class:`~xr_opensr.models.v2.MeanSpreadModel`); it must agree with
+        ``mean_net``, and follows it when left out (None).
     name, version : identify the weights (written into output attributes).
     bands : band names in the order the networks expect (default B04, B03, B02, B08).
     scale : spatial factor LR -> HR (4: 10 m -> 2.5 m).
@@ -53,13 +56,15 @@ class ModelConfig:
         spread head's standard deviation.
     mean_net : model v2: a deterministic mean network with a spread head
         (:class:`~xr_opensr.models.regression.MeanNetConfig`) gives the mean and the uncertainty; the
-        diffusion model gives the samples' detail (see :class:`~xr_opensr.models.pipeline.SRModel`).
+        diffusion model gives the samples' detail (see :mod:`xr_opensr.models.v2`).
         None (LDSR-S2 v1, model v1): mean and spread of the diffusion samples.
     consistency : back-projection of the LR into every sample after sampling (off by default;
         :class:`~xr_opensr.models.consistency.ConsistencyConfig`).
-    provenance : free-form metadata (source, training command, licence).
+    provenance : free-form metadata (source, training command, licence); ``"trained": false`` marks
+        seeded random weights (``tiny``).
     """
 
+    kind: str | None = None
     name: str = "unnamed"
     version: str = "0"
     bands: tuple[str, ...] = MODEL_BANDS
@@ -106,6 +111,12 @@ class ModelConfig:
             problems.append(f"conditioning must be 'sample' or 'mode', got {self.conditioning!r}")
         if not self.std_scale > 0:
             problems.append(f"std_scale must be > 0, got {self.std_scale}")
+        structure = "ldm+mean" if self.mean_net is not None else "ldm"
+        if self.kind is None:
+            object.__setattr__(self, "kind", structure)
+        elif self.kind != structure:
+            problems.append(f"kind {self.kind!r} does not fit the config: kind 'ldm+mean' (model v2) needs a "
+                            f"mean_net, kind 'ldm' has none; this config is a {structure!r}")
         if problems:
             raise ConfigError("invalid model config: " + "; ".join(problems))
 
@@ -143,9 +154,11 @@ class ModelConfig:
             raise ConfigError(f"{path}: {err}") from err
 
     def replace(self, **changes: Any) -> ModelConfig:
-        """A copy with fields replaced, checked like a config file (types, bounds: :func:`load_config`)."""
+        """A copy with fields replaced, checked like a config file (types, bounds: :func:`load_config`);
+        ``kind`` follows the structure unless given."""
         plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in changes.items()}
-        return load_config(ModelConfig, {**self.to_dict(), **plain}, "model config")
+        data = {k: v for k, v in self.to_dict().items() if k != "kind"}
+        return load_config(ModelConfig, {**data, **plain}, "model config")
 
 
 def read_config_json(path: str | Path, what: str, fix: str) -> Any:
@@ -177,10 +190,11 @@ def read_config_json(path: str | Path, what: str, fix: str) -> Any:
 # strings of a key.
 
 register_rules(ModelConfig, Rules(
-    optional=frozenset({"name", "version", "std_scale", "consistency", "mean_net", "provenance", "format_version"}),
+    optional=frozenset({"kind", "name", "version", "std_scale", "consistency", "mean_net", "provenance",
+                        "format_version"}),
     bounds={"scale": (2, 8), "patch_size": (1, 512), "default_overlap": (0, 256), "std_scale": (1e-6, 1e6),
             "input_gain": (1e-6, 1e6), "input_offset": (-1e6, 1e6), "format_version": (1, 10**6)},
-    choices={"conditioning": ("sample", "mode")},
+    choices={"conditioning": ("sample", "mode"), "kind": ("ldm", "ldm+mean")},
 ))
 register_rules(AutoencoderConfig, Rules(
     optional=frozenset({"dropout"}),

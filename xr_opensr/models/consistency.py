@@ -5,7 +5,7 @@ is the sensor model the network was trained with (a Gaussian PSF of ``psf_sigma`
 the ``scale x scale`` area mean; or the area mean alone). It corrects the low frequencies of the
 result (colour and brightness offsets of the networks) from the measured 10 m reflectance and keeps
 the detail they added; the result degraded back to 10 m is closer to the input.
-Pure numpy (the sensor model of :mod:`xr_opensr.sensor`).
+Pure numpy (:func:`xr_opensr.sensor.back_project`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..sensor import back_project, degrade
 
 __all__ = ["ConsistencyConfig", "enforce_consistency"]
 
@@ -59,10 +61,7 @@ class ConsistencyConfig:
 
 def degrade_to_lr(hr: np.ndarray, scale: int, config: ConsistencyConfig) -> np.ndarray:
     """(..., H, W) -> (..., H/scale, W/scale): the sensor model of ``config`` (no noise)."""
-    from ..sensor import degrade
-
-    return np.asarray(degrade(hr, scale, psf_sigma=config.psf_sigma if config.kernel == "psf" else 0.0),
-                      dtype=np.float32)
+    return np.asarray(degrade(hr, scale, psf_sigma=_sigma(config)), dtype=np.float32)
 
 
 def enforce_consistency(hr: np.ndarray, lr: np.ndarray, scale: int, config: ConsistencyConfig) -> np.ndarray:
@@ -81,11 +80,8 @@ def enforce_consistency(hr: np.ndarray, lr: np.ndarray, scale: int, config: Cons
     """
     if not config.active:
         return hr
-    from ..sensor import bicubic_upsample
+    return back_project(hr, lr, scale, config.iterations, psf_sigma=_sigma(config))
 
-    out = np.asarray(hr, dtype=np.float32)
-    lr = np.asarray(lr, dtype=np.float32)
-    for _ in range(config.iterations):
-        residual = lr - degrade_to_lr(out, scale, config)
-        out = out + np.asarray(bicubic_upsample(residual, scale), dtype=np.float32)
-    return out
+
+def _sigma(config: ConsistencyConfig) -> float:
+    return config.psf_sigma if config.kernel == "psf" else 0.0

@@ -24,7 +24,6 @@ result never depends on its batch mates.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import warnings
 from collections.abc import Mapping
@@ -36,10 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import sensor
 from .._config import Rules, register_rules
 from ..errors import CheckpointError, ConfigError, InputError, ModelError
-from ..sensor import bicubic_matrix, bicubic_upsample, degrade, degrade_matrix, sensor_sigma
+from ..sensor import bicubic_upsample, bicubic_upsample_torch, degrade, degrade_torch, sensor_sigma
 from ..sentinel2 import GUIDED_BANDS, MODEL_BANDS
+from .base import ModelInfo
 from .config import load_config, read_config_json
 from .io import load_network
 
@@ -270,48 +271,37 @@ def _combine(weights: np.ndarray, guide: np.ndarray) -> np.ndarray:
 
 
 def back_project(fine: np.ndarray, coarse: np.ndarray, factor: int, iterations: int) -> np.ndarray:
-    """``iterations`` steps of ``fine += bicubic(coarse - degrade(fine))`` with the sensor model at ``factor``.
+    """``iterations`` back-projection steps (:func:`~xr_opensr.sensor.back_project`) with the sensor model
+    at ``factor`` (:func:`sensor_sigma`). Finite input runs the same map on the coarse grid
+    (:func:`~xr_opensr.sensor.back_project_torch`: one degrade and one bicubic on the fine grid whatever
+    ``iterations``, the same values up to float32 rounding); input with NaN goes step by step."""
+    return _finite_by_torch(sensor.back_project, sensor.back_project_torch, (fine, coarse), factor, iterations,
+                            psf_sigma=sensor_sigma(factor))
 
-    Finite input runs the same linear map on the coarse grid: with ``r_0 = coarse - degrade(fine)``
-    and ``r_{k+1} = r_k - degrade(bicubic(r_k))``, the result is ``fine + bicubic(r_0 + ... +
-    r_{iterations-1})``: one degrade and one bicubic on the fine grid whatever ``iterations``, the
-    same values up to float32 rounding. Input with NaN goes step by step (NaN-aware sensor model).
-    """
-    fine, coarse = np.asarray(fine, dtype=np.float32), np.asarray(coarse, dtype=np.float32)
-    if not (np.isfinite(fine).all() and np.isfinite(coarse).all()):
-        out = fine
-        for _ in range(iterations):
-            residual = coarse - degrade(out, factor, psf_sigma=sensor_sigma(factor))
-            out = out + bicubic_upsample(residual, factor)
-        return out.astype(np.float32)
-    if iterations == 0:
-        return fine.copy()
-    h, w = coarse.shape[-2:]
-    step_h, step_w = (_matrix("step", n, factor) for n in (h, w))
-    residual = _tensor(coarse) - _product(_tensor(fine), factor, "degrade")
-    total = residual
-    for _ in range(iterations - 1):
-        residual = residual - torch.matmul(torch.matmul(step_h, residual), step_w.T)
-        total = total + residual
-    return (_tensor(fine) + _product(total, factor, "bicubic")).numpy()
+
+def back_project_torch(fine: torch.Tensor, coarse: torch.Tensor, iterations: int) -> torch.Tensor:
+    """:func:`back_project` at factor 2 for training (:func:`~xr_opensr.sensor.back_project_torch`)."""
+    return sensor.back_project_torch(fine, coarse, 2, iterations, psf_sigma=sensor_sigma(2))
 
 
 def _degrade(x: np.ndarray, factor: int) -> np.ndarray:
-    """:func:`~xr_opensr.sensor.degrade` with the sensor model at ``factor``: as matrix products when
-    ``x`` is finite (:func:`_product`), else by the NaN-aware sensor function."""
-    x = np.asarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        return degrade(x, factor, psf_sigma=sensor_sigma(factor))
-    return _product(_tensor(x), factor, "degrade").numpy()
+    """:func:`~xr_opensr.sensor.degrade` with the sensor model at ``factor`` (:func:`_finite_by_torch`)."""
+    return _finite_by_torch(degrade, degrade_torch, (x,), factor, psf_sigma=sensor_sigma(factor))
 
 
 def _bicubic(x: np.ndarray, factor: int) -> np.ndarray:
-    """:func:`~xr_opensr.sensor.bicubic_upsample` by ``factor``: as matrix products when ``x`` is
-    finite (:func:`_product`), else by the NaN-aware sensor function."""
-    x = np.asarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        return bicubic_upsample(x, factor)
-    return _product(_tensor(x), factor, "bicubic").numpy()
+    """:func:`~xr_opensr.sensor.bicubic_upsample` by ``factor`` (:func:`_finite_by_torch`)."""
+    return _finite_by_torch(bicubic_upsample, bicubic_upsample_torch, (x,), factor)
+
+
+def _finite_by_torch(numpy_fn: Any, torch_fn: Any, arrays: tuple, *args: Any, **kwargs: Any) -> np.ndarray:
+    """``numpy_fn(*arrays, *args, **kwargs)`` of float32 arrays; finite ones by ``torch_fn``, its twin in
+    :mod:`xr_opensr.sensor` as matrix products on torch's CPU threads (the kernel's ``torch_threads``;
+    an image's result does not depend on its batch mates)."""
+    arrays = tuple(np.asarray(a, dtype=np.float32) for a in arrays)
+    if all(np.isfinite(a).all() for a in arrays):
+        return torch_fn(*map(_tensor, arrays), *args, **kwargs).numpy()
+    return numpy_fn(*arrays, *args, **kwargs)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -321,79 +311,6 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
-def _product(x: torch.Tensor, factor: int, kind: str) -> torch.Tensor:
-    """``M_h @ x @ M_w.T`` over the last two axes of a finite CPU tensor, ``M`` the ``kind`` matrix
-    (:func:`_matrix`). torch's matrix products run on torch's CPU threads (the kernel's
-    ``torch_threads``), and an image's result does not depend on its batch mates."""
-    rows, cols = _matrix(kind, x.shape[-2], factor), _matrix(kind, x.shape[-1], factor)
-    return torch.matmul(torch.matmul(rows, x), cols.T)
-
-
-@functools.lru_cache(maxsize=64)
-def _matrix(kind: str, n: int, factor: int) -> torch.Tensor:
-    """float32 CPU matrix along an axis of ``n`` pixels: ``"degrade"`` (n / factor, n) the sensor model
-    at ``factor`` (:func:`~xr_opensr.sensor.degrade_matrix`), ``"bicubic"`` (factor n, n)
-    (:func:`~xr_opensr.sensor.bicubic_matrix`), ``"step"`` (n, n) their product ``degrade @ bicubic``
-    on a coarse axis of ``n`` pixels (one back-projection step is ``r - step_h @ r @ step_w.T``)."""
-    if kind == "degrade":
-        m = degrade_matrix(n, factor, psf_sigma=sensor_sigma(factor))
-    elif kind == "bicubic":
-        m = bicubic_matrix(n, factor)
-    else:
-        m = degrade_matrix(factor * n, factor, psf_sigma=sensor_sigma(factor)) @ bicubic_matrix(n, factor)
-    return torch.from_numpy(m.astype(np.float32))
-
-
-def _cubic_taps(t: float, a: float = -0.5) -> list[float]:
-    """Keys' weights of the taps at offsets -1, 0, 1, 2 for the fraction ``t`` (as :mod:`xr_opensr.sensor`)."""
-    def near(x: float) -> float:
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-
-    def far(x: float) -> float:
-        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-
-    return [far(1 + t), near(t), near(1 - t), far(2 - t)]
-
-
-def _torch_axis(x: torch.Tensor, taps: list[float], dim: int, pad: int, mode: str) -> torch.Tensor:
-    """Correlate ``dim`` (-1 or -2) of ``x`` with ``taps`` after padding ``pad`` per side."""
-    n = x.shape[dim]
-    if mode == "symmetric":
-        left, right = x.narrow(dim, 0, pad).flip(dim), x.narrow(dim, n - pad, pad).flip(dim)
-    else:  # replicate
-        left = x.narrow(dim, 0, 1).expand(*[pad if d == x.dim() + dim else -1 for d in range(x.dim())])
-        right = x.narrow(dim, n - 1, 1).expand(*[pad if d == x.dim() + dim else -1 for d in range(x.dim())])
-    xp = torch.cat([left, x, right], dim=dim)
-    out = 0
-    for i, w in enumerate(taps):
-        out = out + w * xp.narrow(dim, i, xp.shape[dim] - len(taps) + 1)
-    return out
-
-
-def back_project_torch(fine: torch.Tensor, coarse: torch.Tensor, iterations: int) -> torch.Tensor:
-    """:func:`back_project` at factor 2 in torch (differentiable; the same arithmetic up to rounding):
-    Gaussian PSF (:func:`sensor_sigma`, mirrored edges), 2 x 2 area mean, Keys bicubic (edge replicated)."""
-    from ..sensor import _gauss1d
-
-    gauss = _gauss1d(sensor_sigma(2), 4.0).tolist()
-    r = len(gauss) // 2
-    even, odd = _cubic_taps(0.75), _cubic_taps(0.25)
-
-    def up(x: torch.Tensor, dim: int) -> torch.Tensor:
-        e = _torch_axis(x, even, dim, 2, "replicate").narrow(dim, 0, x.shape[dim])
-        o = _torch_axis(x, odd, dim, 2, "replicate").narrow(dim, 1, x.shape[dim])
-        if dim == -2:
-            return torch.stack([e, o], dim=-2).reshape(*x.shape[:-2], 2 * x.shape[-2], x.shape[-1])
-        return torch.stack([e, o], dim=-1).reshape(*x.shape[:-1], 2 * x.shape[-1])
-
-    out = fine
-    for _ in range(iterations):
-        blurred = _torch_axis(_torch_axis(out, gauss, -2, r, "symmetric"), gauss, -1, r, "symmetric")
-        residual = coarse - torch.nn.functional.avg_pool2d(blurred, 2)
-        out = out + up(up(residual, -2), -1)
-    return out
-
-
 # --------------------------------------------------------------------------- the model
 
 
@@ -401,6 +318,10 @@ class GuidedSR:
     """The 20 m-band model: :meth:`sharpen` (20 m -> 10 m) and :meth:`superresolve` (-> 2.5 m).
 
     Runs on the CPU or a torch device; deterministic; each image on its own (batch-invariant).
+
+    Not a super-resolution model of its own: it needs the 10 m bands' super-resolution as input, so it
+    has no ``run`` (not a :class:`~xr_opensr.models.base.Model`); :class:`~xr_opensr.models.chain.Chain`
+    runs it after a 10 m model, reading :attr:`info` (name, version, bands) and :attr:`guide_bands`.
     """
 
     def __init__(self, config: GuidedConfig, net: GuidedNet | None = None, device: str | torch.device = "cpu",
@@ -418,6 +339,26 @@ class GuidedSR:
     @property
     def guide_bands(self) -> tuple[str, ...]:
         return tuple(self.config.guide_bands)
+
+    @property
+    def info(self) -> ModelInfo:
+        """What the model declares: input bands the guide then the 20 m bands (the order a chain's
+        patches hold them), output bands the 20 m bands, 4x the 10 m grid, mean and std only."""
+        return ModelInfo(
+            name=self.config.name, version=self.config.version, bands=(*self.guide_bands, *self.bands),
+            bands_out=self.bands, scale=4, patch_multiple=2, halo=None, outputs=("mean", "std"),
+            mean_without_samples=True,
+            consistency=f"back-projection against the 20 m input ({self.config.consistency_iterations} steps)",
+        )
+
+    def place(self, device: str | torch.device = "cpu", dtype: Any = None) -> GuidedSR:
+        """Move to ``device`` ("auto": CUDA if visible, else CPU; the model computes in float32 whatever
+        ``dtype``); returns the model."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.net = self.net.to(self.device)
+        return self
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.net.parameters())

@@ -1,8 +1,10 @@
-"""Model files: load/save model folders, convert LDSR-S2 v1 checkpoints, registered names.
+"""Model files: load/save model folders, convert LDSR-S2 v1 checkpoints (names: :mod:`.registry`).
 
-A model folder holds ``config.json`` (:class:`ModelConfig`) and ``model.safetensors`` (the state
-dict of :class:`SRModel`: ``autoencoder.*`` and ``denoiser.*``). Checkpoints (``.ckpt``) are read
-with ``torch.load(weights_only=True)`` only: no code inside them ever runs.
+A model folder holds ``config.json`` (:class:`ModelConfig`; its ``"kind"`` says which model it is) and
+``model.safetensors`` (the state dict of the diffusion model, :class:`SRModel`: ``autoencoder.*`` and
+``denoiser.*``); model v2 (kind ``"ldm+mean"``, :class:`~xr_opensr.models.v2.MeanSpreadModel`) has its
+mean network in ``mean_net.safetensors`` beside it. Checkpoints (``.ckpt``) are read with
+``torch.load(weights_only=True)`` only: no code inside them ever runs.
 
 :func:`load_network` is the one loading path of every model kind (the diffusion models, model v2's
 mean network, the 20 m model of :mod:`~xr_opensr.models.guided`): the shapes in the safetensors
@@ -11,9 +13,7 @@ headers against the network built on torch's meta device, then the tensors, fini
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +21,16 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, DeviceError, ModelError
-from . import baselines as _baselines
 from .autoencoder import AutoencoderConfig
 from .config import ModelConfig
-from .consistency import ConsistencyConfig
 from .diffusion import SamplerConfig, ScheduleConfig
 from .pipeline import SRModel, resolve_device, resolve_dtype
 from .unet import UNetConfig
+from .v2 import MeanSpreadModel
 
 __all__ = [
-    "load_model",
+    "load_folder",
+    "load_ldsr_checkpoint",
     "load_network",
     "save_model",
     "convert_checkpoint",
@@ -38,7 +38,7 @@ __all__ = [
     "ldsr_s2_v1_config",
     "tiny_config",
     "seeded_model",
-    "registered_models",
+    "check_placement",
     "CONFIG_FILE",
     "WEIGHTS_FILE",
     "MEAN_NET_FILE",
@@ -49,21 +49,14 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "MODEL_CARD.md"
 #: model v2's mean network, beside the diffusion networks' file
 MEAN_NET_FILE = "mean_net.safetensors"
-_MEAN_NET_PREFIX = "mean_net."
 
-# --------------------------------------------------------------------------- registry
+#: kind -> (the model class, its weights files -> the prefix of their tensors in the model's state dict)
+_KINDS: dict[str, tuple[type, dict[str, str]]] = {
+    "ldm": (SRModel, {WEIGHTS_FILE: ""}),
+    "ldm+mean": (MeanSpreadModel, {WEIGHTS_FILE: "diffusion.", MEAN_NET_FILE: "mean_net."}),
+}
 
-
-def _weights_root() -> Path:
-    return Path(str(resources.files("xr_opensr") / "weights"))
-
-
-def registered_models() -> dict[str, Path]:
-    """Names of the diffusion models shipped in the package -> their folders (guided 20 m-band
-    models, ``models.guided``, have their own loader and are left out)."""
-    root = _weights_root()
-    return {p.name: p for p in sorted(root.iterdir())
-            if (p / CONFIG_FILE).is_file() and '"xr-opensr-guided"' not in (p / CONFIG_FILE).read_text()}
+# --------------------------------------------------------------------------- configs
 
 
 def ldsr_s2_v1_config(**changes) -> ModelConfig:
@@ -109,18 +102,20 @@ def tiny_config(**changes) -> ModelConfig:
         ),
         schedule=ScheduleConfig(timesteps=1000, linear_start=1e-4, linear_end=1e-2),
         sampler=SamplerConfig(steps=4, eta=0.95, temperature=1.0),
-        provenance={"source": "seeded random weights (not trained): for tests only, output is not meaningful"},
+        provenance={"source": "seeded random weights (not trained): for tests only, output is not meaningful",
+                    "trained": False},
     )
     return cfg.replace(**changes) if changes else cfg
 
 
-def seeded_model(config: ModelConfig, seed: int = 0) -> SRModel:
-    """Untrained model with reproducible random weights (zero-initialised layers filled too).
+def seeded_model(config: ModelConfig, seed: int = 0) -> SRModel | MeanSpreadModel:
+    """Untrained model of ``config``'s kind with reproducible random weights (zero-initialised layers
+    filled too); its provenance says ``"trained": false``.
 
     The shipped ``tiny`` model is ``seeded_model(tiny_config(), 0)``.
     """
     torch.manual_seed(seed)
-    net = SRModel(config)
+    net = _KINDS[config.kind][0](config.replace(provenance={**config.provenance, "trained": False}))
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in net.parameters():
@@ -132,51 +127,7 @@ def seeded_model(config: ModelConfig, seed: int = 0) -> SRModel:
 # --------------------------------------------------------------------------- loading
 
 
-def load_model(
-    model: str | Path | SRModel = "default",
-    *,
-    device: str | torch.device | None = "auto",
-    dtype: str | torch.dtype | None = None,
-    ema: bool | None = None,
-) -> SRModel:
-    """Load a super-resolution model.
-
-    Parameters
-    ----------
-    model : a registered name (``"default"``, ``"tiny"``; see :func:`registered_models`), a baseline
-        (``"bicubic"``, ``"bicubic+consistency"``; :mod:`~xr_opensr.models.baselines`), a model
-        folder (``config.json`` + ``model.safetensors``), a ``.safetensors`` file beside its
-        ``config.json``, or an LDSR-S2 v1 checkpoint (``.ckpt``, read with ``weights_only=True``).
-    device : "auto" (CUDA if available), "cpu", "cuda", "cuda:1" ...
-    dtype : compute dtype of the denoiser: None/float32, or bfloat16/float16 on a GPU.
-    ema : for ``.ckpt`` files, use the EMA UNet weights (True) or the raw ones (False); None means
-        what the published opensr-model package does (raw weights).
-    """
-    if isinstance(model, str) and model in _baselines.BASELINES:  # "bicubic", "bicubic+consistency"
-        return _baselines.load_baseline(model, _default_consistency() if model == "bicubic+consistency" else None)
-    _check_placement(device, dtype)  # before anything is read or built
-    if isinstance(model, SRModel):
-        return model.place(device, dtype)
-    path = _resolve(model)
-    if path.is_dir():
-        net = _load_folder(path)
-    elif path.suffix == ".safetensors":
-        net = _load_folder(path.parent, weights=path)
-    else:
-        net = _from_state_dict(ldsr_s2_v1_config(), read_checkpoint(path), ema=ema, source=path)
-    return net.place(device, dtype)
-
-
-def _default_consistency() -> ConsistencyConfig:
-    """The consistency step of the shipped default model (read from its config.json, no weights), the
-    step of the ``"bicubic+consistency"`` baseline."""
-    folder = registered_models().get("default")
-    if folder is None:  # an installation without the trained default: its documented step
-        return _baselines.DEFAULT_CONSISTENCY
-    return ModelConfig.from_json(folder / CONFIG_FILE).consistency
-
-
-def _check_placement(device: object, dtype: object) -> None:
+def check_placement(device: object, dtype: object) -> None:
     """Unknown device strings and dtypes are typed errors naming the valid values."""
     try:
         dev = resolve_device(device)
@@ -190,47 +141,25 @@ def _check_placement(device: object, dtype: object) -> None:
     resolve_dtype(dtype, dev)
 
 
-def _resolve(model: str | Path) -> Path:
-    if not isinstance(model, str | Path):
-        raise ModelError(f"model must be a name, a path or an SRModel, got {type(model).__name__}")
-    names = registered_models()
-    if isinstance(model, str) and model in names:
-        return names[model]
-    if isinstance(model, str) and model == "default":
-        warnings.warn(
-            "no trained default model is shipped in this installation: using the 'tiny' model with "
-            "seeded random weights, whose output is NOT a meaningful super-resolution",
-            UserWarning,
-            stacklevel=3,
-        )
-        return names["tiny"]
-    path = Path(model).expanduser()
-    if path.exists():
-        return path
-    if isinstance(model, str) and not any(sep in model for sep in "/\\") and "." not in model:
-        raise ModelError(
-            f"unknown model name {model!r}; registered models: {sorted(names)}; "
-            "or pass a model folder or an LDSR-S2 .ckpt path"
-        )
-    raise CheckpointError(f"model file or folder not found: {path}")
-
-
-def _load_folder(folder: Path, weights: Path | None = None) -> SRModel:
+def load_folder(folder: Path, weights: Path | None = None) -> SRModel | MeanSpreadModel:
+    """The model in ``folder`` (kind ``"ldm"``: :class:`SRModel`; ``"ldm+mean"``: model v2,
+    :class:`~xr_opensr.models.v2.MeanSpreadModel`), on the CPU, unplaced. ``weights``: the diffusion
+    networks' file (default ``folder/model.safetensors``)."""
+    folder = Path(folder)
     cfg_path = folder / CONFIG_FILE
-    weights = weights or folder / WEIGHTS_FILE
+    weights = Path(weights) if weights is not None else folder / WEIGHTS_FILE
     if not cfg_path.is_file():
         raise CheckpointError(f"{folder} is not a model folder: {CONFIG_FILE} is missing")
     if not weights.is_file():
         raise CheckpointError(f"weights file missing: {weights} (a model folder needs {WEIGHTS_FILE})")
     config = ModelConfig.from_json(cfg_path)
-    files = {weights: ""}
-    if config.mean_net is not None and not any(k.startswith(_MEAN_NET_PREFIX) for k in _header_shapes(weights)):
-        mean_file = folder / MEAN_NET_FILE  # model v2: the mean network in a file of its own
-        if not mean_file.is_file():
-            raise CheckpointError(f"{folder}: config.json has a mean_net but {MEAN_NET_FILE} is missing; "
+    cls, names = _KINDS[config.kind]
+    files = {weights if name == WEIGHTS_FILE else folder / name: prefix for name, prefix in names.items()}
+    for path in files:
+        if not path.is_file():  # model v2: the mean network in a file of its own
+            raise CheckpointError(f"{folder}: config.json has a mean_net but {path.name} is missing; "
                                   "export the model again (`python -m training export --base-model ...`)")
-        files[mean_file] = _MEAN_NET_PREFIX
-    return load_network(lambda: SRModel(config), files, model=config.name, config_path=cfg_path)
+    return load_network(lambda: cls(config), files, model=config.name, config_path=cfg_path)
 
 
 # --------------------------------------------------------------------------- the one loading path
@@ -355,9 +284,11 @@ def _build_loaded(build: Callable[[], nn.Module], state: Mapping[str, torch.Tens
     return net.eval()
 
 
-def save_model(net: SRModel, folder: str | Path, *, card: str | None = None, overwrite: bool = False) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ ``MODEL_CARD.md``) into ``folder``; model v2's
-    mean network goes to ``mean_net.safetensors`` (so a v2 built on a v1's networks shares their file)."""
+def save_model(net: SRModel | MeanSpreadModel, folder: str | Path, *, card: str | None = None,
+               overwrite: bool = False) -> Path:
+    """Write ``config.json`` (with its ``"kind"``) + ``model.safetensors`` (+ ``MODEL_CARD.md``) into
+    ``folder``; model v2's mean network goes to ``mean_net.safetensors`` (so a v2 built on a v1's
+    networks shares their file)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -366,10 +297,9 @@ def save_model(net: SRModel, folder: str | Path, *, card: str | None = None, ove
     folder.mkdir(parents=True, exist_ok=True)
     net.config.to_json(folder / CONFIG_FILE)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}
-    mean = {k[len(_MEAN_NET_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(_MEAN_NET_PREFIX)}
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "name": net.config.name})
-    if mean:
-        save_file(mean, str(folder / MEAN_NET_FILE), metadata={"format": "pt", "name": net.config.name})
+    for name, prefix in _KINDS[net.config.kind][1].items():
+        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        save_file(part, str(folder / name), metadata={"format": "pt", "name": net.config.name})
     if card is not None:
         (folder / CARD_FILE).write_text(card)
     return folder
@@ -451,9 +381,11 @@ def _schedule_from_checkpoint(state: Mapping[str, torch.Tensor], cfg: ScheduleCo
     return fitted
 
 
-def _from_state_dict(
-    config: ModelConfig, state: Mapping[str, torch.Tensor], *, ema: bool | None, source: Path | str
-) -> SRModel:
+def load_ldsr_checkpoint(path: str | Path, ema: bool | None = None) -> SRModel:
+    """The LDSR-S2 v1 model of a checkpoint (``.ckpt``, read with ``weights_only=True``), on the CPU,
+    unplaced; ``ema``: the EMA UNet weights (True) or the raw ones (False, None: as opensr-model)."""
+    state, source = read_checkpoint(path), Path(path)
+    config = ldsr_s2_v1_config()
     config = config.replace(schedule=_schedule_from_checkpoint(state, config.schedule))
     prov = dict(config.provenance, checkpoint=str(Path(source).name), unet_weights="ema" if ema else "raw")
     config = config.replace(provenance=prov)
@@ -468,8 +400,8 @@ def _from_state_dict(
 def convert_checkpoint(
     ckpt: str | Path, outdir: str | Path, *, ema: bool | None = None, overwrite: bool = False
 ) -> Path:
-    """Convert an LDSR-S2 v1 ``.ckpt`` into a model folder that :func:`load_model` reads."""
-    net = _from_state_dict(ldsr_s2_v1_config(), read_checkpoint(ckpt), ema=ema, source=ckpt)
+    """Convert an LDSR-S2 v1 ``.ckpt`` into a model folder that :func:`xr_opensr.load_model` reads."""
+    net = load_ldsr_checkpoint(ckpt, ema=ema)
     card = (
         f"# {net.config.name} {net.config.version}\n\nConverted from `{Path(ckpt).name}` with "
         f"`xr-opensr convert` (UNet weights: {'EMA' if ema else 'raw'}).\n"

@@ -1,20 +1,13 @@
-"""`SRModel`: LR reflectance -> samples of HR reflectance with a latent diffusion model.
+"""`SRModel`: LR reflectance -> samples of HR reflectance with a latent diffusion model (kind ``"ldm"``).
 
 Conditioning as in LDSR-S2 v1: the LR image is upsampled (bilinear) to the HR grid, encoded by the
 autoencoder's encoder, and concatenated to the noisy latent along channels at every denoising step.
+The mean and the standard deviation of the diffusion samples are the SR and its uncertainty (LDSR-S2
+v1, ``tiny``). Model v2 composes this model with a mean network: :mod:`xr_opensr.models.v2`.
 
-Model v1 (LDSR-S2 v1 and the first default): the mean and the standard deviation of the diffusion
-samples are the SR and its uncertainty. Model v2 (``config.mean_net``): a deterministic mean network
-(:class:`~xr_opensr.models.regression.RegressionNet`) gives the mean ``m`` (then the consistency
-step) and, from its spread head, the standard deviation ``u`` (times ``std_scale``, calibrated on
-validation scenes); the diffusion model gives the samples' detail: with ``x_1..x_S`` its samples of a
-patch, ``xbar`` their mean and ``sd`` their standard deviation per pixel, sample ``j`` is
-``m + u * (x_j - xbar) / sd``. So the samples' mean is ``m`` and their standard deviation ``u``
-exactly, for any number of samples >= 2 (one sample: ``m``, std 0): ``sr`` and ``uncertainty`` do
-not depend on the diffusion model, which runs only when the samples themselves are asked for. These
-samples are not clipped at 0; ``superresolve`` moves its (blended) samples with
-:func:`samples_with_moments`, which also keeps them >= 0. ``samples=0`` (the fast deterministic path)
-returns ``m`` alone, with NaN as uncertainty.
+Also here: the consistency step of every model (:func:`consistency_step`) and
+:func:`samples_with_moments`, which ``superresolve`` uses to move blended samples to the blended
+mean and standard deviation.
 """
 
 from __future__ import annotations
@@ -30,18 +23,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import DeviceError, InputError
+from ..errors import ConfigError, DeviceError, InputError
 from .autoencoder import AutoencoderKL
+from .base import MAX_SAMPLES, ModelInfo, SampleOptions, Sampling
 from .config import ModelConfig
+from .consistency import ConsistencyConfig
 from .diffusion import DDIMSampler, NoiseSchedule
-from .regression import RegressionNet
 from .unet import UNet
 
-__all__ = ["SRModel", "match_histograms", "resolve_device", "item_generator", "samples_with_moments", "MAX_SAMPLES"]
+__all__ = ["SRModel", "match_histograms", "resolve_device", "item_generator", "samples_with_moments", "MAX_SAMPLES",
+           "consistency_step", "model_info", "SummaryRun"]
 
-#: the most samples per patch: memory does not grow with ``samples`` (they are reduced as they are
-#: drawn), but time does, linearly; more than a few hundred samples change the mean and std little
-MAX_SAMPLES = 10_000
 
 #: memory for one network call on the CPU (larger batches gain nothing there: see batch_limit)
 _CPU_BUDGET_MB = 256.0
@@ -117,7 +109,43 @@ def match_histograms(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
 #: serialises the one-time channels_last conversion of a model shared by threads
 _PREPARE_LOCK = threading.Lock()
 
-class SRModel(nn.Module):
+
+def model_info(cfg: ModelConfig, *, mean_without_samples: bool) -> ModelInfo:
+    """The :class:`~xr_opensr.models.base.ModelInfo` of a model of config ``cfg`` (a diffusion model,
+    or model v2 with ``mean_without_samples``)."""
+    return ModelInfo(
+        name=cfg.name, version=cfg.version, bands=tuple(cfg.bands), scale=cfg.scale, patch=cfg.patch_size,
+        overlap=cfg.default_overlap, patch_multiple=2 ** (len(cfg.denoiser.channel_mult) - 1),
+        sampling=Sampling(cfg.sampler.steps, cfg.sampler.eta, cfg.schedule.timesteps),
+        mean_without_samples=mean_without_samples, std_scale=cfg.std_scale, consistency=cfg.consistency.describe(),
+        trained=bool(cfg.provenance.get("trained", True)),
+    )
+
+
+class SummaryRun:
+    """:meth:`run` of the model protocol (:class:`~xr_opensr.models.base.Model`) for a model with a
+    ``sample_summary`` method: one call with the options spelled out."""
+
+    def run(self, patches: np.ndarray, seeds: np.ndarray, options: SampleOptions) -> np.ndarray:
+        """(N, C, P, P) float32 reflectance (NaN = nodata), (N,) seeds -> (N, K, C, sP, sP) float32."""
+        return self.sample_summary(patches, samples=options.samples, steps=options.steps, eta=options.eta,
+                                   seed=[int(v) for v in seeds], histogram_matching=options.histogram_matching,
+                                   batch_size=options.batch_size, return_samples=options.return_samples)
+
+
+def _channels_last_once(net: nn.Module) -> None:
+    """Once per module: channels_last weights (faster convolutions with oneDNN and cuDNN; outputs change
+    only by float rounding). Under a lock: converting swaps the parameters' storage, and a dask thread
+    already running this (process-shared) model must never read a storage that another thread frees."""
+    if getattr(net, "_inference_ready", False):
+        return
+    with _PREPARE_LOCK:
+        if not getattr(net, "_inference_ready", False):
+            net.to(memory_format=torch.channels_last)
+            net._inference_ready = True
+
+
+class SRModel(SummaryRun, nn.Module):
     """Latent diffusion super-resolution model (autoencoder + denoising UNet + DDIM).
 
     Build it with :func:`xr_opensr.load_model`; ``SRModel(config)`` gives random weights.
@@ -125,19 +153,18 @@ class SRModel(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if config.mean_net is not None:
+            raise ConfigError(f"model {config.name!r} has a mean_net: build it with xr_opensr.models.v2.MeanSpreadModel")
         self.config = config
         self.autoencoder = AutoencoderKL(config.autoencoder)
         self.denoiser = UNet(config.denoiser)
         self.schedule = NoiseSchedule(config.schedule)
-        mn = config.mean_net
-        self.mean_net = (RegressionNet(mn, config.bands, config.scale, config.input_gain, config.input_offset)
-                         if mn is not None else None)
         self.eval()
 
     @property
-    def is_v2(self) -> bool:
-        """Whether the mean and uncertainty come from a mean network (model v2; see the module docstring)."""
-        return self.mean_net is not None
+    def info(self) -> ModelInfo:
+        """What the model declares (:class:`~xr_opensr.models.base.ModelInfo`), from its config."""
+        return model_info(self.config, mean_without_samples=False)
 
     # ------------------------------------------------------------------ placement
     @property
@@ -210,18 +237,8 @@ class SRModel(nn.Module):
         return max(1, int(memory_budget_mb * 2**20 // max(per_item, 1)))
 
     def prepare_inference(self) -> SRModel:
-        """Once per model: channels_last weights (faster convolutions with oneDNN and cuDNN).
-
-        Outputs change only by float rounding (different convolution algorithms); returns self.
-        """
-        if getattr(self, "_inference_ready", False):
-            return self
-        # under a lock: converting swaps the parameters' storage, and a dask thread already running
-        # this (process-shared) model must never read a storage that another thread frees mid-call
-        with _PREPARE_LOCK:
-            if not getattr(self, "_inference_ready", False):
-                self.to(memory_format=torch.channels_last)
-                self._inference_ready = True
+        """Once per model: channels_last weights (:func:`_channels_last_once`); returns self."""
+        _channels_last_once(self)
         return self
 
     def compile_denoiser(self, mode: str = "reduce-overhead") -> SRModel:
@@ -281,11 +298,6 @@ class SRModel(nn.Module):
         nodata LR pixel (NaN in any band) are NaN in every band.
         """
         is_numpy = not isinstance(lr, torch.Tensor)
-        if self.is_v2:  # the samples are built around the mean network's mean (module docstring)
-            out = self.sample_summary(np.asarray(lr) if is_numpy else lr.numpy(), samples, steps, eta, seed,
-                                      histogram_matching=histogram_matching, batch_size=batch_size,
-                                      return_samples=True)[:, 2:]
-            return out if is_numpy else torch.from_numpy(out)
         run = self._run(lr, samples, steps, eta, seed, temperature, histogram_matching, consistency,
                         memory_budget_mb, batch_size, batch_invariant)
         b, c, h, w = run.x.shape
@@ -315,17 +327,12 @@ class SRModel(nn.Module):
         ``samples``: the samples of an input are folded into running float64 sums in sample order
         (so the result does not depend on the batch size), and dropped unless ``return_samples``.
 
-        Model v2 (``config.mean_net``): the mean network's mean and calibrated spread, and the samples
-        built around them (module docstring); ``samples=0`` gives the mean alone (uncertainty NaN).
-
         Returns
         -------
         (B, K, C, scale*h, scale*w) float32: plane 0 the mean, plane 1 the per-band sample standard
         deviation (ddof=1) times ``config.std_scale`` (0 when samples == 1), planes 2.. the samples
         when ``return_samples`` (K = 2 + samples), else K = 2. NaN under nodata LR pixels.
         """
-        if self.is_v2:
-            return self._summary_v2(lr, samples, steps, eta, seed, histogram_matching, batch_size, return_samples)
         if samples == 0:
             raise InputError(f"samples=0 (the fast deterministic path) needs a model with a mean network "
                              f"(model v2, e.g. the default); {self.config.name!r} has none: use samples >= 1")
@@ -345,63 +352,6 @@ class SRModel(nn.Module):
                 if j == samples - 1:
                     out[i, 0], out[i, 1] = sums.pop(i).result(self.config.std_scale)
         return out
-
-    def _summary_v2(self, lr, samples, steps, eta, seed, histogram_matching, batch_size,
-                    return_samples) -> np.ndarray:
-        """:meth:`sample_summary` of a model v2 (see the module docstring)."""
-        if not isinstance(samples, int | np.integer) or samples < 0:
-            raise InputError(f"samples must be an integer >= 0, got {samples!r}")
-        run = self._run(lr, max(int(samples), 1), steps, eta, seed, None, histogram_matching, True, None,
-                        batch_size, True)
-        b, c, h, w = run.x.shape
-        s = self.config.scale
-        k_out = 2 + (samples if return_samples else 0)
-        out = np.full((b, k_out, c, s * h, s * w), np.nan, dtype=np.float32)
-        if not run.todo:
-            return out
-        mean, unit = self.mean_and_spread(run.x[run.todo], run.invalid[run.todo], spread=samples >= 2)
-        if samples >= 2:
-            std = unit * np.float32(self.config.std_scale)
-        else:  # one sample has no spread; samples=0: not computed
-            std = np.where(np.isnan(mean), np.float32(np.nan), np.float32(0.0 if samples == 1 else np.nan))
-        out[run.todo, 0], out[run.todo, 1] = mean, std
-        if return_samples and samples >= 2:
-            detail = np.empty((len(run.todo), samples, c, s * h, s * w), dtype=np.float32)
-            for ks, hr in self._generate(run):
-                for k, value in zip(ks, hr):
-                    detail[k // samples, k % samples] = value
-            out[run.todo, 2:] = _around(mean, std, detail)
-        elif return_samples and samples == 1:
-            out[run.todo, 2] = mean
-        return out
-
-    @torch.inference_mode()
-    def mean_and_spread(self, x: torch.Tensor, invalid: torch.Tensor, *,
-                        spread: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Model v2: the mean network's mean (then the consistency step) and its uncalibrated standard
-        deviation for LR (B, C, h, w) float32 with ``invalid`` (B, h, w) nodata pixels, one input per
-        network call (batch-invariant); each (B, C, s*h, s*w) float32, NaN under nodata, mean >= 0.
-        ``spread=False`` skips the spread head (zeros instead)."""
-        from ..sensor import bicubic_upsample
-        from .regression import LAPLACE_STD
-
-        self.prepare_inference()
-        s = self.config.scale
-        x_filled = torch.stack([_fill_nodata(x[i], invalid[i]) for i in range(x.shape[0])])
-        means, stds = [], []
-        for i in range(x.shape[0]):
-            xi = x_filled[i : i + 1]
-            base = torch.from_numpy(np.asarray(bicubic_upsample(xi.numpy(), s), dtype=np.float32))
-            m, scale = self.mean_net.mean_and_scale(_to_device(xi, self.device), _to_device(base, self.device),
-                                                    spread=spread)
-            means.append(_to_host(m))
-            stds.append(_to_host(LAPLACE_STD * scale) if scale is not None else np.zeros_like(means[-1]))
-        inv = invalid.numpy()
-        mean = self.apply_consistency(np.concatenate(means)[:, None], x_filled.numpy(), inv)[:, 0]
-        hr_invalid = inv.repeat(s, axis=1).repeat(s, axis=2)[:, None]
-        mean = np.where(hr_invalid, np.float32(np.nan), np.maximum(mean, np.float32(0.0)))
-        std = np.where(hr_invalid, np.float32(np.nan), np.concatenate(stds))
-        return mean.astype(np.float32), std.astype(np.float32)
 
     def _run(self, lr, samples, steps, eta, seed, temperature, histogram_matching, consistency,
              memory_budget_mb, batch_size, pad) -> _Run:
@@ -519,37 +469,20 @@ class SRModel(nn.Module):
         return np.maximum(hr, np.float32(0.0), out=hr)  # (NaN stays NaN)
 
     def apply_consistency(self, samples: np.ndarray, lr: np.ndarray, invalid: np.ndarray | None = None) -> np.ndarray:
-        """The model's consistency step (``config.consistency``) on samples (B, S, C, H, W) of the LR
-        (B, C, h, w); ``invalid`` (B, h, w) marks nodata LR pixels, whose HR pixels stay NaN (and
-        ``lr`` must be finite elsewhere). Returns a new float32 array; unchanged when the step is off."""
-        from ..sensor import bicubic_upsample
-        from .consistency import enforce_consistency
+        """The model's consistency step (``config.consistency``): :func:`consistency_step`."""
+        return consistency_step(samples, lr, self.config.scale, self.config.consistency, invalid)
 
-        cfg = self.config
-        if not cfg.consistency.active:
-            return samples
-        lr = np.asarray(lr, dtype=np.float32)
-        if invalid is None:
-            invalid = ~np.isfinite(lr).all(axis=1)
-        if invalid.any():  # nodata: a plain bicubic stands in for the NaN pixels during the step
-            fill = np.nanmean(np.where(invalid[:, None], np.nan, lr), axis=(2, 3), keepdims=True)
-            lr = np.where(invalid[:, None], fill, lr)
-        hr_invalid = invalid.repeat(cfg.scale, axis=1).repeat(cfg.scale, axis=2)[:, None, None]
-        stand_in = np.asarray(bicubic_upsample(lr, cfg.scale), dtype=np.float32)[:, None]
-        out = enforce_consistency(np.where(hr_invalid, stand_in, samples), lr[:, None], cfg.scale, cfg.consistency)
-        return np.where(hr_invalid, np.float32(np.nan), out).astype(np.float32)
-
-    def summarize(self, out: Any) -> tuple[Any, Any]:
+    def summarize(self, out: Any, std_scale: float | None = None) -> tuple[Any, Any]:
         """Samples (B, S, C, H, W) -> (mean, std), each (B, C, H, W).
 
-        ``std`` is the per-band sample standard deviation (ddof=1) times ``config.std_scale``;
-        zero where S == 1.
+        ``std`` is the per-band sample standard deviation (ddof=1) times ``std_scale`` (default
+        ``config.std_scale``); zero where S == 1.
         """
         is_numpy = not isinstance(out, torch.Tensor)
         t = torch.as_tensor(out)
         mean = t.mean(dim=1)
-        if t.shape[1] > 1:  # model v2's samples carry the calibrated spread already
-            std = t.std(dim=1, correction=1) * (1.0 if self.is_v2 else self.config.std_scale)
+        if t.shape[1] > 1:
+            std = t.std(dim=1, correction=1) * (self.config.std_scale if std_scale is None else std_scale)
         else:
             std = torch.where(torch.isnan(mean), torch.nan, torch.zeros_like(mean))
         if is_numpy:
@@ -561,14 +494,26 @@ class SRModel(nn.Module):
         return f"name={self.config.name!r}, version={self.config.version!r}, parameters={n:,}"
 
 
-def _around(mean: np.ndarray, std: np.ndarray, detail: np.ndarray) -> np.ndarray:
-    """Model v2's samples: the diffusion samples ``detail`` (B, S, C, H, W), standardised per pixel
-    over the samples, scaled by ``std`` and added to ``mean`` (each (B, C, H, W)): their mean is
-    ``mean`` and their standard deviation (ddof=1) ``std``. Where the diffusion samples all agree (no
-    detail to standardise), a fixed standardised ramp over the sample index stands in. Not clipped at 0
-    (``superresolve`` makes the samples >= 0 after the blend, :func:`samples_with_moments`)."""
-    z = _standardise(detail.astype(np.float64), axis=1)
-    return (mean[:, None] + std[:, None] * z).astype(np.float32)
+def consistency_step(samples: np.ndarray, lr: np.ndarray, scale: int, step: ConsistencyConfig,
+                     invalid: np.ndarray | None = None) -> np.ndarray:
+    """A model's consistency step ``step`` on samples (B, S, C, H, W) of the LR (B, C, h, w) at ``scale``;
+    ``invalid`` (B, h, w) marks nodata LR pixels, whose HR pixels stay NaN (and ``lr`` must be finite
+    elsewhere). Returns a new float32 array; ``samples`` unchanged when the step is off."""
+    from ..sensor import bicubic_upsample
+    from .consistency import enforce_consistency
+
+    if not step.active:
+        return samples
+    lr = np.asarray(lr, dtype=np.float32)
+    if invalid is None:
+        invalid = ~np.isfinite(lr).all(axis=1)
+    if invalid.any():  # nodata: a plain bicubic stands in for the NaN pixels during the step
+        fill = np.nanmean(np.where(invalid[:, None], np.nan, lr), axis=(2, 3), keepdims=True)
+        lr = np.where(invalid[:, None], fill, lr)
+    hr_invalid = invalid.repeat(scale, axis=1).repeat(scale, axis=2)[:, None, None]
+    stand_in = np.asarray(bicubic_upsample(lr, scale), dtype=np.float32)[:, None]
+    out = enforce_consistency(np.where(hr_invalid, stand_in, samples), lr[:, None], scale, step)
+    return np.where(hr_invalid, np.float32(np.nan), out).astype(np.float32)
 
 
 def samples_with_moments(samples: np.ndarray, mean: np.ndarray, std: np.ndarray, *, axis: int = 0) -> np.ndarray:
