@@ -7,6 +7,7 @@
     python benchmarks/bench_tile.py --only tile4,tile10               # issue 22: a whole 10980^2 tile, the
         # default model at samples=10 -> sr + uncertainty in a compressed Zarr (four bands; all ten bands)
     python benchmarks/bench_tile.py --only tile4 --tile 2048 --dtype uint16   # a part of it, uint16 DN
+    python benchmarks/bench_tile.py --only tile4 --tile 2048 --tiling crop    # the crop tiling
 
 Every part runs in a fresh subprocess and prints its wall time, the number of tasks of the graph,
 and the process's peak RSS (VmHWM): the cost of the dask layer itself when the kernel is cheap
@@ -62,12 +63,12 @@ def ten_band_cube(size: int, chunk: int, seed: int = 0) -> xr.DataArray:
     return out.rio.write_crs(four.rio.crs).rio.write_transform(four.rio.transform())
 
 
-def _tile(part: str, size: int, samples: int, chunk: int, out: str, dtype: str | None) -> dict:
+def _tile(part: str, size: int, samples: int, chunk: int, out: str, dtype: str | None, tiling: str) -> dict:
     """A whole tile: the default model, ``samples``, sr + uncertainty to a compressed Zarr (zstd)."""
     ten = part == "tile10"
     cube = ten_band_cube(size, chunk) if ten else s2_cube(size, chunk=chunk)
     t0 = time.perf_counter()
-    ds = cube.opensr.superresolve(samples, bands="all" if ten else None, output_dtype=dtype)
+    ds = cube.opensr.superresolve(samples, bands="all" if ten else None, output_dtype=dtype, tiling=tiling)
     build = time.perf_counter() - t0
     tasks = len(ds.__dask_graph__())
     t0 = time.perf_counter()
@@ -77,13 +78,13 @@ def _tile(part: str, size: int, samples: int, chunk: int, out: str, dtype: str |
     disk = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file()) / 2**20
     return {"part": part, "size": size, "model": "default", "samples": samples, "build_s": build,
             "compute_s": wall, "tasks": tasks, "peak_rss_mb": _peak_rss_mb(), "value": disk,
-            "bands": int(cube.sizes["band"]), "dtype": dtype or "float32"}
+            "bands": int(cube.sizes["band"]), "dtype": dtype or "float32", "tiling": tiling}
 
 
 def _child(part: str, size: int, model: str, samples: int, chunk: int, out: str | None,
-           dtype: str | None = None) -> dict:
+           dtype: str | None = None, tiling: str = "blend") -> dict:
     if part.startswith("tile"):
-        return _tile(part, size, samples, chunk, out, dtype)
+        return _tile(part, size, samples, chunk, out, dtype, tiling)
     cube = s2_cube(size, chunk=chunk)
     t0 = time.perf_counter()
     ds = cube.opensr.superresolve(samples, model=model)
@@ -101,11 +102,11 @@ def _child(part: str, size: int, model: str, samples: int, chunk: int, out: str 
 
 
 def run_part(part: str, size: int, model: str, samples: int, chunk: int, timeout: float,
-             dtype: str | None = None) -> dict | None:
+             dtype: str | None = None, tiling: str = "blend") -> dict | None:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--_child", part, "--size", str(size), "--model", model,
                "--samples", str(samples), "--chunk", str(chunk), "--out", str(Path(tmp) / "sr.zarr")]
-        cmd += ["--dtype", dtype] if dtype else []
+        cmd += (["--dtype", dtype] if dtype else []) + ["--tiling", tiling]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
         except subprocess.TimeoutExpired:
@@ -125,12 +126,14 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1024, help="input chunk side (LR pixels)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per part")
     parser.add_argument("--dtype", default=None, help="output_dtype of the tile parts (None: float32; uint16)")
+    parser.add_argument("--tiling", default="blend", choices=("blend", "crop"), help="tiling of the tile parts")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
-        print(json.dumps(_child(args._child, args.size, args.model, args.samples, args.chunk, args.out, args.dtype)))
+        print(json.dumps(_child(args._child, args.size, args.model, args.samples, args.chunk, args.out, args.dtype,
+                                args.tiling)))
         return
     print(f"bench_tile: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, dask {dask.__version__}")
     parts = {"sum": (args.tile, "bicubic", 1), "zarr": (args.zarr_size, "bicubic", 1),
@@ -138,11 +141,11 @@ def main() -> None:
              "tile4": (args.tile, "default", args.samples), "tile10": (args.tile, "default", args.samples)}
     for part in args.only.split(","):
         size, model, samples = parts[part]
-        r = run_part(part, size, model, samples, args.chunk, args.timeout, args.dtype)
+        r = run_part(part, size, model, samples, args.chunk, args.timeout, args.dtype, args.tiling)
         if r is None:
             continue
         what = f"{r['value']:.1f} MiB on disk" if part in ("zarr", "tile4", "tile10") else f"sum {r['value']:.6g}"
-        print(f"  {part:5s} {size}^2 LR, model {model}, samples={samples}: graph {r['build_s']:.1f} s, "
+        print(f"  {part:5s} {size}^2 LR, model {model}, samples={samples}, tiling {r.get('tiling', '-')}: graph {r['build_s']:.1f} s, "
               f"{r['tasks']:,} tasks, compute {r['compute_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
               f"(goal < 4096), {what}; load {os.getloadavg()[0]:.2f}")
 

@@ -47,6 +47,7 @@ CASES = {
     "s2-20m-s10": ("ten", dict(samples=10, bands="all"), {"x": 24, "y": 24}),
     "s2-20m-s0": ("ten", dict(samples=0, bands="all"), None),
     "tiny-s2-samples": ("four", dict(samples=2, model="tiny", steps=2, return_samples=True), None),
+    "default-s10-crop": ("four", dict(samples=10, tiling="crop"), {"x": 24, "y": 24}),
 }
 
 

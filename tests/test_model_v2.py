@@ -210,3 +210,33 @@ def test_a_renamed_tensor_names_the_file_that_holds_it(v2, tmp_path):
     assert f"weights {folder / MEAN_NET_FILE} do not fit the config of model 'tiny'" in text
     assert "1 missing keys: head.weight;" in text and "1 unexpected keys: head.weight_renamed" in text
     assert str(folder / WEIGHTS_FILE) not in text
+
+
+def test_crop_tiling_gives_the_whole_image_run_chunk_invariantly(monkeypatch):
+    """issue 22: ``tiling="crop"``: the default (a mean network and spread head that declare their receptive
+    field) runs on tiles of CROP_TILE plus the halo, cropped to the centre: the whole-image mean and
+    uncertainty (to float rounding: convolutions of another image size), whatever the chunks; no seams."""
+    import xarray as xr
+    from conftest import make_cube
+
+    from xr_opensr import core
+    from xr_opensr.models.base import SampleOptions
+    from xr_opensr.models.registry import load
+
+    monkeypatch.setattr(core, "CROP_TILE", 64)  # small tiles: a 128 x 120 cube holds 2 x 2 of them
+    cube = make_cube(128, 120, dtype="float32")
+    res = cube.opensr.superresolve(2, tiling="crop").compute()
+    assert res.attrs["tiling"] == "crop" and res.attrs["patch"] >= 64 + res.attrs["overlap"]
+    model = load("default", device="cpu")
+    whole = model.run(cube.values[None].astype(np.float32), np.zeros(1, np.uint64), SampleOptions(samples=2))[0]
+    h = 4 * model.info.halo  # the image's own edge: the last tile is padded past it (not the whole-image padding)
+    np.testing.assert_allclose(res.sr.values[:, :-h, :-h], whole[0][:, :-h, :-h], rtol=0, atol=2e-6)
+    np.testing.assert_allclose(res.uncertainty.values[:, :-h, :-h], whole[1][:, :-h, :-h], rtol=0, atol=2e-6)
+    again = cube.chunk({"x": 40, "y": 56}).opensr.superresolve(2, tiling="crop").compute()
+    xr.testing.assert_identical(res, again)
+    with pytest.raises(InputError, match="tiling='crop' with the 20 m bands"):
+        make_cube(16, 16, bands=("B04", "B03", "B02", "B08", "B11")).opensr.superresolve(2, bands="all", tiling="crop")
+    with pytest.raises(InputError, match="leave patch and overlap None"):
+        cube.opensr.superresolve(2, tiling="crop", patch=64)
+    with pytest.raises(InputError, match="'tiny' does not: use tiling='blend'"):
+        cube.opensr.superresolve(2, model="tiny", tiling="crop")

@@ -109,8 +109,11 @@ def run(request):
 
 
 def overlap_mask(ds) -> np.ndarray:
-    """HR pixels (y, x) covered by more than one patch."""
-    s, patch, overlap = ds.attrs["scale"], ds.attrs["patch"], ds.attrs["overlap"]
+    """HR pixels (y, x) covered by more than one patch of the samples' grid (the model's own patch grid;
+    a convolutional model's cropped tiles give sr and uncertainty, ``samples_patch``/``samples_overlap``)."""
+    s = ds.attrs["scale"]
+    patch = ds.attrs.get("samples_patch", ds.attrs["patch"])
+    overlap = ds.attrs.get("samples_overlap", ds.attrs["overlap"])
     stride = patch - overlap
 
     def axis(n: int) -> np.ndarray:

@@ -679,6 +679,7 @@ SR_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
                               "compute dtype of the denoiser and decoder: bfloat16 on a GPU or a CPU with "
                               "AMX/AVX512-BF16 (about 2-3x faster on such CPUs); float16 on a GPU only"}),
     "--threads": ("threads", {"type": int}),
+    "--tiling": ("tiling", {"choices": ("blend", "crop")}),
 }
 
 #: the RunOptions fields that SR_OPTIONS leaves out, and why

@@ -10,6 +10,7 @@ graph (``_graph``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Hashable
 from typing import Any
 
@@ -63,10 +64,14 @@ def superresolve(obj: xr.DataArray | xr.Dataset, samples: int = 10, **options: A
     grid (each 10 m pixel split into 4 x 4; HR centres at the LR centre +-1.25 m and +-3.75 m),
     dims in the input's order (a Dataset input gets a ``band`` dim before y/x), chunks of whole
     patch-grid tiles; CRS and transform written with rioxarray; attrs name the model, version,
-    samples, steps, eta, seed, patch, overlap and units. ``uncertainty`` is the per-band standard
+    samples, steps, eta, seed, patch, overlap, tiling and units. ``uncertainty`` is the per-band standard
     deviation (a diffusion-only model: of its samples, times the model's ``std_scale``; 0 when
-    ``samples == 1``); in patch overlaps ``sr`` and ``uncertainty`` are blended with the same smooth
-    weights, and the samples then moved to them (``return_samples``).
+    ``samples == 1``). A convolutional model (the default's mean network and spread head: it declares
+    its receptive-field halo) runs on tiles of ``CROP_TILE`` (256) LR pixels plus the halo, cropped to
+    their centre (``tiling="crop"``): each pixel is that of the whole-image run (near nodata, the fill of
+    the nodata pixels is per tile). Otherwise (diffusion samples, ``return_samples``, a ``patch`` or
+    ``overlap`` given) the patches are blended in their overlaps with smooth weights (``tiling="blend"``),
+    and the samples then moved to ``sr`` and ``uncertainty``.
     Lazy: computing ``sr`` and ``uncertainty`` together runs the model once per patch.
 
     Raises
@@ -87,25 +92,61 @@ def superresolve(obj: xr.DataArray | xr.Dataset, samples: int = 10, **options: A
     if opts.samples == 0 and not info.mean_without_samples:
         raise InputError(f"samples=0 (the fast deterministic path) needs a model with a mean path (a mean network, "
                          f"e.g. the default); {info.name!r} has none: use samples >= 1")
-    patch, overlap = _patch_grid(info, opts.steps, opts.patch, opts.overlap)
+    patch, overlap, crop = _patch_grid(info, opts)
 
     # 4. bands -> (*lead, *whole core dims, band, y, x) raw dask array + per-band conversion -> graph
     inp = _inputs.model_input(obj, y_dim, x_dim, tuple(info.bands), opts.bands, whole=info.whole_dims)
-    spec, out = _build_graph(inp, spec, info, opts, geobox, patch=patch, overlap=overlap)
+    samples_grid: dict[str, int] = {}
+    if crop and opts.return_samples:  # the mean and std cropped, the diffusion samples blended on the model's grid
+        plain = dataclasses.replace(spec, options=dataclasses.replace(spec.options, return_samples=False))
+        spec, out = _build_graph(inp, plain, info, opts, geobox, patch=patch, overlap=overlap, crop=True)
+        samples_grid = {"samples_patch": info.patch, "samples_overlap": min(info.overlap, info.patch // 2)}
+        spec_s, out_s = _build_graph(inp, opts.spec(), info, opts, geobox, patch=samples_grid["samples_patch"],
+                                     overlap=samples_grid["samples_overlap"], crop=False)
+        lead = out.ndim - 4
+        samples_planes = out_s[(slice(None),) * lead + (slice(2, None),)].rechunk(
+            (*out.chunks[:lead], -1, *out.chunks[lead + 1:]))  # the blocks of the cropped mean and std
+        out = da.concatenate([out, samples_planes], axis=lead).rechunk({lead: -1})
+        spec = spec_s
+    else:
+        spec, out = _build_graph(inp, spec, info, opts, geobox, patch=patch, overlap=overlap, crop=crop)
 
     # 5. xarray wrapping: coords from the 4x finer GeoBox, input dim order, attrs
     ds = _wrap_result(out, inp, spec, opts, geometry.hr_geobox(geobox, info.scale), y_dim, x_dim, obj.rio.crs,
-                      patch=patch, overlap=overlap)
+                      patch=patch, overlap=overlap, crop=crop)
+    ds.attrs.update(samples_grid)
     return _encode.encode(ds, opts.output_dtype)
 
 
 # --------------------------------------------------------------------------- checks against the model
 
 
-def _patch_grid(info: ModelInfo, steps: int | None, patch: int | None, overlap: int | None) -> tuple[int, int]:
-    """(patch, overlap) in LR pixels, checked against what the model declares (``steps`` too)."""
+#: the centre (LR pixels) of the tiles of a convolutional model (one that declares its receptive-field
+#: halo), cropped to it: each output pixel is computed (1 + 2 halo / CROP_TILE)^2 times, once per tile
+#: call of (CROP_TILE + 2 halo)^2 pixels (benchmarks/bench_tile.py, docs/throughput.md)
+CROP_TILE = 256
+
+
+def _patch_grid(info: ModelInfo, opts: RunOptions) -> tuple[int, int, bool]:
+    """(patch, overlap, crop) in LR pixels, checked against what the model declares (``steps`` too).
+
+    With ``tiling="crop"``, a model that declares its receptive-field halo (``info.halo``: its mean and
+    uncertainty are local) runs on tiles of :data:`CROP_TILE` plus the halo on each side, cropped to their
+    centre (``crop``: each output pixel is that of the whole-image run; diffusion samples, when asked for,
+    are blended on the model's own patch grid); else the model's patch grid, blended."""
+    steps, patch, overlap = opts.steps, opts.patch, opts.overlap
     if steps is not None and info.sampling is not None and steps > info.sampling.max_steps:
         raise InputError(f"steps must be in [1, {info.sampling.max_steps}] for model {info.name!r}, got {steps}")
+    if opts.tiling == "crop":
+        if info.halo is None:
+            raise InputError(f"tiling='crop' needs a model that declares its receptive-field halo (a fully convolutional "
+                             f"mean and uncertainty); {info.name!r} does not: use tiling='blend'")
+        if patch is not None or overlap is not None:
+            raise InputError("tiling='crop' sets the tiles itself (256 LR pixels plus the model's halo): leave patch and "
+                             "overlap None, or use tiling='blend' with them")
+        multiple = math.lcm(info.patch_multiple, 2)  # even: 20 m pixels stay whole
+        size = max(CROP_TILE, 2 * info.halo) + 2 * info.halo  # the overlap is at most half a patch
+        return -(-size // multiple) * multiple, 2 * info.halo, True
     patch = info.patch if patch is None else patch
     factor = info.patch_multiple
     if patch % factor or patch < factor:
@@ -115,15 +156,19 @@ def _patch_grid(info: ModelInfo, steps: int | None, patch: int | None, overlap: 
     if overlap > patch // 2:
         raise InputError(f"overlap={overlap} is too large for patch={patch}: use 0 <= overlap <= {patch // 2} "
                          f"(e.g. overlap={info.overlap})")
-    return patch, overlap
+    return patch, overlap, False
 
 
 def _guided_spec(spec: _runtime.ModelSpec, model20: Any, bands20: tuple[str, ...], geobox: Any, patch: int,
-                 overlap: int) -> _runtime.ModelSpec:
+                 overlap: int, crop: bool) -> _runtime.ModelSpec:
     """``spec`` with the 20 m path (checked, its model loaded): the 20 m grid must tile the patch grid."""
     if spec.options.return_samples:
         raise InputError(f"return_samples=True with the 20 m bands {list(bands20)}: the 20 m model gives a mean and a "
                          "standard deviation, not samples; use return_samples=False, or ask for 10 m bands only")
+    if crop:
+        raise InputError(f"tiling='crop' with the 20 m bands {list(bands20)}: the 20 m path is validated on the model's "
+                         "patch grid (its least-squares fits are per patch); use tiling='blend' (the default), or ask "
+                         "for 10 m bands only")
     if patch % 2 or overlap % 2:
         raise InputError(f"patch={patch} and overlap={overlap} with 20 m bands: both must be even (10 m pixels), so "
                          "that every patch starts on the 20 m grid; e.g. overlap=8")
@@ -137,17 +182,17 @@ def _guided_spec(spec: _runtime.ModelSpec, model20: Any, bands20: tuple[str, ...
 
 
 def _build_graph(inp: _inputs.ModelInput, spec: _runtime.ModelSpec, info: ModelInfo, opts: RunOptions, geobox: Any, *,
-                 patch: int, overlap: int) -> tuple[_runtime.ModelSpec, da.Array]:
+                 patch: int, overlap: int, crop: bool) -> tuple[_runtime.ModelSpec, da.Array]:
     """The lazy (*lead, K, C, H, W) output of the selected bands, and ``spec`` with the 20 m path
     (the model's chain with the 20 m model) when 20 m bands are among them."""
     sel = inp.selection
     bands20 = sel.bands20(tuple(info.bands))
     if bands20:
-        spec = _guided_spec(spec, opts.model20, bands20, geobox, patch, overlap)
+        spec = _guided_spec(spec, opts.model20, bands20, geobox, patch, overlap, crop)
     out = _graph.superresolve_array(
         inp.data, _inputs.kernel_for(spec), patch=patch, overlap=overlap, n_outputs=spec.n_outputs, seed=opts.seed,
         scale=info.scale, lead_keys=inp.keys, band_scale=sel.scale, band_offset=sel.offset, band_nodata=sel.nodata,
-        guide_channels=len(info.bands), whole=len(info.whole_dims),
+        guide_channels=len(info.bands), whole=len(info.whole_dims), crop=crop,
     )
     return spec, out
 
@@ -156,7 +201,7 @@ def _build_graph(inp: _inputs.ModelInput, spec: _runtime.ModelSpec, info: ModelI
 
 
 def _wrap_result(out: da.Array, inp: _inputs.ModelInput, spec: _runtime.ModelSpec, opts: RunOptions, hr: Any,
-                 y_dim: Hashable, x_dim: Hashable, crs: Any, *, patch: int, overlap: int) -> xr.Dataset:
+                 y_dim: Hashable, x_dim: Hashable, crs: Any, *, patch: int, overlap: int, crop: bool) -> xr.Dataset:
     """The graph's output as :func:`superresolve`'s Dataset (before encoding): on the 4x finer GeoBox ``hr``
     (``crs`` and its transform written), in the input's dim and band order, with the attrs that
     describe the run (from the model's info: the model itself, then what a chain adds)."""
@@ -172,6 +217,7 @@ def _wrap_result(out: da.Array, inp: _inputs.ModelInput, spec: _runtime.ModelSpe
     ds.attrs = {
         "title": "Sentinel-2 4x super-resolution (xr-opensr)", "model": info.name, "model_version": info.version,
         "samples": opts.samples, **sampling, "seed": opts.seed, "patch": patch, "overlap": overlap,
+        "tiling": "crop" if crop else "blend",
         "scale": info.scale, "std_scale": float(info.std_scale), "histogram_matching": int(opts.histogram_matching),
         "consistency": info.consistency, "units": "1 (surface reflectance)",
         "resolution_m": GRID_RESOLUTION_M / info.scale, **dict(_runtime.get_model(spec).info.attrs),
