@@ -392,8 +392,8 @@ def test_shipped_20m_config_has_every_key():
     from xr_opensr._config import load_config
 
     data = json.loads((SHIPPED / "config.json").read_text())
-    assert set(data) - {"format", "format_version"} == set(GuidedConfig.__dataclass_fields__)
-    load_config(GuidedConfig, {k: v for k, v in data.items() if not k.startswith("format")}, "s2-20m")
+    assert set(data) - {"kind", "format", "format_version"} == set(GuidedConfig.__dataclass_fields__)
+    load_config(GuidedConfig, {k: v for k, v in data.items() if not k.startswith("format") and k != "kind"}, "s2-20m")
 
 
 @pytest.mark.parametrize(("content", "match"), [
@@ -481,3 +481,19 @@ def _superresolve_inputs():
     target = rng.uniform(0, 0.4, (1, 6, 8, 8)).astype(np.float32)
     sr10 = rng.uniform(0, 0.4, (1, 4, 64, 64)).astype(np.float32)
     return guide, target, sr10, sr10 * 0.1
+
+
+def test_the_20m_config_carries_its_kind_and_a_wrong_kind_is_refused(tmp_path):
+    """issue 20: every config.json says what it is ("kind"); the registry picks the loader from it."""
+    import json
+    from importlib import resources
+
+    from xr_opensr.errors import ConfigError
+    from xr_opensr.models.guided import GuidedConfig
+    from xr_opensr.models.registry import registered_models
+
+    shipped = json.loads((resources.files("xr_opensr") / "weights" / "s2-20m" / "config.json").read_text())
+    assert shipped["kind"] == "guided-20m" and "s2-20m" in registered_models("guided-20m")
+    assert GuidedConfig.from_dict(shipped).to_dict()["kind"] == "guided-20m"
+    with pytest.raises(ConfigError, match="has kind 'ldm', not a guided model"):
+        GuidedConfig.from_dict({**shipped, "kind": "ldm"})

@@ -64,6 +64,8 @@ BANDS: tuple[str, ...] = GUIDED_BANDS
 GUIDE_BANDS: tuple[str, ...] = MODEL_BANDS
 #: ``format`` of a guided model's config.json (tells it from the diffusion models' configs)
 FORMAT = "xr-opensr-guided"
+#: the registry's kind of a guided 20 m model (``config.json`` ``"kind"``, :mod:`~xr_opensr.models.registry`)
+KIND = "guided-20m"
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 #: ridge term of the least-squares fits, relative to the guide's variance
@@ -125,7 +127,7 @@ class GuidedConfig:
         out = dataclasses.asdict(self)
         out.update(bands=list(self.bands), guide_bands=list(self.guide_bands), std_scale=list(self.std_scale),
                    provenance=dict(self.provenance))
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **out}
+        return {"kind": KIND, "format": FORMAT, "format_version": FORMAT_VERSION, **out}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> GuidedConfig:
@@ -136,7 +138,10 @@ class GuidedConfig:
             raise ConfigError(f"{source} must be a JSON object, got {type(data).__name__}; write the model "
                               "with xr_opensr.models.guided.save_guided")
         data = dict(data)
-        fmt, version = data.pop("format", None), data.pop("format_version", None)
+        fmt, version, kind = data.pop("format", None), data.pop("format_version", None), data.pop("kind", KIND)
+        if kind != KIND:
+            raise ConfigError(f"{source} has kind {kind!r}, not a guided model ({KIND!r}); load it with "
+                              "xr_opensr.load_model")
         if fmt != FORMAT:
             raise ConfigError(f"{source} is not a guided model config (format {fmt!r}, expected {FORMAT!r}); "
                               "diffusion models load with xr_opensr.load_model")
