@@ -95,21 +95,23 @@ def _chunks(text: str) -> int | str:
     return _positive(int)(text)
 
 
-def _is_untrained(model: str) -> bool:
+def _is_untrained(options: dict[str, Any]) -> bool:
     """True for models with seeded random weights (the shipped 'tiny'): a model declares it
-    (:attr:`xr_opensr.models.base.ModelInfo.trained`)."""
+    (:attr:`xr_opensr.models.base.ModelInfo.trained`). The model of the run's own options: the one
+    ``superresolve`` loaded, cached in this process (never loaded a second time)."""
     from . import _runtime
     from .options import RunOptions
 
-    return not _runtime.get_model(RunOptions(model=model, device="cpu").spec().ref).info.trained
+    return not _runtime.get_model(RunOptions(**options).spec().ref).info.trained
 
 
-def _model_report(result: Any, model: str, caught: Sequence[warnings.WarningMessage]) -> bool:
+def _model_report(result: Any, model: str, caught: Sequence[warnings.WarningMessage],
+                  options: dict[str, Any]) -> bool:
     """Print which model ran; shout when it is the untrained fallback. Returns True if untrained."""
     attrs = result.attrs
     name, version = attrs.get("model", model), attrs.get("model_version", "?")
     fallback = any(_UNTRAINED_MARK in str(w.message) for w in caught)
-    untrained = fallback or _is_untrained(model)
+    untrained = fallback or _is_untrained(options)
     _say(
         f"model: {name} {version} (requested {model!r}); {attrs.get('samples')} samples, "
         f"{attrs.get('steps')} DDIM steps, seed {attrs.get('seed')}, patch {attrs.get('patch')} px"
@@ -196,7 +198,7 @@ def _superresolve(obj: Any, args: argparse.Namespace, bands: Any = None) -> tupl
         warnings.simplefilter("always")
         options = {name: getattr(args, flag[2:]) for flag, (name, _) in SR_OPTIONS.items()}
         result = obj.opensr.superresolve(**options, bands=bands)
-    return result, _model_report(result, args.model, caught)
+    return result, _model_report(result, args.model, caught, options)
 
 
 def _all_bands(bands: Sequence[str] | None) -> bool:
