@@ -234,6 +234,14 @@ def test_crop_tiling_gives_the_whole_image_run_chunk_invariantly(monkeypatch):
     np.testing.assert_allclose(res.uncertainty.values[:, :-h, :-h], whole[1][:, :-h, :-h], rtol=0, atol=2e-6)
     again = cube.chunk({"x": 40, "y": 56}).opensr.superresolve(2, tiling="crop").compute()
     xr.testing.assert_identical(res, again)
+    # with the samples: sr and uncertainty the cropped ones, the samples (blended on the model's grid) moved to them
+    small = cube.isel(x=slice(0, 72), y=slice(0, 80))
+    plain = small.opensr.superresolve(2, tiling="crop").compute()
+    both = small.opensr.superresolve(2, tiling="crop", return_samples=True, steps=1).compute()
+    np.testing.assert_array_equal(both.sr.values, plain.sr.values)
+    np.testing.assert_array_equal(both.uncertainty.values, plain.uncertainty.values)
+    assert both.attrs["samples_patch"] == 32 and both.attrs["samples_overlap"] == 8
+    np.testing.assert_allclose(both.samples.mean("sample").values, both.sr.values, rtol=0, atol=1e-5)
     with pytest.raises(InputError, match="tiling='crop' with the 20 m bands"):
         make_cube(16, 16, bands=("B04", "B03", "B02", "B08", "B11")).opensr.superresolve(2, bands="all", tiling="crop")
     with pytest.raises(InputError, match="leave patch and overlap None"):

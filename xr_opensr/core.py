@@ -97,17 +97,8 @@ def superresolve(obj: xr.DataArray | xr.Dataset, samples: int = 10, **options: A
     # 4. bands -> (*lead, *whole core dims, band, y, x) raw dask array + per-band conversion -> graph
     inp = _inputs.model_input(obj, y_dim, x_dim, tuple(info.bands), opts.bands, whole=info.whole_dims)
     samples_grid: dict[str, int] = {}
-    if crop and opts.return_samples:  # the mean and std cropped, the diffusion samples blended on the model's grid
-        plain = dataclasses.replace(spec, options=dataclasses.replace(spec.options, return_samples=False))
-        spec, out = _build_graph(inp, plain, info, opts, geobox, patch=patch, overlap=overlap, crop=True)
-        samples_grid = {"samples_patch": info.patch, "samples_overlap": min(info.overlap, info.patch // 2)}
-        spec_s, out_s = _build_graph(inp, opts.spec(), info, opts, geobox, patch=samples_grid["samples_patch"],
-                                     overlap=samples_grid["samples_overlap"], crop=False)
-        lead = out.ndim - 4
-        samples_planes = out_s[(slice(None),) * lead + (slice(2, None),)].rechunk(
-            (*out.chunks[:lead], -1, *out.chunks[lead + 1:]))  # the blocks of the cropped mean and std
-        out = da.concatenate([out, samples_planes], axis=lead).rechunk({lead: -1})
-        spec = spec_s
+    if crop and opts.return_samples:
+        spec, out, samples_grid = _cropped_with_blended_samples(inp, spec, info, opts, geobox, patch, overlap)
     else:
         spec, out = _build_graph(inp, spec, info, opts, geobox, patch=patch, overlap=overlap, crop=crop)
 
@@ -195,6 +186,22 @@ def _build_graph(inp: _inputs.ModelInput, spec: _runtime.ModelSpec, info: ModelI
         guide_channels=len(info.bands), whole=len(info.whole_dims), crop=crop,
     )
     return spec, out
+
+
+def _cropped_with_blended_samples(inp: _inputs.ModelInput, spec: _runtime.ModelSpec, info: ModelInfo,
+                                  opts: RunOptions, geobox: Any, patch: int, overlap: int
+                                  ) -> tuple[_runtime.ModelSpec, da.Array, dict[str, int]]:
+    """``tiling="crop"`` with ``return_samples``: the mean and std from the cropped tiles, the diffusion
+    samples blended on the model's own patch grid (they are not local), on the mean's blocks; and the
+    samples' grid for the attrs."""
+    plain = dataclasses.replace(spec, options=dataclasses.replace(spec.options, return_samples=False))
+    _, out = _build_graph(inp, plain, info, opts, geobox, patch=patch, overlap=overlap, crop=True)
+    grid = {"samples_patch": info.patch, "samples_overlap": min(info.overlap, info.patch // 2)}
+    spec, out_s = _build_graph(inp, spec, info, opts, geobox, patch=grid["samples_patch"],
+                               overlap=grid["samples_overlap"], crop=False)
+    lead = out.ndim - 4
+    samples = out_s[(slice(None),) * lead + (slice(2, None),)].rechunk((*out.chunks[:lead], -1, *out.chunks[lead + 1:]))
+    return spec, da.concatenate([out, samples], axis=lead).rechunk({lead: -1}), grid
 
 
 # --------------------------------------------------------------------------- output
