@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from xr_opensr.models import ModelConfig
-from xr_opensr.models.config import load_config
+from xr_opensr.models.config import JsonConfig
 
 __all__ = [
     "AutoencoderStageConfig",
@@ -178,8 +178,10 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """A whole training recipe. ``name`` is the default run folder (``runs/<name>``)."""
+
+    WHERE = "training config"
 
     name: str = "unnamed"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -269,19 +271,6 @@ class TrainConfig:
         return DegradationConfig.from_dict({"factor": self.model.scale, **self.evaluate.unseen_degradation})
 
     # ------------------------------------------------------------------ (de)serialisation
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["model"] = self.model.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Checked by xr-opensr's one config loader (types, unknown keys; missing keys take defaults)."""
-        return load_config(cls, data, "training config", defaults=True)
-
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
     @classmethod
     def from_json(cls, path: str | Path) -> TrainConfig:
         path = Path(path)

@@ -18,11 +18,10 @@ resumed run sees the same data. ``dataset[i]`` returns ``(hr, lr)``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.util
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 import xarray as xr
 
 from xr_opensr import sentinel2
+from xr_opensr._config import Config, Rules
 from xr_opensr.sentinel2 import ReflectanceRule
 from xr_opensr.testing import BANDS, SceneStyle, synthetic_scene
 
@@ -72,7 +72,7 @@ _TAG_MIX, _TAG_SYNTHETIC, _TAG_NOISE, _TAG_POOL = 0x6D6978, 0x73796E, 0x6E6F69, 
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Config):
     """Where training pairs come from and how they are drawn (``"data": {...}`` in a training config).
 
     Attributes
@@ -92,7 +92,12 @@ class DataConfig:
     min_std : real and user crops whose mean per-band std of B04/B03/B02 (reflectance) is below
         this are redrawn (featureless open water); 0 keeps everything.
     max_tries : crops drawn before giving up on finding a valid one.
+
+    ``from_dict`` / ``to_dict``: :class:`xr_opensr._config.Config` (missing keys take the defaults;
+    ``user_paths`` may list any number of paths).
     """
+
+    WHERE, RULES = "data config", Rules(max_length=None, keys_name="data")
 
     seed: int = 0
     size: int = 100_000
@@ -125,19 +130,6 @@ class DataConfig:
         if problems:
             raise ValueError("invalid data config: " + "; ".join(problems))
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["user_paths"] = list(self.user_paths)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DataConfig:
-        """Inverse of :meth:`to_dict`, by the one config loader (:func:`xr_opensr._config.load_config`):
-        unknown keys and wrong types raise ``ConfigError`` (a ``ValueError``), missing keys take
-        defaults; ``user_paths`` may list any number of paths."""
-        from xr_opensr._config import Rules, load_config  # here: this method is the config's loader
-
-        return load_config(cls, data, "data config", defaults=True, rules=Rules(max_length=None, keys_name="data"))
 
 
 # --------------------------------------------------------------------------- the real scene

@@ -17,22 +17,20 @@ degradation randomisation for training). The defaults draw nothing: the same LR 
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from xr_opensr import sensor
-from xr_opensr._config import Rules, load_config
+from xr_opensr._config import Config, Rules
 from xr_opensr.sensor import PSF_SIGMA_HR, area_downsample
 
 __all__ = ["DegradationConfig", "area_downsample", "degrade", "shift_image"]
 
 
 @dataclass(frozen=True)
-class DegradationConfig:
+class DegradationConfig(Config):
     """Parameters of :func:`degrade`.
 
     Attributes
@@ -50,7 +48,12 @@ class DegradationConfig:
     shift_max : misregistration between HR and LR: the HR is moved by a shift drawn uniformly in
         [-shift_max, shift_max] HR pixels along each axis (bilinear, edges replicated) before the
         PSF; 0: none.
+
+    ``from_dict`` / ``to_dict`` (the ``"degradation"`` section of a training config):
+    :class:`xr_opensr._config.Config`, missing keys take the defaults.
     """
+
+    WHERE, RULES = "degradation config", Rules(keys_name="degradation")
 
     factor: int = 4
     psf_sigma: float = PSF_SIGMA_HR
@@ -81,19 +84,6 @@ class DegradationConfig:
     def randomised(self) -> bool:
         """Whether each image draws its own sensor (PSF sigma, noise level or shift)."""
         return self.psf_sigma_range is not None or self.noise_std_range is not None or self.shift_max > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (the ``"degradation"`` section of a training config)."""
-        out = dataclasses.asdict(self)
-        for name in ("psf_sigma_range", "noise_std_range"):
-            out[name] = None if out[name] is None else list(out[name])
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DegradationConfig:
-        """Inverse of :meth:`to_dict`, by the one config loader (:func:`xr_opensr._config.load_config`):
-        unknown keys and wrong types raise ``ConfigError`` (a ``ValueError``), missing keys take defaults."""
-        return load_config(cls, data, "degradation config", defaults=True, rules=Rules(keys_name="degradation"))
 
     def mtf_at_nyquist(self) -> float:
         """MTF of PSF x area mean at the LR Nyquist frequency (1 / (2 factor) cycles per HR pixel)."""

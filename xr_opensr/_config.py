@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import ConfigError, ModelError
 
-__all__ = ["MAX_LENGTH", "Rules", "load_config", "register_rules"]
+__all__ = ["MAX_LENGTH", "Config", "Rules", "check_fields", "load_config", "plain", "register_rules"]
 
 #: most entries of a tuple (bands, channel multipliers, ...), unless a class's rules say otherwise
 MAX_LENGTH = 16
@@ -100,6 +100,50 @@ def load_config(kind: type, data: Any, where: str, *, defaults: bool = False, ru
     except (ModelError, TypeError, ValueError, ZeroDivisionError) as err:
         text = str(err)  # a class's own check names itself ("invalid data config: ..."): not said twice
         raise ConfigError(text if text.startswith("invalid ") else f"invalid {where}: {text}") from err
+
+
+def check_fields(config: Any, where: str) -> list[str]:
+    """The problems of the fields of a built dataclass ``config`` without nested configs (types, and
+    the bounds and choices of its registered rules), as :func:`load_config` finds them in a JSON
+    object: for a class that checks a direct construction too."""
+    rules, hints, problems = _RULES.get(type(config), Rules()), typing.get_type_hints(type(config)), []
+    for f in dataclasses.fields(config):
+        try:
+            _check_value(rules, f.name, getattr(config, f.name), hints[f.name], where, True)
+        except ConfigError as err:
+            problems.append(str(err))
+    return problems
+
+
+def plain(value: Any) -> Any:
+    """A JSON-able copy of a config: dataclasses as dicts, tuples as lists (recursively)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+class Config:
+    """Base of the config dataclasses: :meth:`from_dict` by :func:`load_config` and :meth:`to_dict`
+    (:func:`plain`, its inverse). A class names itself for the messages (``WHERE``); ``RULES``: its
+    rules unless registered; ``DEFAULTS``: missing keys take the class defaults (training sections)."""
+
+    WHERE: typing.ClassVar[str] = "config"
+    RULES: typing.ClassVar[Rules | None] = None
+    DEFAULTS: typing.ClassVar[bool] = True
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """Inverse of :meth:`to_dict`, checked by :func:`load_config`: unknown keys and wrong types or
+        values raise ``ConfigError`` (a ``ValueError``) naming the key."""
+        return load_config(cls, data, cls.WHERE, defaults=cls.DEFAULTS, rules=cls.RULES)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (:func:`plain`)."""
+        return plain(self)
 
 
 def _key_problems(data: Mapping[str, Any], fields: Mapping[str, Any], where: str, rules: Rules,

@@ -17,9 +17,8 @@ torch.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,7 +27,7 @@ import pandas as pd
 import xarray as xr
 
 from . import sensor
-from ._config import Rules, load_config
+from ._config import Config, Rules
 from .sentinel2 import GUIDED_BANDS, MODEL_BANDS, QUANTIFICATION, SR_BANDS, canonical_band
 
 __all__ = ["BANDS", "LAND_COVER", "SceneStyle", "bands20", "demo_cube", "s2_cube", "synthetic_scene"]
@@ -69,7 +68,7 @@ Seed = int | Sequence[int]
 
 
 @dataclass(frozen=True)
-class SceneStyle:
+class SceneStyle(Config):
     """How :func:`synthetic_scene` draws a landscape; the defaults give the scenes of every earlier
     version bit for bit (the training, validation and test scenes).
 
@@ -85,7 +84,12 @@ class SceneStyle:
         gradients, pixel-scale grain).
     texture_strength : factor on the amplitude of every texture (0: flat parcels).
     cloud_cover : (low, high) range of the cloud cover drawn for ``clouds=True``.
+
+    ``from_dict`` / ``to_dict`` (``evaluate.unseen_scene`` of a training config):
+    :class:`xr_opensr._config.Config`, missing keys take the defaults.
     """
+
+    WHERE, RULES = "SceneStyle", Rules(keys_name="SceneStyle")
 
     land_cover: dict[str, float] | None = None
     parcel_size_m: float = 122.0
@@ -117,18 +121,6 @@ class SceneStyle:
         probs = np.array([float(given.get(name, 0.0)) for name in _CLASS_WEIGHTS])
         return probs / probs.sum()
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (``evaluate.unseen_scene`` of a training config)."""
-        out = dataclasses.asdict(self)
-        out["cloud_cover"] = list(self.cloud_cover)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SceneStyle:
-        """Inverse of :meth:`to_dict`, by the one config loader (:func:`xr_opensr._config.load_config`):
-        unknown keys (the known ones named) and wrong types raise ``ConfigError`` (a ``ValueError``),
-        missing keys take defaults."""
-        return load_config(cls, data, "SceneStyle", defaults=True, rules=Rules(keys_name="SceneStyle"))
 
 
 # --------------------------------------------------------------------------- HR scene

@@ -9,14 +9,13 @@ config never touches weights.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._config import Rules, load_config, register_rules
+from .._config import Config, Rules, load_config, plain, register_rules
 from ..errors import ConfigError, ModelError
 from ..sentinel2 import MODEL_BANDS
 from .autoencoder import AutoencoderConfig
@@ -25,14 +24,21 @@ from .diffusion import SamplerConfig, ScheduleConfig
 from .regression import MeanNetConfig
 from .unet import UNetConfig
 
-__all__ = ["ModelConfig", "FORMAT_VERSION", "load_config", "read_config_json"]
+__all__ = ["ModelConfig", "FORMAT_VERSION", "JsonConfig", "load_config", "read_config_json"]
 
 #: Version of the config.json layout this library writes and the newest it reads.
 FORMAT_VERSION = 1
 
 
+class JsonConfig(Config):
+    """A config (:class:`~xr_opensr._config.Config`) that is written as a JSON file."""
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(JsonConfig):
     """A super-resolution model: architecture, diffusion, sampling defaults, data conventions.
 
     Attributes
@@ -121,9 +127,6 @@ class ModelConfig:
             raise ConfigError("invalid model config: " + "; ".join(problems))
 
     # ----------------------------------------------------------------- (de)serialisation
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, defaults: bool = False) -> ModelConfig:
         """Check and build a config from a JSON object (see :func:`load_config`).
@@ -141,9 +144,6 @@ class ModelConfig:
                 )
         return load_config(cls, data, "model config", defaults=defaults)
 
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
     @classmethod
     def from_json(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
@@ -156,9 +156,8 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with fields replaced, checked like a config file (types, bounds: :func:`load_config`);
         ``kind`` follows the structure unless given."""
-        plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in changes.items()}
         data = {k: v for k, v in self.to_dict().items() if k != "kind"}
-        return load_config(ModelConfig, {**data, **plain}, "model config")
+        return load_config(ModelConfig, {**data, **plain(changes)}, "model config")
 
 
 def read_config_json(path: str | Path, what: str, fix: str) -> Any:

@@ -24,7 +24,6 @@ result never depends on its batch mates.
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,12 +35,12 @@ import torch
 from torch import nn
 
 from .. import sensor
-from .._config import Rules, register_rules
+from .._config import Rules, check_fields, register_rules
 from ..errors import CheckpointError, ConfigError, InputError, ModelError
 from ..sensor import bicubic_upsample, bicubic_upsample_torch, degrade, degrade_torch, sensor_sigma
 from ..sentinel2 import GUIDED_BANDS, MODEL_BANDS
 from .base import ModelInfo
-from .config import load_config, read_config_json
+from .config import JsonConfig, load_config, read_config_json
 from .io import load_network
 
 __all__ = [
@@ -76,7 +75,7 @@ _RIDGE = 1e-6
 
 
 @dataclass(frozen=True)
-class GuidedConfig:
+class GuidedConfig(JsonConfig):
     """A guided model's ``config.json``.
 
     Attributes
@@ -109,14 +108,7 @@ class GuidedConfig:
             problems.append(f"bands must be {list(BANDS)} and guide_bands {list(GUIDE_BANDS)}")
         if len(self.std_scale) != len(BANDS):
             problems.append(f"std_scale must hold {len(BANDS)} numbers (one per band), got {self.std_scale!r}")
-        for key, (lo, hi) in _RULES.bounds.items():  # the bounds load_config checks, for direct construction
-            value = getattr(self, key)
-            kind = int if key in _INT_KEYS else float
-            for v in value if isinstance(value, tuple) else (value,):
-                number = isinstance(v, int | float) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
-                if not (number and lo <= v <= hi):
-                    problems.append(f"{key!r} must be {'an integer' if kind is int else 'a number'} in "
-                                    f"[{lo:g}, {hi:g}], got {v!r}")
+        problems += check_fields(self, "field")  # what load_config checks, for direct construction
         if problems:
             raise ConfigError("invalid guided model config: " + "; ".join(problems))
 
@@ -124,10 +116,7 @@ class GuidedConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out.update(bands=list(self.bands), guide_bands=list(self.guide_bands), std_scale=list(self.std_scale),
-                   provenance=dict(self.provenance))
-        return {"kind": KIND, "format": FORMAT, "format_version": FORMAT_VERSION, **out}
+        return {"kind": KIND, "format": FORMAT, "format_version": FORMAT_VERSION, **super().to_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> GuidedConfig:
@@ -159,17 +148,15 @@ class GuidedConfig:
         return cls.from_dict(data, source=f"20 m model config {path}")
 
 
-_INT_KEYS = ("channels", "blocks", "uncertainty_channels", "consistency_iterations")
 #: what :func:`load_config` checks beyond the annotations (and ``__post_init__`` on direct construction):
 #: sizes that no 20 m model outgrows; the normalisation and the std factors in ranges where float32
 #: arithmetic cannot overflow (reflectance lies in [-0.1, 2])
-_RULES = Rules(
+register_rules(GuidedConfig, Rules(
     optional=frozenset({"name", "version", "provenance"}),
     bounds={"channels": (1, 512), "blocks": (0, 64), "uncertainty_channels": (1, 512),
             "consistency_iterations": (0, 512), "norm_offset": (-10, 10), "norm_scale": (1e-4, 100),
             "std_scale": (1e-6, 1e6)},
-)
-register_rules(GuidedConfig, _RULES)
+))
 
 
 # --------------------------------------------------------------------------- network
@@ -562,7 +549,7 @@ def save_guided(model: GuidedSR, folder: str | Path, *, card: str | None = None)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().float() for k, v in model.net.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT, "name": model.config.name})
-    (folder / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    model.config.to_json(folder / CONFIG_FILE)
     if card is not None:
         (folder / "MODEL_CARD.md").write_text(card)
     return folder
