@@ -168,4 +168,5 @@ def openeo_stack_via_load_s2() -> xr.DataArray:
     from xr_opensr.stac import load_s2
 
     ds = load_s2(openeo_items(), bands=["B04", "B03", "B02"], mask_clouds=False, groupby="time")
-    return ds.to_array("band").transpose("time", "band", "y", "x").compute()
+    da = ds.to_array("band").transpose("time", "band", "y", "x").compute()
+    return da.assign_coords(time=da.time.values.astype("datetime64[ns]"))

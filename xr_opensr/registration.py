@@ -13,8 +13,8 @@ Numpy only. Images are ``(C, H, W)`` (bands used jointly) or ``(H, W)`` arrays o
 ``shift_image(mov, -s)``. On a grid with ``y`` decreasing northwards (north-up rasters), ``dy > 0`` means
 ``mov``'s features lie south of ``ref``'s, ``dx > 0`` east.
 
-* :func:`shift_image` -- translation by cubic convolution (Keys, a = -0.5: the kernel of
-  :mod:`xr_opensr.sensor`, reused) or bilinear, NaN-aware.
+* :func:`shift_image` -- translation by cubic convolution (default; Keys, a = -0.5: the kernel of
+  :mod:`xr_opensr.sensor`, reused), bilinear or Lanczos-3/4, NaN-aware.
 * :func:`estimate_shift` -- phase correlation (integer pixels) then iterative, re-warped Gauss-Newton
   (Lucas-Kanade) refinement with a per-band gain and offset and Huber weights; a quality report says
   when the window cannot be registered (too few valid pixels, no texture, no correlation) and the
@@ -45,20 +45,23 @@ def shift_image(img, shift, *, order: str = "cubic", border: str = "nan") -> np.
     """Translate the content of ``img`` by ``shift = (dy, dx)`` pixels (any real values).
 
     ``out[..., y, x] = img[..., y - dy, x - dx]``, interpolated separably (rows, then columns) with
-    Keys' cubic convolution kernel (a = -0.5, 4 taps per axis; ``order="cubic"``) or linearly
-    (2 taps; ``order="linear"``). An integer shift moves pixels exactly (one tap of weight 1).
+    Keys' cubic convolution kernel (a = -0.5, 4 taps per axis; ``order="cubic"``, the kernel of
+    ``sensor.bicubic_upsample``), linearly (2 taps; ``"linear"``) or with a Lanczos windowed sinc
+    (6 or 8 taps, normalised to sum 1; ``"lanczos3"``, ``"lanczos4"``: more accurate sub-pixel
+    phase, used by :func:`estimate_shift`). An integer shift moves pixels exactly (one tap of weight 1).
 
     NaN-aware: an output pixel is NaN when any input pixel of its support (the taps of non-zero
-    weight: 4 x 4 pixels for a fractional cubic shift, 2 x 2 linear) is NaN. ``border`` says what
-    lies outside the image: ``"nan"`` (default) -- the output pixels whose support reaches outside are
-    NaN (for a shift of ``(dy, dx)`` about ``ceil(|dy|) + 1`` rows and ``ceil(|dx|) + 1`` columns at
-    the borders); ``"edge"`` -- the border pixels are replicated outwards (no NaN from the border).
+    weight: 4 x 4 pixels for a fractional cubic shift, 2 x 2 linear, 8 x 8 lanczos4) is NaN.
+    ``border`` says what lies outside the image: ``"nan"`` (default) -- the output pixels whose
+    support reaches outside are NaN (strips of at most ``ceil(|dy|) + 2`` rows and
+    ``ceil(|dx|) + 2`` columns with the cubic kernel, + 4 with lanczos4); ``"edge"`` -- the border
+    pixels are replicated outwards (no NaN from the border).
 
     Parameters
     ----------
     img : array (..., H, W), e.g. (C, H, W) or (H, W); any float or integer dtype.
     shift : (dy, dx) in pixels.
-    order : "cubic" or "linear".
+    order : "cubic", "linear", "lanczos3" or "lanczos4".
     border : "nan" or "edge".
 
     Returns
@@ -246,15 +249,19 @@ def estimate_shift(ref, mov, valid=None, *, max_shift: float = 2.0, return_quali
     2. an integer start by phase correlation (bands summed; invalid pixels set to the band mean,
        Hann-apodised), searched within ``|dy|, |dx| <= ceil(max_shift)``;
     3. Gauss-Newton (Lucas-Kanade) refinement: ``mov`` is re-warped by the current estimate with
-       :func:`shift_image` (cubic; pixels whose support touches NaN or the border drop out), then one
+       :func:`shift_image` (``order=interpolation``, default Lanczos-4: its phase error is ~20x
+       smaller than the cubic kernel's, whose pixel locking biases estimates by up to ~0.02 px on
+       sharp content; pixels whose support touches NaN or the border drop out), then one
        weighted least-squares step solves jointly for the shift increment and a gain and offset per
        band, ``ref_c ~ a_c * warped_c + b_c + delta . grad(ref_c)`` (bands scaled to unit variance of
        ``ref``, Huber weights on the residual against outliers), until the increment is below
        ``tol`` pixels (at most ``max_iter`` steps);
     4. the quality checks of :class:`ShiftQuality`; if one fails, the result is (0, 0).
 
-    On textured 48 x 48 .. 256 x 256 windows with noise the error is ~0.01 px or less (see
-    ``tests/test_registration.py`` for the measured figures on synthetic and real looks).
+    Measured (``tests/test_registration.py``): on textured 48 x 48 .. 256 x 256 windows with noise,
+    a gain change and a masked cloud, errors <= 0.004 px; a real look shifted by a known amount,
+    <= 0.005 px; between real dates, ``est(A, B) + est(B, A)`` within 0.015 px and closure over three
+    dates within 0.024 px (the looks are not exact translations of each other).
 
     Parameters
     ----------
@@ -269,6 +276,9 @@ def estimate_shift(ref, mov, valid=None, *, max_shift: float = 2.0, return_quali
     max_sigma : largest predicted standard error in pixels (else "no texture" when the gradient
         matrix is singular, "uncertain" otherwise).
     max_iter, tol : the Gauss-Newton stopping rule.
+    interpolation : the kernel of the re-warping (an ``order`` of :func:`shift_image`). To recover a
+        shift made by ``shift_image``'s default cubic kernel exactly, estimate with "cubic" too (that
+        kernel moves fine detail by slightly less than the shift).
 
     Returns
     -------
