@@ -287,20 +287,23 @@ def _spread_line(cfg: TrainConfig, run_dir: Path) -> str:
             f"Adam lr {r.spread_lr}, Laplace NLL ({s.get('wall_s', 0) / 60:.1f} min, {s.get('s_per_step', 0):.2f} s/step).")
 
 
+def _card_part(folder: Path, heading: str) -> str | None:
+    """The card of the model in ``folder`` from ``heading`` to its Commands section (None: no ``heading``)."""
+    text = (Path(folder) / CARD_FILE).read_text()
+    start = text.find(heading)
+    return text[start:text.find("## Commands", start)] if start >= 0 else None
+
+
 def card_sections(folder: Path) -> str:
     """The Architecture, Data and Training sections of the card of the model in ``folder``."""
-    text = (Path(folder) / CARD_FILE).read_text()
-    start = text.find("## Architecture")
-    end = text.find("## Commands")
-    return text[start:end].replace("## ", "### ") if start >= 0 else "(the base model has no card)"
+    part = _card_part(folder, "## Architecture")
+    return part.replace("## ", "### ") if part is not None else "(the base model has no card)"
 
 
 def kept_base_card(folder: Path) -> str:
     """The diffusion section of an existing v2 card (kept when the card is rewritten after evaluation)."""
-    text = (Path(folder) / CARD_FILE).read_text()
-    start = text.find(DIFFUSION_SECTION)
-    end = text.find("## Commands", start)
-    return text[start + len(DIFFUSION_SECTION):end].strip("\n") if start >= 0 else ""
+    part = _card_part(folder, DIFFUSION_SECTION)
+    return part[len(DIFFUSION_SECTION):].strip("\n") if part is not None else ""
 
 
 def model_card_v2(cfg: TrainConfig, run_dir: Path, base_card: str, std_scale: float,

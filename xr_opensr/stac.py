@@ -20,6 +20,7 @@ in the output (``ds.attrs["offset_rules"]``). pystac-client and odc-stac are opt
 
 from __future__ import annotations
 
+import importlib
 import json
 import numbers
 import re
@@ -73,28 +74,12 @@ _INSTALL = 'pip install "xr-opensr[stac]"'
 
 
 # ------------------------------------------------------------------------------------ imports
-def _import_pystac_client() -> Any:
+def _require(module: str, needs: str) -> Any:
+    """``module``, imported; ImportError ``"<needs>: pip install ..."`` where it is not installed."""
     try:
-        import pystac_client
+        return importlib.import_module(module)
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(f"xr_opensr.stac.search needs pystac-client: {_INSTALL}") from err
-    return pystac_client
-
-
-def _import_odc_stac() -> Any:
-    try:
-        import odc.stac
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(f"xr_opensr.stac.load_s2 needs odc-stac: {_INSTALL}") from err
-    return odc.stac
-
-
-def _import_pystac() -> Any:
-    try:
-        import pystac
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(f"xr_opensr.stac needs pystac: {_INSTALL}") from err
-    return pystac
+        raise ImportError(f"{needs}: {_INSTALL}") from err
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -156,7 +141,7 @@ def _resolve_bands(bands: Any) -> list[str]:
 
 def _as_items(items_or_search: Any) -> list[pystac.Item]:
     """A list of pystac Items from an Item, Items, an ItemCollection or a pystac-client search."""
-    pystac = _import_pystac()
+    pystac = _require("pystac", "xr_opensr.stac needs pystac")
     obj = items_or_search
     if isinstance(obj, pystac.Item):
         return [obj]
@@ -399,7 +384,7 @@ def _check_search_args(bbox: Sequence[float], datetime: Any, max_cloud: float | 
 
 def _open_client(url: str, modifier: Callable[[Any], Any] | None) -> Any:
     """A pystac-client ``Client`` of the STAC API at ``url``, checked for item search."""
-    pystac_client = _import_pystac_client()
+    pystac_client = _require("pystac_client", "xr_opensr.stac.search needs pystac-client")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NoConformsTo: reported by _check_item_search, with the fix
         client = pystac_client.Client.open(url, modifier=modifier)
@@ -618,7 +603,7 @@ def load_s2(
     items = _as_items(items_or_search)
     names, load_names, bbox, asset_map, base_key = _check_load_args(
         items, bands, resolution, bbox, assets, groupby, mask_clouds)
-    odc_stac = _import_odc_stac()
+    odc_stac = _require("odc.stac", "xr_opensr.stac.load_s2 needs odc-stac")
     import rioxarray  # noqa: F401  (registers ds.rio: the result's CRS is ds.rio.crs)
 
     items, dropped = _drop_duplicates(items)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,7 +191,7 @@ def load_network(build: Callable[[], nn.Module], files: Mapping[Path, str], *, m
     """
     found: dict[str, tuple[int, ...]] = {}
     for path, prefix in files.items():
-        found.update({prefix + k: v for k, v in _header_shapes(path).items()})
+        found.update({prefix + k: v for k, v in _read_weights(path, header_only=True).items()})
     _check_shapes(model, _network_shapes(build, config_path or model), found, files, config_path)
     state: dict[str, torch.Tensor] = {}
     for path, prefix in files.items():
@@ -198,25 +199,19 @@ def load_network(build: Callable[[], nn.Module], files: Mapping[Path, str], *, m
     return _build_loaded(build, state, model=model, files=files)
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
+def _read_weights(path: Path, header_only: bool = False) -> dict[str, Any]:
+    """Tensor name -> tensor of a safetensors file; ``header_only``: -> shape, from the header alone
+    (the tensors stay on disk)."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read weights {path}: {err}; the file is corrupt or not safetensors") from err
-
-
-def _header_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape, from the safetensors header alone (the tensors stay on disk)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(weights), framework="pt") as f:
+        if not header_only:
+            return load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read weights {weights}: {err}; the file is corrupt or not safetensors") from err
+        raise CheckpointError(f"cannot read weights {path}: {err}; the file is corrupt or not safetensors") from err
 
 
 def _network_shapes(build: Callable[[], nn.Module], source: Path | str) -> dict[str, tuple[int, ...]]:
@@ -252,14 +247,17 @@ def _check_shapes(model: str, expected: Mapping[str, tuple[int, ...]], found: Ma
             keys = [k for k in keys if _owner(k, files)[0] == path]
             if not keys:
                 continue
-            shown = ", ".join(
-                f"{k[len(prefix):]} {tuple(found[k])} != config {tuple(expected[k])}" if label == "wrong shape"
-                else k[len(prefix):] for k in keys[:5]
-            )
-            parts.append(f"{len(keys)} {label} keys: {shown}" + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""))
+            shown = _first_five([f"{k[len(prefix):]} {tuple(found[k])} != config {tuple(expected[k])}"
+                                 if label == "wrong shape" else k[len(prefix):] for k in keys])
+            parts.append(f"{len(keys)} {label} keys: {shown}")
         if parts:
             texts.append(f"weights {path} do not fit {config}: " + "; ".join(parts))
     raise CheckpointError("; ".join(texts) + ". Use the config.json written with these weights.")
+
+
+def _first_five(names: list[str]) -> str:
+    """``"a, b, c, d, e (+2 more)"``."""
+    return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
 
 
 def _build_loaded(build: Callable[[], nn.Module], state: Mapping[str, torch.Tensor], *, model: str,
@@ -269,9 +267,8 @@ def _build_loaded(build: Callable[[], nn.Module], state: Mapping[str, torch.Tens
     for path, prefix in files.items():
         here = [k[len(prefix):] for k in bad if _owner(k, files)[0] == path]
         if here:
-            shown = ", ".join(here[:5]) + (f" (+{len(here) - 5} more)" if len(here) > 5 else "")
             raise CheckpointError(
-                f"weights {path} hold NaN or infinite values in {len(here)} tensors ({shown}): every output of "
+                f"weights {path} hold NaN or infinite values in {len(here)} tensors ({_first_five(here)}): every output of "
                 f"model {model!r} would be NaN. The file is corrupt or comes from a diverged training run; "
                 "export or download it again"
             )

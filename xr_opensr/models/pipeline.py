@@ -185,14 +185,16 @@ class SRModel(SummaryRun, nn.Module):
         return self
 
     # ------------------------------------------------------------------ pieces
+    def _gain_offset(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(torch.tensor(v, dtype=x.dtype, device=x.device)[:, None, None]
+                     for v in (self.config.input_gain, self.config.input_offset))
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        gain = torch.tensor(self.config.input_gain, dtype=x.dtype, device=x.device)[:, None, None]
-        offset = torch.tensor(self.config.input_offset, dtype=x.dtype, device=x.device)[:, None, None]
+        gain, offset = self._gain_offset(x)
         return x * gain + offset
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        gain = torch.tensor(self.config.input_gain, dtype=x.dtype, device=x.device)[:, None, None]
-        offset = torch.tensor(self.config.input_offset, dtype=x.dtype, device=x.device)[:, None, None]
+        gain, offset = self._gain_offset(x)
         return (x - offset) / gain
 
     def encode_condition(self, lr: torch.Tensor):
