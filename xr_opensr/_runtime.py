@@ -72,8 +72,8 @@ class ModelSpec:
 
     @property
     def n_outputs(self) -> int:
-        """Planes per band the kernel returns: mean, std (and the samples)."""
-        return self.options.n_outputs
+        """Planes per band the kernel returns: mean, std, the model's extra outputs (and the samples)."""
+        return self.options.n_outputs + len(get_model(self).info.extra_outputs)
 
 
 _LOADS = 0

@@ -682,6 +682,8 @@ SR_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
                               "AMX/AVX512-BF16 (about 2-3x faster on such CPUs); float16 on a GPU only"}),
     "--threads": ("threads", {"type": int}),
     "--tiling": ("tiling", {"choices": ("blend", "crop")}),
+    "--looks": ("looks", {"type": int}),
+    "--window": ("window", {}),
 }
 
 #: the RunOptions fields that SR_OPTIONS leaves out, and why

@@ -19,7 +19,9 @@ import numpy as np
 import xarray as xr
 
 from . import _encode, _graph, _inputs, _runtime, geometry
+from . import looks as _looks
 from .errors import InputError
+from .looks import LOOK_DIM
 from .models.base import ModelInfo
 from .options import RunOptions, model20_id, takes_options
 from .sentinel2 import GRID_RESOLUTION_M
@@ -95,7 +97,13 @@ def superresolve(obj: xr.DataArray | xr.Dataset, samples: int = 10, **options: A
     patch, overlap, crop = _patch_grid(info, opts)
 
     # 4. bands -> (*lead, *whole core dims, band, y, x) raw dask array + per-band conversion -> graph
-    inp = _inputs.model_input(obj, y_dim, x_dim, tuple(info.bands), opts.bands, whole=info.whole_dims)
+    if opts.looks is not None and LOOK_DIM not in info.whole_dims:
+        raise InputError(f"looks={opts.looks} needs a multi-date model (model='default' or 'multidate'); {info.name!r} "
+                         "is single-date: leave looks=None")
+    if LOOK_DIM in info.whole_dims:
+        inp, look_table = _looks_of(obj, y_dim, x_dim, info, opts)
+    else:
+        inp = _inputs.model_input(obj, y_dim, x_dim, tuple(info.bands), opts.bands, whole=info.whole_dims)
     samples_grid: dict[str, int] = {}
     if crop and opts.return_samples:
         spec, out, samples_grid = _cropped_with_blended_samples(inp, spec, info, opts, geobox, patch, overlap)
@@ -106,7 +114,29 @@ def superresolve(obj: xr.DataArray | xr.Dataset, samples: int = 10, **options: A
     ds = _wrap_result(out, inp, spec, opts, geometry.hr_geobox(geobox, info.scale), y_dim, x_dim, obj.rio.crs,
                       patch=patch, overlap=overlap, crop=crop)
     ds.attrs.update(samples_grid)
+    if LOOK_DIM in info.whole_dims:
+        ds = ds.assign_coords(look_time=(("time", LOOK_DIM), _looks.look_times(inp.selection.coords["time"].values,
+                                                                                 look_table)))
+        ds.attrs.update(looks=int(opts.looks or _looks.DEFAULT_LOOKS), window=str(opts.window))
     return _encode.encode(ds, opts.output_dtype)
+
+
+def _looks_of(obj: Any, y_dim: Hashable, x_dim: Hashable, info: ModelInfo, opts: RunOptions
+              ) -> tuple[_inputs.ModelInput, Any]:
+    """The model input of a multi-date model: (*lead, look, band, y, x), the looks of each date
+    (:mod:`xr_opensr.looks`), and the look table."""
+    inp = _inputs.model_input(obj, y_dim, x_dim, tuple(info.bands), opts.bands)
+    time_dim = _looks.time_dim_of(inp.lead_dims)
+    if inp.selection.bands20(tuple(info.bands)):
+        raise InputError("multi-date super-resolution is for the four 10 m bands; leave bands=None (or pick B04, B03, "
+                         "B02, B08), and super-resolve the 20 m bands single-date")
+    if "time" not in inp.selection.coords:
+        raise InputError("multi-date super-resolution needs the dates: the time dim has no coordinate; assign one "
+                         "(obj.assign_coords(time=[...]))")
+    looks = opts.looks or _looks.DEFAULT_LOOKS
+    data, table = _looks.gather_looks(inp.data, inp.selection.coords["time"].values, inp.lead_dims.index(time_dim),
+                                      looks, _looks.window_of("window", opts.window))
+    return inp._replace(data=data, whole_dims=(LOOK_DIM,)), table
 
 
 # --------------------------------------------------------------------------- checks against the model
@@ -214,7 +244,7 @@ def _wrap_result(out: da.Array, inp: _inputs.ModelInput, spec: _runtime.ModelSpe
     describe the run (from the model's info: the model itself, then what a chain adds)."""
     sel = inp.selection
     info = _runtime.get_model(spec.ref).info
-    ds = _wrap(out, inp, hr, y_dim, x_dim, opts.samples if opts.return_samples else 0)
+    ds = _wrap(out, inp, hr, y_dim, x_dim, opts.samples if opts.return_samples else 0, info.extra_outputs)
     if sel.picks != list(range(len(sel.labels))):
         ds = ds.isel({sel.band_dim: sel.picks})
     sampling = {} if info.sampling is None else {
@@ -233,9 +263,10 @@ def _wrap_result(out: da.Array, inp: _inputs.ModelInput, spec: _runtime.ModelSpe
 
 
 def _wrap(out: da.Array, inp: _inputs.ModelInput, hr: Any, y_dim: Hashable, x_dim: Hashable,
-          samples: int) -> xr.Dataset:
-    """The graph's (*lead, K, C, H, W) output as a Dataset (``sr``, ``uncertainty``, and ``samples``
-    when ``samples`` > 0) on the HR GeoBox ``hr``, dims in the input's order."""
+          samples: int, extra: tuple[str, ...] = ()) -> xr.Dataset:
+    """The graph's (*lead, K, C, H, W) output as a Dataset (``sr``, ``uncertainty``, the model's ``extra``
+    per-pixel counts as uint8 without the band dim, and ``samples`` when ``samples`` > 0) on the HR GeoBox
+    ``hr``, dims in the input's order."""
     sel, lead_dims = inp.selection, inp.lead_dims
     canon = (*lead_dims, sel.band_dim, y_dim, x_dim)
     coords: dict[Hashable, Any] = {
@@ -254,6 +285,10 @@ def _wrap(out: da.Array, inp: _inputs.ModelInput, hr: Any, y_dim: Hashable, x_di
         "uncertainty": xr.Variable(canon, unc, {"long_name": "calibrated per-band standard deviation of sr (the "
                                                              "samples' standard deviation)", **unit_attrs}),
     }
+    for k, name in enumerate(extra, start=2):
+        count = _plane(out, k, lead_nd, f"opensr-{name}-{token}")[(slice(None),) * lead_nd + (0,)]
+        variables[name] = xr.Variable([d for d in canon if d != sel.band_dim], count.astype(np.uint8),
+                                      {"long_name": _EXTRA_NAMES.get(name, name), "units": "1"})
     if samples:
         smp = _samples(out, lead_nd, samples, f"opensr-samples-{token}")
         variables["samples"] = xr.Variable(("sample", *canon), smp, {
@@ -261,7 +296,13 @@ def _wrap(out: da.Array, inp: _inputs.ModelInput, hr: Any, y_dim: Hashable, x_di
                          "sr x sqrt(samples)), >= 0)", **unit_attrs})
         coords["sample"] = ("sample", np.arange(samples))
     ds = xr.Dataset(variables, coords=coords)
-    return ds.transpose(*(["sample"] if samples else []), *sel.out_dims)
+    return ds.transpose(*(["sample"] if samples else []), *sel.out_dims, missing_dims="ignore")
+
+
+#: the long names of the per-pixel counts a model may give (``ModelInfo.extra_outputs``)
+_EXTRA_NAMES = {"looks": "looks used at the pixel (the date itself included; 0: nodata)",
+                "changed": "looks left out at the pixel: they disagreed beyond their noise (change, unmasked cloud or "
+                           "shadow)"}
 
 
 def _pick(block: np.ndarray, *, index: tuple) -> np.ndarray:

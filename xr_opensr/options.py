@@ -22,6 +22,7 @@ import numpy as np
 from . import _encode
 from ._runtime import ModelRef, ModelSpec
 from .errors import InputError
+from .looks import window_of
 from .models.base import MAX_SAMPLES, SampleOptions
 
 __all__ = ["RunOptions", "takes_options", "model_id", "model20_id"]
@@ -197,6 +198,15 @@ class RunOptions:
     output_dtype: Any = _option(None, lambda name, value: _encode.check_output_dtype(value), """None/"float32"
         (reflectance) or "uint16": DN = round(reflectance x 10000), nodata 0, CF ``scale_factor``/``_FillValue`` attrs
         (lossless to 1e-4; see ``xr_opensr._encode``).""")
+    looks: int | None = _option(None, _optional(_positive_int), """multi-date super-resolution: for each date of the
+        input's ``time`` dim, up to this many valid looks per pixel (the date itself first, then the other dates within
+        ``window``, nearest first), registered to the date (a per-band gain and offset and a sub-pixel shift per
+        patch) and fused by a multi-date model (``model="default"`` becomes ``"multidate"``). Adds ``looks`` (looks used
+        per pixel) and ``changed`` (looks left out there because they disagreed beyond their noise: change, unmasked
+        cloud or shadow), and the coordinate ``look_time`` (time, look). Nodata of a date stays nodata. None: each date
+        on its own (single-date).""")
+    window: Any = _option("30D", lambda name, value: str(window_of(name, value)), """with ``looks``: the dates within
+        this span of a date (either side) are its looks (a pandas time span: ``"30D"``, ``"12h"``).""")
     model20: str | Path = _option("s2-20m", None, """the 20 m-band model: "s2-20m" (shipped) or a model folder; used
         (and checked) only when 20 m bands are asked for. Its uncertainty is its predicted standard deviation
         (``samples`` and ``steps`` concern the 10 m bands); ``return_samples`` is not available with 20 m bands.""")
@@ -214,9 +224,11 @@ class RunOptions:
     def spec(self) -> ModelSpec:
         """The model spec the options imply: what to load (:class:`~xr_opensr._runtime.ModelRef`), how to
         sample (:class:`~xr_opensr.models.base.SampleOptions`) and the CPU threads."""
-        ref = ModelRef(model=self.model, device=self.device, dtype=self.dtype)
+        model = "multidate" if self.looks is not None and self.model == "default" else self.model
+        ref = ModelRef(model=model, device=self.device, dtype=self.dtype)
         sampling = SampleOptions(samples=self.samples, steps=self.steps, eta=self.eta, batch_size=self.batch_size,
-                                 histogram_matching=self.histogram_matching, return_samples=self.return_samples)
+                                 histogram_matching=self.histogram_matching, return_samples=self.return_samples,
+                                 looks=self.looks)
         return ModelSpec(ref, sampling, cpu_threads=self.threads)
 
 

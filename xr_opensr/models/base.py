@@ -61,6 +61,9 @@ class ModelInfo:
         whole core dims (e.g. ``("time", "band", "y", "x")``): the graph keeps them whole, the output
         has none of them.
     outputs : which planes mean something: ``"mean"``, ``"std"``, ``"samples"``.
+    extra_outputs : names of per-pixel planes the model gives after the mean and std (e.g. a multi-date
+        model's ``("looks", "changed")``: counts, the same in every band); ``superresolve`` returns each as
+        a variable without the band dim.
     sampling : the sampler's settings for a stochastic model; None: ``steps``/``eta`` mean nothing.
     mean_without_samples : ``samples=0`` gives the mean alone (a deterministic mean path, e.g. a mean
         network); False: the model needs ``samples >= 1``.
@@ -80,6 +83,7 @@ class ModelInfo:
     halo: int | None = None
     core_dims: tuple[str, ...] = SPATIAL_CORE_DIMS
     outputs: tuple[str, ...] = ("mean", "std", "samples")
+    extra_outputs: tuple[str, ...] = ()
     sampling: Sampling | None = None
     mean_without_samples: bool = False
     std_scale: float = 1.0
@@ -110,10 +114,11 @@ class SampleOptions:
     histogram_matching: bool = True
     return_samples: bool = False
     batch_size: int | None = None  # None: the model's choice for its device
+    looks: int | None = None  # a multi-date model: most looks per pixel (None: the model's default)
 
     @property
     def n_outputs(self) -> int:
-        """Planes per band a run returns: mean, std (and the samples)."""
+        """Planes per band a run of a model without extra outputs returns: mean, std (and the samples)."""
         return 2 + (self.samples if self.return_samples else 0)
 
 
@@ -133,4 +138,5 @@ class Model(Protocol):
         """Move to ``device`` and compute in ``dtype``; returns the model."""
 
     def run(self, patches: Any, seeds: Any, options: SampleOptions) -> Any:  # pragma: no cover - protocol
-        """(N, *W, C_in, P, P) float32 LR reflectance, (N,) seeds -> (N, K, C_out, sP, sP) float32."""
+        """(N, *W, C_in, P, P) float32 LR reflectance, (N,) seeds -> (N, K, C_out, sP, sP) float32 (K: mean,
+        std, then ``info.extra_outputs``, then the samples when asked for)."""

@@ -2,8 +2,8 @@
 
 * **Kinds.** Every model folder's ``config.json`` says what it is with ``"kind"``: ``"ldm"`` (a latent
   diffusion model alone: LDSR-S2 v1, ``tiny``), ``"ldm+mean"`` (model v2: a mean network with a spread
-  head composed with a diffusion model; the shipped ``default``) or ``"guided-20m"`` (the 20 m-band
-  model, ``s2-20m``). :data:`KINDS` maps a kind to the loader of its folders. Folders written before
+  head composed with a diffusion model; the shipped ``default``), ``"guided-20m"`` (the 20 m-band
+  model, ``s2-20m``) or ``"multidate"`` (the multi-date model on a v2 base, ``multidate``). :data:`KINDS` maps a kind to the loader of its folders. Folders written before
   ``"kind"`` existed are read by their structure (a guided model's ``"format"``, v2's ``"mean_net"``).
 * **Names.** The shipped folders (``xr_opensr/weights/<name>``), the built-in baselines (``"bicubic"``,
   ``"bicubic+consistency"``: no weights) and models registered by other packages: an entry point in the
@@ -50,8 +50,15 @@ def _load_guided(path: Path, device: Any, dtype: Any, ema: bool | None) -> Any:
     return load_guided(path, device=device)
 
 
+def _load_multidate(path: Path, device: Any, dtype: Any, ema: bool | None) -> Any:
+    from .multidate import load_multidate
+
+    return load_multidate(path, device=device, dtype=dtype)
+
+
 #: kind -> loader ``(folder, device, dtype, ema) -> model`` of that kind's folders
-KINDS: dict[str, Loader] = {"ldm": _load_ldm, "ldm+mean": _load_ldm, "guided-20m": _load_guided}
+KINDS: dict[str, Loader] = {"ldm": _load_ldm, "ldm+mean": _load_ldm, "guided-20m": _load_guided,
+                            "multidate": _load_multidate}
 
 
 def kind_of(config: Any, source: Path | str = "config.json") -> str:
@@ -107,8 +114,8 @@ def _shipped() -> dict[str, tuple[Path, str]]:
 
 def registered_models(kind: str | None = None) -> dict[str, Path]:
     """Shipped model names -> their folders; ``kind``: only those of that kind. Without ``kind``: the
-    models that super-resolve the 10 m bands (``ldm`` and ``ldm+mean``), as before kinds existed."""
-    wanted = (kind,) if kind is not None else ("ldm", "ldm+mean")
+    models that super-resolve the 10 m bands (``ldm``, ``ldm+mean`` and ``multidate``)."""
+    wanted = (kind,) if kind is not None else ("ldm", "ldm+mean", "multidate")
     return {name: folder for name, (folder, k) in _shipped().items() if k in wanted}
 
 

@@ -1,0 +1,308 @@
+"""The multi-date model (kind ``"multidate"``): every valid look at a place sharpens the date asked for.
+
+A composition of the single-date model v2 (:class:`~xr_opensr.models.v2.MeanSpreadModel`, its own
+folder, named by ``base``) and a multi-look reconstruction with a few parameters fitted on validation
+scenes (``python -m training multidate``). Per patch (its core dims ``("look", "band", "y", "x")``: look
+0 is the date asked for, then the other looks of its time window, nearest date first):
+
+1. the single-date mean ``x0`` and standard deviation ``u0`` of the reference look (model v2, unchanged);
+2. each other look, where it and the reference are valid: a per-band gain and offset to the reference
+   (illumination, phenology) and its sub-pixel shift (:func:`xr_opensr.registration.estimate_shift`);
+   a look whose patch cannot be registered (too little texture or valid area) is left out;
+3. change: a look's pixels that disagree with the single-date prediction of that look (``x0`` shifted
+   and degraded) by more than ``change_threshold`` times the patch's robust residual scale (every band,
+   dilated by one pixel) are left out and counted in ``changed``; at most ``looks - 1`` further looks
+   per pixel, in the looks' order;
+4. the mean: ``x`` minimising ``sum_j |w_j (y_j - D S_j x)|^2 + mu |x - x0|^2`` (``D`` the sensor's PSF and
+   4 x 4 area mean, ``S_j`` the look's shift, ``w_j`` its valid, unchanged pixels; conjugate gradients,
+   ``iterations`` steps from ``x0``); an LR pixel seen by the reference look alone keeps ``x0`` exactly;
+5. the standard deviation: ``u0`` times the fitted ratio of the number of looks used at the pixel
+   (1 for one look), plus ``disagreement`` times the looks' RMS residual after the fit (they disagree
+   beyond their noise: the uncertainty grows).
+
+Planes: mean, std, then the per-pixel ``looks`` (looks used, the reference included; 0 under nodata) and
+``changed`` (looks left out there for disagreeing). Nodata of the reference date stays nodata: other
+dates never fill a date's gaps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .base import ModelInfo, SampleOptions
+
+__all__ = ["MultiDateConfig", "MultiDateModel", "load_multidate", "fuse_looks", "shift_matrix"]
+
+LOOK_DIM = "look"
+
+
+@dataclass(frozen=True)
+class MultiDateConfig:
+    """The multi-date model's ``config.json`` (kind ``"multidate"``); no weights of its own.
+
+    Attributes
+    ----------
+    name, version : written into output attrs.
+    base : the single-date model (a shipped name or a folder relative to this one).
+    looks : default looks per date (the date itself included) when ``superresolve(looks=None)``.
+    mu : weight of the single-date mean in the reconstruction (larger: closer to it).
+    iterations : conjugate-gradient steps.
+    change_threshold : residual (in robust scales of the patch) beyond which a look's pixel is left out.
+    min_valid : least fraction of the reference's valid pixels a look must share to be registered.
+    std_ratio : the standard deviation's factor by number of looks used (entry n-1 for n looks; the last
+        entry for more); the first entry is 1.
+    disagreement : factor of the looks' RMS residual added to the standard deviation.
+    provenance : how the parameters were fitted (command, data, date).
+    """
+
+    kind: str = "multidate"
+    name: str = "xr-opensr-multidate"
+    version: str = "0.1.0"
+    base: str = "default"
+    looks: int = 8
+    mu: float = 0.1
+    iterations: int = 10
+    change_threshold: float = 5.0
+    min_valid: float = 0.25
+    std_ratio: tuple[float, ...] = (1.0,)
+    disagreement: float = 0.0
+    provenance: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> MultiDateConfig:
+        from .config import load_config, read_config_json
+
+        data = read_config_json(path, "multi-date model config", "write it with python -m training multidate")
+        cfg = load_config(cls, data, f"multi-date model config {path}", defaults=True)
+        if cfg.kind != "multidate" or not cfg.std_ratio or cfg.std_ratio[0] != 1.0 or min(cfg.std_ratio) <= 0:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{path}: kind must be 'multidate' and std_ratio positive, starting with 1.0 (one look "
+                              f"is the single-date result), got kind={cfg.kind!r}, std_ratio={cfg.std_ratio}")
+        return cfg
+
+    def to_json(self, path: str | Path) -> None:
+        import json
+
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- operators
+
+
+@functools.lru_cache(maxsize=256)
+def shift_matrix(n: int, shift: float) -> np.ndarray:
+    """(n, n) float64: content moved by ``shift`` pixels along an axis (``out[i] = in(i - shift)``), Keys
+    cubic interpolation with edges replicated (the cubic kernel of :mod:`xr_opensr.sensor`)."""
+    from ..sensor import _cubic_weights
+
+    t = np.arange(n) - shift
+    base = np.floor(t).astype(int)
+    weights = _cubic_weights(t - base, -0.5)  # (4, n): taps base-1 .. base+2
+    m = np.zeros((n, n))
+    for tap in range(4):
+        np.add.at(m, (np.arange(n), np.clip(base - 1 + tap, 0, n - 1)), weights[tap])
+    m.flags.writeable = False
+    return m
+
+
+@functools.lru_cache(maxsize=256)
+def _look_operator(n_hr: int, scale: int, shift: float) -> np.ndarray:
+    """(n_hr / scale, n_hr): degrade after a shift of ``shift`` LR pixels, along an axis."""
+    from ..sensor import degrade_matrix
+
+    m = degrade_matrix(n_hr, scale) @ shift_matrix(n_hr, scale * shift)
+    m.flags.writeable = False
+    return m
+
+
+def _apply(ops: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
+    return ops[0] @ x @ ops[1].T
+
+
+def _adjoint(ops: tuple[np.ndarray, np.ndarray], r: np.ndarray) -> np.ndarray:
+    return ops[0].T @ r @ ops[1]
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    grown = out.copy()
+    grown[:, 1:] |= out[:, :-1]
+    grown[:, :-1] |= out[:, 1:]
+    return grown
+
+
+# --------------------------------------------------------------------------- the reconstruction
+
+
+def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, max_looks: int, scale: int = 4
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float] | None]]:
+    """One patch: ``looks`` (L, C, p, p) LR reflectance (look 0 the reference, NaN nodata), ``x0`` (C, sp, sp)
+    its single-date mean (finite where the reference is valid). Returns (mean (C, sp, sp) float64, looks
+    used (p, p), looks left out as changed (p, p), RMS residual of the used looks (p, p), each look's
+    shift or None where it was left out)."""
+    from ..registration import estimate_shift, fit_gain_offset
+
+    n_looks, c, p, _ = looks.shape
+    ref = looks[0].astype(np.float64)
+    valid0 = np.isfinite(ref).all(axis=0)
+    x0 = np.where(np.isfinite(x0), x0, 0.0).astype(np.float64)
+    n_hr = scale * p
+    d = _look_operator(n_hr, scale, 0.0)
+    terms = [((d, d), np.where(valid0, ref, 0.0), valid0.astype(np.float64))]  # (operators, data, weight)
+    used = valid0.astype(np.int32)
+    changed = np.zeros((p, p), dtype=np.int32)
+    shifts: list[tuple[float, float] | None] = [(0.0, 0.0)]
+    candidates = []
+    for j in range(1, n_looks):
+        look = looks[j].astype(np.float64)
+        valid = np.isfinite(look).all(axis=0) & valid0
+        if valid.sum() < max(16, config.min_valid * valid0.sum()):
+            shifts.append(None)
+            continue
+        gain, offset = fit_gain_offset(ref, look, valid)
+        corrected = look * gain[:, None, None] + offset[:, None, None]
+        shift, quality = estimate_shift(ref, corrected, valid, return_quality=True)
+        if not quality.ok:
+            shifts.append(None)
+            continue
+        ops = (_look_operator(n_hr, scale, float(shift[0])), _look_operator(n_hr, scale, float(shift[1])))
+        residual = np.where(valid, corrected - _apply(ops, x0), 0.0)
+        candidates.append((ops, corrected, valid, residual))
+        shifts.append((float(shift[0]), float(shift[1])))
+    if candidates:
+        pooled = np.concatenate([r[:, v] for *_, v, r in candidates], axis=1)  # (C, n)
+        centre = np.median(pooled, axis=1)
+        spread = 1.4826 * np.median(np.abs(pooled - centre[:, None]), axis=1)
+        spread = np.maximum(spread, 1e-4)
+        for ops, corrected, valid, residual in candidates:
+            z = np.sqrt((((residual - centre[:, None, None]) / spread[:, None, None]) ** 2).mean(axis=0))
+            bad = valid & _dilate(valid & (z > config.change_threshold))
+            take = valid & ~bad & (used < max_looks)
+            changed += bad
+            used += take
+            if take.any():
+                terms.append((ops, np.where(take, corrected, 0.0), take.astype(np.float64)))
+    if len(terms) == 1:
+        return x0, used, changed, np.zeros((p, p)), shifts
+    mu = config.mu
+
+    def normal(x: np.ndarray) -> np.ndarray:
+        out = mu * x
+        for ops, _, w in terms:
+            out = out + _adjoint(ops, w * _apply(ops, x))
+        return out
+
+    b = mu * x0
+    for ops, y, w in terms:
+        b = b + _adjoint(ops, w * y)
+    x = x0.copy()
+    r = b - normal(x)
+    direction = r.copy()
+    rr = float((r * r).sum())
+    for _ in range(config.iterations):
+        if rr == 0.0:
+            break
+        q = normal(direction)
+        alpha = rr / float((direction * q).sum())
+        x += alpha * direction
+        r -= alpha * q
+        rr, rr_old = float((r * r).sum()), rr
+        direction = r + (rr / rr_old) * direction
+    sq = np.zeros((p, p))
+    for ops, y, w in terms:
+        sq += (w * (y - _apply(ops, x)) ** 2).mean(axis=0)
+    rms = np.sqrt(sq / np.maximum(used, 1))
+    return np.where(_up(used <= 1, scale), x0, x), used, changed, rms, shifts
+
+
+class MultiDateModel:
+    """The multi-date model: :attr:`base` (model v2) and the multi-look reconstruction of ``config``."""
+
+    def __init__(self, base: Any, config: MultiDateConfig) -> None:
+        if not hasattr(base, "mean_and_spread"):
+            raise InputError(f"the multi-date model builds on a model with a mean network (model v2), got "
+                             f"{base.info.name!r}")
+        self.base, self.config = base, config
+
+    @property
+    def info(self) -> ModelInfo:
+        b = self.base.info
+        return ModelInfo(name=self.config.name, version=self.config.version, bands=b.bands, scale=b.scale,
+                         patch=b.patch, overlap=b.overlap, patch_multiple=b.patch_multiple,
+                         core_dims=(LOOK_DIM, "band", "y", "x"), outputs=("mean", "std"),
+                         extra_outputs=("looks", "changed"), mean_without_samples=True, std_scale=b.std_scale,
+                         consistency=b.consistency, trained=b.trained,
+                         attrs=(("base_model", b.name), ("base_model_version", b.version),
+                                ("registration", "per patch: per-band gain/offset, then the sub-pixel shift of "
+                                                 "each look to the date asked for (xr_opensr.registration)")))
+
+    @property
+    def device(self) -> Any:
+        return self.base.device
+
+    def place(self, device: Any = "auto", dtype: Any = None) -> MultiDateModel:
+        self.base.place(device, dtype)
+        return self
+
+    def prepare_inference(self) -> MultiDateModel:
+        if hasattr(self.base, "prepare_inference"):
+            self.base.prepare_inference()
+        return self
+
+    def run(self, patches: np.ndarray, seeds: np.ndarray, options: SampleOptions) -> np.ndarray:
+        """(N, L, C, P, P) looks -> (N, 4, C, sP, sP): mean, std, looks used, looks left out as changed."""
+        import torch
+
+        if options.return_samples:
+            raise InputError("return_samples=True with a multi-date model: it gives a mean and a standard deviation, "
+                             "not samples; use return_samples=False")
+        n, _, c, p, _ = patches.shape
+        s = self.info.scale
+        max_looks = options.looks or self.config.looks
+        out = np.full((n, 4, c, s * p, s * p), np.nan, dtype=np.float32)
+        out[:, 2:] = 0
+        ref = np.ascontiguousarray(patches[:, 0], dtype=np.float32)
+        invalid = ~np.isfinite(ref).all(axis=1)
+        todo = np.flatnonzero(~invalid.all(axis=(1, 2)))
+        if not len(todo):
+            return out
+        mean0, std0 = self.base.mean_and_spread(torch.from_numpy(ref[todo]), torch.from_numpy(invalid[todo]),
+                                                spread=options.samples >= 2)
+        ratio = np.asarray(self.config.std_ratio)
+        std0 = std0 * np.float32(self.base.info.std_scale)  # calibrated, as the single-date model gives it
+        for k, i in enumerate(todo):
+            mean, used, changed, rms, _ = fuse_looks(patches[i], mean0[k], self.config, max_looks=max_looks, scale=s)
+            hr = _up(invalid[i], s)
+            out[i, 0] = np.where(hr, np.nan, np.maximum(mean, 0.0))
+            if options.samples >= 2:
+                factor = ratio[np.clip(used, 1, len(ratio)) - 1]
+                std = std0[k] * _up(factor, s) + self.config.disagreement * _up(rms, s)
+                out[i, 1] = np.where(hr, np.nan, std)
+            elif options.samples == 1:
+                out[i, 1] = np.where(hr, np.nan, 0.0)
+            out[i, 2], out[i, 3] = _up(used, s), _up(changed, s)
+        return out
+
+
+def _up(a: np.ndarray, s: int) -> np.ndarray:
+    """(p, p) per LR pixel -> (s p, s p)."""
+    return np.repeat(np.repeat(a, s, axis=0), s, axis=1)
+
+
+def load_multidate(folder: Path, device: Any = "auto", dtype: Any = None) -> MultiDateModel:
+    """The multi-date model of ``folder`` (its ``config.json``) on its base model, placed on ``device``."""
+    from .registry import load
+
+    cfg = MultiDateConfig.from_json(folder / "config.json")
+    base = cfg.base if not (folder / cfg.base).exists() else folder / cfg.base
+    return MultiDateModel(load(base, device=device, dtype=dtype), cfg)
