@@ -35,8 +35,10 @@ from .card import record_command
 from .config import TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.json"
-STAGES = ("data", "autoencoder", "diffusion", "regression", "spread", "export", "evaluate", "guided", "evaluate-guided")
+STAGES = ("data", "autoencoder", "diffusion", "regression", "spread", "export", "evaluate", "guided", "evaluate-guided",
+          "multidate", "evaluate-multidate")
 GUIDED = ("guided", "evaluate-guided")
+MULTIDATE = ("multidate", "evaluate-multidate")
 TRAINED = ("autoencoder", "diffusion", "regression", "spread")
 
 
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.stage in GUIDED:
         return _guided(args, argv)
+    if args.stage in MULTIDATE:
+        return _multidate(args, argv)
     cfg = TrainConfig.from_json(args.config)
     cfg = _override(cfg, args.overrides)
     run: dict = {}
@@ -194,6 +198,23 @@ def _guided(args: argparse.Namespace, argv: list[str]) -> int:
         return _reported(lambda: guided.train_guided(cfg, run_dir, resume=args.resume, progress=not args.no_progress))
     model_dir = args.model_dir if args.model_dir is not None else run_dir / "guided" / "model"
     return _reported(lambda: guided.evaluate_guided(cfg, model_dir, split=args.split))
+
+
+def _multidate(args: argparse.Namespace, argv: list[str]) -> int:
+    """The multi-date model's stages (``training.multidate``): fit its parameters, evaluate it."""
+    import torch
+
+    from . import multidate
+    from .loop import setup_logging
+
+    torch.set_num_threads(args.threads or 1)
+    run_dir = args.out if args.out is not None else Path("runs") / "multidate"
+    record_command(run_dir, argv)
+    setup_logging(run_dir / f"{args.stage}.log")
+    model_dir = args.model_dir if args.model_dir is not None else run_dir / "model"
+    if args.stage == "multidate":
+        return _reported(lambda: multidate.fit(model_dir, progress=not args.no_progress))
+    return _reported(lambda: multidate.evaluate(model_dir, run_dir / "evaluate"))
 
 
 if __name__ == "__main__":

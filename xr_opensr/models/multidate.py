@@ -6,8 +6,9 @@ scenes (``python -m training multidate``). Per patch (its core dims ``("look", "
 0 is the date asked for, then the other looks of its time window, nearest date first):
 
 1. the single-date mean ``x0`` and standard deviation ``u0`` of the reference look (model v2, unchanged);
-2. each other look, where it and the reference are valid: a per-band gain and offset to the reference
-   (illumination, phenology) and its sub-pixel shift (:func:`xr_opensr.registration.estimate_shift`);
+2. each other look, where it and the reference are valid: its sub-pixel shift and a per-band gain and
+   offset to the reference (illumination, phenology), fitted jointly
+   (:func:`xr_opensr.registration.estimate_shift`);
    a look whose patch cannot be registered (too little texture or valid area) is left out;
 3. change: a look's pixels that disagree with the single-date prediction of that look (``x0`` shifted
    and degraded) by more than ``change_threshold`` times the patch's robust residual scale (every band,
@@ -38,7 +39,7 @@ import numpy as np
 from ..errors import InputError
 from .base import ModelInfo, SampleOptions
 
-__all__ = ["MultiDateConfig", "MultiDateModel", "load_multidate", "fuse_looks", "shift_matrix"]
+__all__ = ["MultiDateConfig", "MultiDateModel", "fuse_looks", "shift_matrix"]
 
 LOOK_DIM = "look"
 
@@ -106,28 +107,37 @@ def shift_matrix(n: int, shift: float) -> np.ndarray:
     t = np.arange(n) - shift
     base = np.floor(t).astype(int)
     weights = _cubic_weights(t - base, -0.5)  # (4, n): taps base-1 .. base+2
-    m = np.zeros((n, n))
-    for tap in range(4):
-        np.add.at(m, (np.arange(n), np.clip(base - 1 + tap, 0, n - 1)), weights[tap])
+    cols = np.clip(base[None] + np.arange(-1, 3)[:, None], 0, n - 1)  # (4, n)
+    flat = (np.arange(n)[None] * n + cols).ravel()
+    m = np.bincount(flat, weights.ravel(), minlength=n * n).reshape(n, n)
     m.flags.writeable = False
     return m
 
 
 @functools.lru_cache(maxsize=256)
-def _look_operator(n_hr: int, scale: int, shift: float) -> np.ndarray:
-    """(n_hr / scale, n_hr): degrade after a shift of ``shift`` LR pixels, along an axis."""
+def _look_operator(n_hr: int, scale: int, shift: float) -> Any:
+    """(n_hr / scale, n_hr) float64 tensor: degrade after a shift of ``shift`` LR pixels, along an axis.
+    (torch, not numpy, for the products: their threads are the task's, ``superresolve(threads=...)``;
+    OpenBLAS's own threads stall under dask's concurrent tasks.)"""
+    import torch
+
+    return _degrade_operator(n_hr, scale) @ torch.tensor(shift_matrix(n_hr, scale * shift))
+
+
+@functools.lru_cache(maxsize=16)
+def _degrade_operator(n_hr: int, scale: int) -> Any:
+    import torch
+
     from ..sensor import degrade_matrix
 
-    m = degrade_matrix(n_hr, scale) @ shift_matrix(n_hr, scale * shift)
-    m.flags.writeable = False
-    return m
+    return torch.from_numpy(degrade_matrix(n_hr, scale))
 
 
-def _apply(ops: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
+def _apply(ops: tuple[Any, Any], x: Any) -> Any:
     return ops[0] @ x @ ops[1].T
 
 
-def _adjoint(ops: tuple[np.ndarray, np.ndarray], r: np.ndarray) -> np.ndarray:
+def _adjoint(ops: tuple[Any, Any], r: Any) -> Any:
     return ops[0].T @ r @ ops[1]
 
 
@@ -150,15 +160,19 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
     its single-date mean (finite where the reference is valid). Returns (mean (C, sp, sp) float64, looks
     used (p, p), looks left out as changed (p, p), RMS residual of the used looks (p, p), each look's
     shift or None where it was left out)."""
-    from ..registration import estimate_shift, fit_gain_offset
+    import torch
+
+    from ..registration import estimate_shift
 
     n_looks, c, p, _ = looks.shape
     ref = looks[0].astype(np.float64)
     valid0 = np.isfinite(ref).all(axis=0)
     x0 = np.where(np.isfinite(x0), x0, 0.0).astype(np.float64)
+    t0 = torch.from_numpy(x0)
     n_hr = scale * p
     d = _look_operator(n_hr, scale, 0.0)
-    terms = [((d, d), np.where(valid0, ref, 0.0), valid0.astype(np.float64))]  # (operators, data, weight)
+    # (operators, data, weight) of each look used
+    terms = [((d, d), torch.from_numpy(np.where(valid0, ref, 0.0)), torch.from_numpy(valid0.astype(np.float64)))]
     used = valid0.astype(np.int32)
     changed = np.zeros((p, p), dtype=np.int32)
     shifts: list[tuple[float, float] | None] = [(0.0, 0.0)]
@@ -169,14 +183,13 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
         if valid.sum() < max(16, config.min_valid * valid0.sum()):
             shifts.append(None)
             continue
-        gain, offset = fit_gain_offset(ref, look, valid)
-        corrected = look * gain[:, None, None] + offset[:, None, None]
-        shift, quality = estimate_shift(ref, corrected, valid, return_quality=True)
+        shift, quality = estimate_shift(ref, look, valid, return_quality=True)  # with a per-band gain and offset
         if not quality.ok:
             shifts.append(None)
             continue
+        corrected = look * quality.gain[:, None, None] + quality.offset[:, None, None]
         ops = (_look_operator(n_hr, scale, float(shift[0])), _look_operator(n_hr, scale, float(shift[1])))
-        residual = np.where(valid, corrected - _apply(ops, x0), 0.0)
+        residual = np.where(valid, corrected - _apply(ops, t0).numpy(), 0.0)
         candidates.append((ops, corrected, valid, residual))
         shifts.append((float(shift[0]), float(shift[1])))
     if candidates:
@@ -191,23 +204,24 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
             changed += bad
             used += take
             if take.any():
-                terms.append((ops, np.where(take, corrected, 0.0), take.astype(np.float64)))
+                terms.append((ops, torch.from_numpy(np.where(take, corrected, 0.0)),
+                              torch.from_numpy(take.astype(np.float64))))
     if len(terms) == 1:
         return x0, used, changed, np.zeros((p, p)), shifts
     mu = config.mu
 
-    def normal(x: np.ndarray) -> np.ndarray:
+    def normal(x: Any) -> Any:
         out = mu * x
         for ops, _, w in terms:
             out = out + _adjoint(ops, w * _apply(ops, x))
         return out
 
-    b = mu * x0
+    b = mu * t0
     for ops, y, w in terms:
         b = b + _adjoint(ops, w * y)
-    x = x0.copy()
+    x = t0.clone()
     r = b - normal(x)
-    direction = r.copy()
+    direction = r.clone()
     rr = float((r * r).sum())
     for _ in range(config.iterations):
         if rr == 0.0:
@@ -218,11 +232,11 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
         r -= alpha * q
         rr, rr_old = float((r * r).sum()), rr
         direction = r + (rr / rr_old) * direction
-    sq = np.zeros((p, p))
+    sq = torch.zeros((p, p), dtype=torch.float64)
     for ops, y, w in terms:
-        sq += (w * (y - _apply(ops, x)) ** 2).mean(axis=0)
-    rms = np.sqrt(sq / np.maximum(used, 1))
-    return np.where(_up(used <= 1, scale), x0, x), used, changed, rms, shifts
+        sq += (w * (y - _apply(ops, x)) ** 2).mean(dim=0)
+    rms = np.sqrt(sq.numpy() / np.maximum(used, 1))
+    return np.where(_up(used <= 1, scale), x0, x.numpy()), used, changed, rms, shifts
 
 
 class MultiDateModel:
@@ -297,12 +311,3 @@ class MultiDateModel:
 def _up(a: np.ndarray, s: int) -> np.ndarray:
     """(p, p) per LR pixel -> (s p, s p)."""
     return np.repeat(np.repeat(a, s, axis=0), s, axis=1)
-
-
-def load_multidate(folder: Path, device: Any = "auto", dtype: Any = None) -> MultiDateModel:
-    """The multi-date model of ``folder`` (its ``config.json``) on its base model, placed on ``device``."""
-    from .registry import load
-
-    cfg = MultiDateConfig.from_json(folder / "config.json")
-    base = cfg.base if not (folder / cfg.base).exists() else folder / cfg.base
-    return MultiDateModel(load(base, device=device, dtype=dtype), cfg)

@@ -51,9 +51,12 @@ def _load_guided(path: Path, device: Any, dtype: Any, ema: bool | None) -> Any:
 
 
 def _load_multidate(path: Path, device: Any, dtype: Any, ema: bool | None) -> Any:
-    from .multidate import load_multidate
+    """A multi-date model folder (its ``config.json`` only) on its base model (a name, or a folder beside it)."""
+    from .multidate import MultiDateConfig, MultiDateModel
 
-    return load_multidate(path, device=device, dtype=dtype)
+    cfg = MultiDateConfig.from_json(path / CONFIG_FILE)
+    base = path / cfg.base if (path / cfg.base).exists() else cfg.base
+    return MultiDateModel(load(base, device=device, dtype=dtype), cfg)
 
 
 #: kind -> loader ``(folder, device, dtype, ema) -> model`` of that kind's folders
