@@ -44,6 +44,12 @@ def geotiff(tmp_path_factory) -> tuple[Path, xr.DataArray]:
     return write_geotiff(tmp_path_factory.mktemp("in") / "s2.tif", cube), cube
 
 
+@pytest.fixture(scope="module")
+def geotiff_expected(geotiff) -> xr.Dataset:
+    """The accessor's result on the geotiff's cube with SR_KW (samples 2): what the CLI runs must give."""
+    return geotiff[1].opensr.superresolve(2, **SR_KW).compute()
+
+
 # --------------------------------------------------------------------------- help and parsing
 
 
@@ -96,8 +102,8 @@ def test_cli_parser_defaults():
 # --------------------------------------------------------------------------- superresolve
 
 
-def test_cli_superresolve_geotiff_to_cog_equals_the_accessor(geotiff, tmp_path, capsys):
-    src, cube = geotiff
+def test_cli_superresolve_geotiff_to_cog_equals_the_accessor(geotiff, geotiff_expected, tmp_path, capsys):
+    src, _ = geotiff
     out = tmp_path / "sr.tif"
     assert main(["superresolve", str(src), str(out), "--chunks", "16", *FAST]) == 0
     printed = capsys.readouterr()
@@ -109,7 +115,7 @@ def test_cli_superresolve_geotiff_to_cog_equals_the_accessor(geotiff, tmp_path, 
     with rasterio.open(out) as f:
         assert f.tags()["model"] == "tiny" and f.tags()["samples"] == "2"
         assert f.crs.to_epsg() == 32633 and f.transform.c == 500_000.0 and f.transform.f == 5_000_000.0
-    expected = cube.opensr.superresolve(2, **SR_KW).compute()
+    expected = geotiff_expected
     got = _io.open_result(out)
     np.testing.assert_array_equal(got.sr.values, expected.sr.values)
     np.testing.assert_array_equal(got.uncertainty.values, expected.uncertainty.values)
@@ -159,14 +165,14 @@ def test_cli_time_on_a_single_scene_exit_2(geotiff, tmp_path, capsys):
     assert "has no time dimension (one scene); drop --time" in capsys.readouterr().err
 
 
-def test_cli_dtype_uint16_half_the_bytes_lossless_to_1e4(geotiff, tmp_path):
-    src, cube = geotiff
+def test_cli_dtype_uint16_half_the_bytes_lossless_to_1e4(geotiff, geotiff_expected, tmp_path):
+    src, _ = geotiff
     out = tmp_path / "dn.tif"
     assert main(["superresolve", str(src), str(out), "--dtype", "uint16", *FAST]) == 0
     for path in (out, tmp_path / "dn_uncertainty.tif"):
         with rasterio.open(path) as f:
             assert f.dtypes == ("uint16",) * 4 and f.nodata == 0 and f.scales == (1e-4,) * 4
-    expected = cube.opensr.superresolve(2, **SR_KW).compute()
+    expected = geotiff_expected
     got = _io.open_result(out)
     for name in ("sr", "uncertainty"):
         assert np.abs(got[name].values - expected[name].values).max() <= 1e-4 + 1e-7
@@ -217,15 +223,15 @@ def threaded_cluster():
 
 
 @pytest.mark.distributed
-def test_cli_superresolve_on_an_existing_cluster(threaded_cluster, geotiff, tmp_path, capsys):
-    src, cube = geotiff
+def test_cli_superresolve_on_an_existing_cluster(threaded_cluster, geotiff, geotiff_expected, tmp_path, capsys):
+    src, _ = geotiff
     out = tmp_path / "cluster.tif"
     argv = ["superresolve", str(src), str(out), "--scheduler", threaded_cluster.scheduler_address,
             "--chunks", "16", "--model", "tiny", "--samples", "2", "--steps", "2"]
     assert main(argv) == 0
     printed = capsys.readouterr()
     assert f"dask cluster: {threaded_cluster.scheduler_address}, 2 workers" in printed.out
-    expected = cube.opensr.superresolve(2, **SR_KW).compute()
+    expected = geotiff_expected
     np.testing.assert_array_equal(_io.open_result(out).sr.values, expected.sr.values)
     store = tmp_path / "cluster.zarr"
     assert main(["superresolve", str(src), str(store), "--scheduler", threaded_cluster.scheduler_address,
@@ -250,26 +256,26 @@ def test_cli_workers_starts_a_local_cluster(geotiff, tmp_path, monkeypatch, caps
 
 
 @pytest.mark.distributed
-def test_cli_gpu_workers_falls_back_to_cpu_workers_with_the_same_result(geotiff, tmp_path, capsys):
+def test_cli_gpu_workers_falls_back_to_cpu_workers_with_the_same_result(geotiff, geotiff_expected, tmp_path, capsys):
     pytest.importorskip("distributed")
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this checks the CPU fallback; with a GPU --gpu-workers starts dask_cuda (tests/test_gpu.py)")
-    src, cube = geotiff
+    src, _ = geotiff
     out = tmp_path / "g.tif"
     assert main(["superresolve", str(src), str(out), "--gpu-workers", "--chunks", "48", *FAST]) == 0
     assert "dask cluster:" in capsys.readouterr().out
-    expected = cube.opensr.superresolve(2, **SR_KW).compute()
+    expected = geotiff_expected
     np.testing.assert_array_equal(_io.open_result(out).sr.values, expected.sr.values)
 
 
-def test_cli_precision_and_threads_reach_the_kernel(geotiff, tmp_path, capsys):
-    src, cube = geotiff
+def test_cli_precision_and_threads_reach_the_kernel(geotiff, geotiff_expected, tmp_path, capsys):
+    src, _ = geotiff
     out = tmp_path / "p.tif"
     assert main(["superresolve", str(src), str(out), "--precision", "bfloat16", "--threads", "2", *FAST]) == 0
     got = _io.open_result(out).sr.values
-    fp32 = cube.opensr.superresolve(2, **SR_KW).compute().sr.values
+    fp32 = geotiff_expected.sr.values
     assert np.isfinite(got).all() and not np.array_equal(got, fp32)  # bf16 arithmetic really ran
     np.testing.assert_allclose(got, fp32, atol=0.05)
     assert main(["superresolve", str(src), str(tmp_path / "h.tif"), "--precision", "float16", *FAST]) == 2

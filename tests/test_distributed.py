@@ -100,14 +100,29 @@ def test_worker_killed_mid_compute(client, reference):
     assert np.isfinite(res.sr).all()
 
 
-def test_local_cluster_cpu_fallback_one_task_per_worker(reference):
+def test_local_cluster_cpu_fallback_one_task_per_worker(reference, monkeypatch):
     """``_runtime.local_cluster(device="cpu")``: the layout the CLI's ``--cluster local`` uses where no
-    GPU is (dask_cuda.LocalCUDACluster on GPUs); workers of one task, same result as the sync run."""
+    GPU is (dask_cuda.LocalCUDACluster on GPUs); workers of one task, same result as the sync run.
+
+    The cluster class gets worker processes (recorded); it runs them as threads here: starting worker
+    processes (torch imported in each) is what ``client`` above and the CLI's ``--gpu-workers`` CPU
+    fallback (tests/test_cli.py, through this function) already do."""
+    made = []
+    real = distributed.LocalCluster
+
+    def in_process(**kwargs):
+        made.append(dict(kwargs))
+        return real(**{**kwargs, "processes": False})
+
+    monkeypatch.setattr(distributed, "LocalCluster", in_process)
     with _runtime.local_cluster("cpu", n_workers=2, silence_logs=logging.ERROR) as cluster, \
             distributed.Client(cluster) as c:
         assert type(cluster).__name__ == "LocalCluster"
         assert all(w["nthreads"] == 1 for w in c.scheduler_info()["workers"].values())
+        assert len(c.scheduler_info()["workers"]) == 2
         res = c.compute(cube(time=1, y=24, x=24).opensr.superresolve(2, **KW)).result(timeout=300)
+    assert made == [{"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
+                     "silence_logs": logging.ERROR}]
     xr.testing.assert_identical(res, reference)
 
 

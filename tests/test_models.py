@@ -319,8 +319,11 @@ def test_shipped_default_beats_bicubic_on_held_out_synthetic_scenes():
     cfg = TrainConfig.from_json(Path(__file__).parents[1] / "training" / "configs" / "default.json")
     hr, lr = (t.numpy() for t in synthetic_pairs(cfg, cfg.evaluate.test_seed, 6))
     model = load_model("default", device="cpu")
-    samples = model.sample(lr, samples=4, seed=list(range(len(lr))))
-    mean, std = model.summarize(samples)
+    # the mean and std of 4 samples as sample_summary gives them: the samples' own mean and std to 1e-6
+    # (tests/test_kernel.py, tests/test_model_v2.py, tests/test_samples.py); for model v2 without
+    # running the diffusion samples, whose detail no figure here reads
+    out = model.sample_summary(lr, samples=4, seed=list(range(len(lr))))
+    mean, std = out[:, 0], out[:, 1]
     bicubic = metrics.bicubic_upsample(lr, 4)
     gain = metrics.psnr(mean, hr) - metrics.psnr(bicubic, hr)
     assert gain >= 0.5, f"SR mean beats bicubic by only {gain:.2f} dB"
