@@ -25,7 +25,7 @@ from xr_opensr.errors import InputError
 
 #: sub-pixel shifts (dy, dx) in LR pixels of the looks; look 0 (the date asked for) is the reference
 SHIFTS = ((0.0, 0.0), (0.5, 0.25), (-0.25, 0.5), (0.25, -0.5), (-0.5, -0.25))
-LR = (56, 56)  # exactly 2 x 2 patches of the multi-date model (patch 32, stride 24): none padded (see PAD_BUG)
+LR = (56, 56)  # exactly 2 x 2 patches of the multi-date model (patch 32, stride 24): none padded
 #: a bright object (reflectance per band), e.g. a roof or a vehicle
 OBJECT = np.array([0.35, 0.33, 0.3, 0.4])
 
@@ -145,9 +145,6 @@ def test_the_window_bounds_the_looks_ns_times(static):
 
 
 @pytest.mark.parametrize("unit", ["us", "s"])
-@pytest.mark.xfail(strict=True, reason="library bug: looks.look_table compares the times' asi8 in their own unit "
-                   "(us: pandas 3's default, s) with window.value in ns, so the window is 1000x (us) or 1e9x (s) "
-                   "too wide")
 def test_the_window_bounds_the_looks_other_time_units(static, unit):
     cube = static.assign_coords(time=static.time.values.astype(f"datetime64[{unit}]"))
     assert cube.time.dtype == f"datetime64[{unit}]"
@@ -198,12 +195,6 @@ def _holed(cube: xr.DataArray) -> xr.DataArray:
     return cube
 
 
-NODATA_BUG = ("library bug: where the date asked for is nodata and another look is valid, the kernel's default "
-              "valid mask (_kernel.valid_mask: valid at any entry of the whole core dims) expects a value, the "
-              "multi-date model gives NaN (the date's nodata stays nodata) -> ModelError 'returned NaN or "
-              "infinite values for ... valid pixels'; MultiDateModel needs a valid() rule: look 0's validity")
-
-
 def test_one_look_is_the_single_date_result(small):
     holed = _holed(small)
     ref = single_date(holed, 0)
@@ -221,7 +212,6 @@ def test_one_look_is_the_single_date_result(small):
         _assert_single_date(res.isel(time=t), ref if t == 0 else single_date(holed, t))
 
 
-@pytest.mark.xfail(strict=True, raises=xr_opensr.errors.ModelError, reason=NODATA_BUG)
 def test_a_date_all_nodata_stays_nodata_where_another_date_is_valid(small):
     blank = small.where(small.time == small.time[0])  # dates 1 and 2 all NaN, date 0 valid
     res = superresolve(blank.chunk({"time": 1}), 2, looks=3).isel(time=[1, 2]).compute()
@@ -265,20 +255,7 @@ def test_at_most_looks_per_pixel(static, static_sr):
     assert (res.looks.values <= static_sr.looks.values[0]).all()
 
 
-OVERLAP_BUG = ("library bug: the per-pixel counts looks/changed are blended over the overlapping patches like sr "
-               "(raised-cosine weights) and then cast to uint8 by truncation (core._wrap: count.astype(np.uint8)): "
-               "a pixel with 2 looks in one patch and 1 in the other (blend 1.99) reads looks == 1, while its sr "
-               "blends the multi-look mean of the first patch")
-
-
-PAD_BUG = ("library bug: a patch that reaches past the bottom/right image edge is padded by reflection "
-           "(_graph._pad_patch) before the multi-date model registers its looks: the mirrored part of a shifted "
-           "look moves the other way, so the shift along that axis comes out ~0 (bottom patches: dy ~ 0.0001 for "
-           "a true 0.5) and the reconstruction uses it; the looks (1..) should be padded with NaN (like "
-           "guide_channels) so registration and fusion see only real pixels")
-
-
-@pytest.mark.parametrize("lr", [LR, pytest.param((40, 36), marks=pytest.mark.xfail(strict=True, reason=PAD_BUG))],
+@pytest.mark.parametrize("lr", [LR, (40, 36)],
                          ids=["56x56-no-padding", "40x36-padded"])
 def test_registration_finds_the_shifts_in_every_patch(monkeypatch, lr):
     from xr_opensr.models import multidate
@@ -295,12 +272,16 @@ def test_registration_finds_the_shifts_in_every_patch(monkeypatch, lr):
     cube = as_cube(simulate(scene(7, lr)))
     superresolve(cube.chunk({"time": 1}), 0, looks=5).isel(time=0).compute(scheduler="sync")
     assert len(found) == 4  # 2 x 2 patches
+    registered = 0
     for patch in found:
         assert patch[0] == (0.0, 0.0)
-        np.testing.assert_allclose(np.array(patch[1:], dtype=float), np.array(SHIFTS[1:]), atol=0.05)
+        for shift, truth in zip(patch[1:], SHIFTS[1:]):  # a look is registered right or left out, never wrong
+            if shift is not None:  # (too few real pixels in a patch mostly past the image edge: left out)
+                np.testing.assert_allclose(shift, truth, atol=0.05)
+        registered += all(shift is not None for shift in patch[1:])
+    assert registered >= (4 if lr == LR else 2)
 
 
-@pytest.mark.xfail(strict=True, reason=OVERLAP_BUG)
 def test_where_the_date_alone_was_used_the_single_date_result(static, static_sr):
     md = static_sr.isel(time=0)
     sd = single_date(static, 0)
@@ -342,7 +323,6 @@ def test_a_change_on_every_other_look_gives_about_the_single_date_result(changed
     assert np.abs(res.sr.values[(slice(None), *box)] - sd.sr.values[(slice(None), *box)]).max() < 0.01
 
 
-@pytest.mark.xfail(strict=True, reason=OVERLAP_BUG)
 def test_a_change_on_every_other_look_gives_the_single_date_result(changed):
     res, sd = changed
     y0, y1, x0, x1 = ALL
@@ -355,7 +335,6 @@ def test_a_change_on_every_other_look_gives_the_single_date_result(changed):
 # --------------------------------------------------------------------------- nodata
 
 
-@pytest.mark.xfail(strict=True, raises=xr_opensr.errors.ModelError, reason=NODATA_BUG)
 def test_a_cloud_on_the_date_stays_nodata(static):
     cube = static.copy()
     cube[0, :, 4:10, 4:10] = np.nan  # a cloud on the date asked for; the other dates are clear there

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-ALL = ("01_quickstart.ipynb", "02_stac_search_to_sr.ipynb", "03_training.ipynb")
+ALL = ("01_quickstart.ipynb", "02_stac_search_to_sr.ipynb", "03_training.ipynb", "04_time_series.ipynb")
 BUDGET_S = 60  # each notebook, on 2 CPU cores
 
 
@@ -96,3 +96,11 @@ def test_notebook_03_training(tmp_path, monkeypatch):
     assert "model.safetensors" in out and "config.json" in out
     assert n_images(nb) >= 1
     assert seconds < 2 * BUDGET_S, f"took {seconds:.0f} s"
+
+
+def test_notebook_04_time_series(tmp_path, monkeypatch):
+    nb, seconds = execute("04_time_series.ipynb", tmp_path, monkeypatch)
+    out = text_of(nb)
+    assert "computed in" in out and "looks" in out
+    assert n_images(nb) >= 3
+    assert seconds < BUDGET_S, f"took {seconds:.0f} s"

@@ -171,16 +171,22 @@ def patch_seed(seed: int, key: int, row: int, col: int) -> int:
 # --------------------------------------------------------------------------- numpy block functions
 
 
-def _pad_patch(a: np.ndarray, size: int, guide_channels: int | None = None) -> np.ndarray:
+def _pad_patch(a: np.ndarray, size: int, guide_channels: int | None = None,
+               reference_first: bool = False) -> np.ndarray:
     """Pad (..., C, h, w) at the bottom/right to (..., C, size, size): reflect while possible, then
     edge (the same rule as the model's own padding). Channels from ``guide_channels`` on (per-band
     channels, e.g. native 20 m bands) are padded with NaN instead: a value reflected across the
-    image edge is not theirs (a 20 m pixel cut by the edge keeps only its own half)."""
+    image edge is not theirs (a 20 m pixel cut by the edge keeps only its own half). So are, with
+    ``reference_first``, the entries after the first of the first whole dim (extra looks: mirrored,
+    a shifted look would seem shifted the other way)."""
     h, w = a.shape[-2:]
     a = _pad_reflect(a, size)
     if guide_channels is not None and guide_channels < a.shape[-3] and (h < size or w < size):
         a[..., guide_channels:, h:, :] = np.nan
         a[..., guide_channels:, :, w:] = np.nan
+    if reference_first and a.ndim > 3 and (h < size or w < size):
+        a[1:, ..., h:, :] = np.nan
+        a[1:, ..., :, w:] = np.nan
     return a
 
 
@@ -246,6 +252,7 @@ def _patch_block(
     conversion: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None],
     guide_channels: int | None = None,
     whole: int = 0,
+    reference_first: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Stage 1: super-resolve some of the patches a block owns, in one kernel call.
 
@@ -276,7 +283,7 @@ def _patch_block(
             xs = slice(j * S - c0, min(j * S + P, grid.width) - c0)
             if not valid[lead_i, ys, xs].any():
                 continue  # all nodata: no kernel call, stays NaN
-            batch.append(_pad_patch(x[lead_i, ..., ys, xs], P, guide_channels))
+            batch.append(_pad_patch(x[lead_i, ..., ys, xs], P, guide_channels, reference_first))
             seeds.append(patch_seed(seed, int(flat_keys[lead_i]), i, j))
             where.append((r, lead_i, i - i0, j - j0))
     res = np.asarray(kernel(np.stack(batch), np.asarray(seeds, dtype=np.uint64)), np.float32) if batch else None
@@ -491,6 +498,7 @@ def superresolve_array(
     guide_channels: int | None = None,
     whole: int = 0,
     crop: bool = False,
+    reference_first: bool = False,
 ) -> da.Array:
     """Lazy patch-wise super-resolution of a dask array.
 
@@ -522,6 +530,8 @@ def superresolve_array(
         image edge), bit for bit, unweighted; the rest of a patch is discarded, never read (NaN there
         never reaches the output). Up to the patch padding at the far image edges, the result is the
         model run on the whole image.
+    reference_first : the first whole dim's first entry is the reference, the others extra looks:
+        past the image edge, only the reference is padded by reflection, the others with NaN.
 
     Returns
     -------
@@ -544,11 +554,13 @@ def superresolve_array(
     xchunks = _tile_chunks(w, grid.stride, block_tiles[1])
     x = x.rechunk((*x.chunks[:lead_nd], *((n,) for n in all_lead[lead_nd:]), (c,), ychunks, xchunks))
 
-    token = tokenize(x.name, kernel, grid, n_outputs, seed, lead_keys, conversion, block_tiles, guide_channels, whole)
+    token = tokenize(x.name, kernel, grid, n_outputs, seed, lead_keys, conversion, block_tiles, guide_channels, whole,
+                     reference_first)
     args = dict(kernel=kernel, grid=grid, seed=seed, n_outputs=n_outputs, conversion=conversion,
                 guide_channels=guide_channels)
-    tasks = _BlockTasks({k: f"opensr-{k}-{token}" for k in _LAYER_DEPS}, x.name, ychunks, xchunks, grid,
-                        {**args, "whole": whole} if whole else args)
+    if whole:
+        args = {**args, "whole": whole, **({"reference_first": True} if reference_first else {})}
+    tasks = _BlockTasks({k: f"opensr-{k}-{token}" for k in _LAYER_DEPS}, x.name, ychunks, xchunks, grid, args)
     lead_offsets = [np.concatenate([[0], np.cumsum(ch)]) for ch in x.chunks[:lead_nd]]
     for lb in itertools.product(*[range(len(ch)) for ch in x.chunks[:lead_nd]]):
         keys = lead_keys[tuple(slice(off[i], off[i + 1]) for off, i in zip(lead_offsets, lb))]

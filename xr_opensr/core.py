@@ -213,7 +213,7 @@ def _build_graph(inp: _inputs.ModelInput, spec: _runtime.ModelSpec, info: ModelI
     out = _graph.superresolve_array(
         inp.data, _inputs.kernel_for(spec), patch=patch, overlap=overlap, n_outputs=spec.n_outputs, seed=opts.seed,
         scale=info.scale, lead_keys=inp.keys, band_scale=sel.scale, band_offset=sel.offset, band_nodata=sel.nodata,
-        guide_channels=len(info.bands), whole=len(info.whole_dims), crop=crop,
+        guide_channels=len(info.bands), whole=len(info.whole_dims), crop=crop, reference_first=info.reference_first,
     )
     return spec, out
 
@@ -286,8 +286,9 @@ def _wrap(out: da.Array, inp: _inputs.ModelInput, hr: Any, y_dim: Hashable, x_di
                                                              "samples' standard deviation)", **unit_attrs}),
     }
     for k, name in enumerate(extra, start=2):
-        count = _plane(out, k, lead_nd, f"opensr-{name}-{token}")[(slice(None),) * lead_nd + (0,)]
-        variables[name] = xr.Variable([d for d in canon if d != sel.band_dim], count.astype(np.uint8),
+        plane = _plane(out, k, lead_nd, f"opensr-{name}-{token}")[(slice(None),) * lead_nd + (0,)]
+        count = da.map_blocks(_count, plane, dtype=np.uint8, meta=np.empty((0,) * plane.ndim, dtype=np.uint8))
+        variables[name] = xr.Variable([d for d in canon if d != sel.band_dim], count,
                                       {"long_name": _EXTRA_NAMES.get(name, name), "units": "1"})
     if samples:
         smp = _samples(out, lead_nd, samples, f"opensr-samples-{token}")
@@ -299,8 +300,16 @@ def _wrap(out: da.Array, inp: _inputs.ModelInput, hr: Any, y_dim: Hashable, x_di
     return ds.transpose(*(["sample"] if samples else []), *sel.out_dims, missing_dims="ignore")
 
 
+def _count(block: np.ndarray) -> np.ndarray:
+    """A blended count plane as uint8: rounded up (a pixel counts 1 only where every patch that covers it
+    with weight counts 1), 0 where NaN (nodata)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(block), np.ceil(block - 1e-3), 0).astype(np.uint8)
+
+
 #: the long names of the per-pixel counts a model may give (``ModelInfo.extra_outputs``)
-_EXTRA_NAMES = {"looks": "looks used at the pixel (the date itself included; 0: nodata)",
+_EXTRA_NAMES = {"looks": "looks used at the pixel (the date itself included; 0: nodata; over the overlapping patches, "
+                         "their weighted mean rounded up)",
                 "changed": "looks left out at the pixel: they disagreed beyond their noise (change, unmasked cloud or "
                            "shadow)"}
 

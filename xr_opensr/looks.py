@@ -45,7 +45,7 @@ def look_table(times: Any, looks: int, window: pd.Timedelta) -> np.ndarray:
     if t.hasnans:
         raise InputError("multi-date super-resolution needs a time stamp for every date; the time coordinate has "
                          "NaT: drop those dates (obj.dropna('time', subset=...)) or assign their times")
-    values = t.asi8
+    values = t.as_unit("ns").asi8  # the window is in ns, whatever the time's unit
     rows = []
     for i, ti in enumerate(values):
         dt = np.abs(values - ti)

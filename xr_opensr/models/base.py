@@ -64,6 +64,9 @@ class ModelInfo:
     extra_outputs : names of per-pixel planes the model gives after the mean and std (e.g. a multi-date
         model's ``("looks", "changed")``: counts, the same in every band); ``superresolve`` returns each as
         a variable without the band dim.
+    reference_first : the first entry of the first whole core dim is the reference (a multi-date model's
+        date asked for), the others extra looks: past the image edge only the reference is mirrored, the
+        others are NaN.
     sampling : the sampler's settings for a stochastic model; None: ``steps``/``eta`` mean nothing.
     mean_without_samples : ``samples=0`` gives the mean alone (a deterministic mean path, e.g. a mean
         network); False: the model needs ``samples >= 1``.
@@ -84,6 +87,7 @@ class ModelInfo:
     core_dims: tuple[str, ...] = SPATIAL_CORE_DIMS
     outputs: tuple[str, ...] = ("mean", "std", "samples")
     extra_outputs: tuple[str, ...] = ()
+    reference_first: bool = False
     sampling: Sampling | None = None
     mean_without_samples: bool = False
     std_scale: float = 1.0

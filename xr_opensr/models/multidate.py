@@ -57,6 +57,9 @@ class MultiDateConfig:
     iterations : conjugate-gradient steps.
     change_threshold : residual (in robust scales of the patch) beyond which a look's pixel is left out.
     min_valid : least fraction of the reference's valid pixels a look must share to be registered.
+    prior_weight : > 0: the prior's weight per pixel is this over the single-date variance (its spread
+        head's), the looks' the inverse of their robust residual variance (a MAP estimate for 1); 0: ``mu``
+        times the looks' weight everywhere.
     std_ratio : the standard deviation's factor by number of looks used (entry n-1 for n looks; the last
         entry for more); the first entry is 1.
     disagreement : factor of the looks' RMS residual added to the standard deviation.
@@ -72,6 +75,7 @@ class MultiDateConfig:
     iterations: int = 10
     change_threshold: float = 5.0
     min_valid: float = 0.25
+    prior_weight: float = 0.0
     std_ratio: tuple[float, ...] = (1.0,)
     disagreement: float = 0.0
     provenance: dict = dataclasses.field(default_factory=dict)
@@ -154,8 +158,8 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- the reconstruction
 
 
-def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, max_looks: int, scale: int = 4
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float] | None]]:
+def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, max_looks: int, scale: int = 4,
+               prior_std: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float] | None]]:
     """One patch: ``looks`` (L, C, p, p) LR reflectance (look 0 the reference, NaN nodata), ``x0`` (C, sp, sp)
     its single-date mean (finite where the reference is valid). Returns (mean (C, sp, sp) float64, looks
     used (p, p), looks left out as changed (p, p), RMS residual of the used looks (p, p), each look's
@@ -208,16 +212,24 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
                               torch.from_numpy(take.astype(np.float64))))
     if len(terms) == 1:
         return x0, used, changed, np.zeros((p, p)), shifts
-    mu = config.mu
+    # data: each look's pixels with the inverse of the looks' robust residual variance (per band); the prior:
+    # x0, with the inverse of the single-date variance per pixel times prior_weight (or mu times the data's)
+    inv_noise = torch.from_numpy(1.0 / spread[:, None, None] ** 2)
+    if prior_std is not None and config.prior_weight > 0:
+        var0 = np.maximum(np.where(np.isfinite(prior_std), prior_std, 1.0).astype(np.float64), 1e-4) ** 2
+        mu = torch.from_numpy(config.prior_weight / var0)
+    else:
+        mu = config.mu * inv_noise
+    weighted = [(ops, y, w * inv_noise) for ops, y, w in terms]
 
     def normal(x: Any) -> Any:
         out = mu * x
-        for ops, _, w in terms:
+        for ops, _, w in weighted:
             out = out + _adjoint(ops, w * _apply(ops, x))
         return out
 
     b = mu * t0
-    for ops, y, w in terms:
+    for ops, y, w in weighted:
         b = b + _adjoint(ops, w * y)
     x = t0.clone()
     r = b - normal(x)
@@ -254,7 +266,7 @@ class MultiDateModel:
         return ModelInfo(name=self.config.name, version=self.config.version, bands=b.bands, scale=b.scale,
                          patch=b.patch, overlap=b.overlap, patch_multiple=b.patch_multiple,
                          core_dims=(LOOK_DIM, "band", "y", "x"), outputs=("mean", "std"),
-                         extra_outputs=("looks", "changed"), mean_without_samples=True, std_scale=b.std_scale,
+                         extra_outputs=("looks", "changed"), reference_first=True, mean_without_samples=True, std_scale=b.std_scale,
                          consistency=b.consistency, trained=b.trained,
                          attrs=(("base_model", b.name), ("base_model_version", b.version),
                                 ("registration", "per patch: per-band gain/offset, then the sub-pixel shift of "
@@ -272,6 +284,11 @@ class MultiDateModel:
         if hasattr(self.base, "prepare_inference"):
             self.base.prepare_inference()
         return self
+
+    def valid(self, patches: np.ndarray) -> np.ndarray:
+        """(N, C, P, P): where the date asked for (look 0) is valid in every band: its nodata stays nodata."""
+        ok = np.isfinite(patches[:, 0]).all(axis=1)[:, None]
+        return np.broadcast_to(ok, (patches.shape[0], patches.shape[2], *patches.shape[-2:]))
 
     def run(self, patches: np.ndarray, seeds: np.ndarray, options: SampleOptions) -> np.ndarray:
         """(N, L, C, P, P) looks -> (N, 4, C, sP, sP): mean, std, looks used, looks left out as changed."""
@@ -291,11 +308,12 @@ class MultiDateModel:
         if not len(todo):
             return out
         mean0, std0 = self.base.mean_and_spread(torch.from_numpy(ref[todo]), torch.from_numpy(invalid[todo]),
-                                                spread=options.samples >= 2)
+                                                spread=options.samples >= 2 or self.config.prior_weight > 0)
         ratio = np.asarray(self.config.std_ratio)
         std0 = std0 * np.float32(self.base.info.std_scale)  # calibrated, as the single-date model gives it
         for k, i in enumerate(todo):
-            mean, used, changed, rms, _ = fuse_looks(patches[i], mean0[k], self.config, max_looks=max_looks, scale=s)
+            mean, used, changed, rms, _ = fuse_looks(patches[i], mean0[k], self.config, max_looks=max_looks, scale=s,
+                                                     prior_std=std0[k])
             hr = _up(invalid[i], s)
             out[i, 0] = np.where(hr, np.nan, np.maximum(mean, 0.0))
             if options.samples >= 2:
