@@ -448,17 +448,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from . import __version__
+    from . import __version__, _runtime
     from .models import registered_models
-    from .models.config import ModelConfig
 
     print(f"xr-opensr {__version__}, torch {torch.__version__}")
     cuda = torch.cuda.is_available()
     print(f"device: {'cuda (' + torch.cuda.get_device_name(0) + ')' if cuda else 'cpu'}")
     print("models:")
-    for name, folder in registered_models().items():
-        cfg = ModelConfig.from_json(folder / "config.json")
-        print(f"  {name:10s} {cfg.name} {cfg.version}  patch {cfg.patch_size} px, {cfg.sampler.steps} steps  ({folder})")
+    for name, folder in registered_models().items():  # through the model interface: what each declares
+        info = _runtime.get_model(_runtime.ModelRef(model=name, device="cpu")).info
+        steps = f", {info.sampling.steps} steps" if info.sampling is not None else ""
+        dims = f", core dims {info.core_dims}" if info.whole_dims else ""
+        print(f"  {name:10s} {info.name} {info.version}  patch {info.patch} px{steps}{dims}  ({folder})")
     return 0
 
 
