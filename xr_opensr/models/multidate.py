@@ -57,6 +57,8 @@ class MultiDateConfig:
     iterations : conjugate-gradient steps.
     change_threshold : residual (in robust scales of the patch) beyond which a look's pixel is left out.
     min_valid : least fraction of the reference's valid pixels a look must share to be registered.
+    shared_prior : the prior's mean is the single-date means of all the looks used at a pixel, moved onto the
+        date asked for and averaged (the same detail whatever the date: no flicker); False: that date's own.
     prior_weight : > 0: the prior's weight per pixel is this over the single-date variance (its spread
         head's), the looks' the inverse of their robust residual variance (a MAP estimate for 1); 0: ``mu``
         times the looks' weight everywhere.
@@ -76,6 +78,7 @@ class MultiDateConfig:
     change_threshold: float = 5.0
     min_valid: float = 0.25
     prior_weight: float = 0.0
+    shared_prior: bool = False
     std_ratio: tuple[float, ...] = (1.0,)
     disagreement: float = 0.0
     provenance: dict = dataclasses.field(default_factory=dict)
@@ -159,11 +162,14 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
 
 
 def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, max_looks: int, scale: int = 4,
-               prior_std: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float] | None]]:
+               prior_std: np.ndarray | None = None, look_means: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float] | None]]:
     """One patch: ``looks`` (L, C, p, p) LR reflectance (look 0 the reference, NaN nodata), ``x0`` (C, sp, sp)
-    its single-date mean (finite where the reference is valid). Returns (mean (C, sp, sp) float64, looks
-    used (p, p), looks left out as changed (p, p), RMS residual of the used looks (p, p), each look's
-    shift or None where it was left out)."""
+    its single-date mean (finite where the reference is valid); ``look_means`` (L, C, sp, sp): the single-date
+    means of every look (NaN where not computed), moved onto the reference's grid and radiometry and averaged
+    with ``x0`` over the looks used at each pixel into the prior's mean (the same detail whatever the date
+    asked for). Returns (mean (C, sp, sp) float64, looks used (p, p), looks left out as changed (p, p), RMS
+    residual of the used looks (p, p), each look's shift or None where it was left out)."""
     import torch
 
     from ..registration import estimate_shift
@@ -187,21 +193,33 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
         if valid.sum() < max(16, config.min_valid * valid0.sum()):
             shifts.append(None)
             continue
-        shift, quality = estimate_shift(ref, look, valid, return_quality=True)  # with a per-band gain and offset
+        # gross differences (an object, an unmasked cloud) are kept out of the registration
+        diff = look - ref
+        centre = np.median(diff[:, valid], axis=1)[:, None, None]
+        mad = 1.4826 * np.median(np.abs(diff[:, valid] - centre[:, :, 0]), axis=1)[:, None, None]
+        gross = _dilate((np.abs(diff - centre) > 8 * np.maximum(mad, 1e-4)).any(axis=0))
+        shift, quality = estimate_shift(ref, look, valid & ~gross, return_quality=True)  # with gain and offset
         if not quality.ok:
             shifts.append(None)
             continue
-        corrected = look * quality.gain[:, None, None] + quality.offset[:, None, None]
+        gain, offset = quality.gain[:, None, None], quality.offset[:, None, None]
+        corrected = look * gain + offset
         ops = (_look_operator(n_hr, scale, float(shift[0])), _look_operator(n_hr, scale, float(shift[1])))
         residual = np.where(valid, corrected - _apply(ops, t0).numpy(), 0.0)
-        candidates.append((ops, corrected, valid, residual))
+        prior = None
+        if look_means is not None and np.isfinite(look_means[j]).any():
+            back = (torch.tensor(shift_matrix(n_hr, -scale * float(shift[0]))),
+                    torch.tensor(shift_matrix(n_hr, -scale * float(shift[1]))))
+            prior = _apply(back, torch.from_numpy(look_means[j].astype(np.float64) * gain + offset)).numpy()
+        candidates.append((ops, corrected, valid, residual, prior))
         shifts.append((float(shift[0]), float(shift[1])))
     if candidates:
-        pooled = np.concatenate([r[:, v] for *_, v, r in candidates], axis=1)  # (C, n)
+        pooled = np.concatenate([r[:, v] for _, _, v, r, _ in candidates], axis=1)  # (C, n)
         centre = np.median(pooled, axis=1)
         spread = 1.4826 * np.median(np.abs(pooled - centre[:, None]), axis=1)
         spread = np.maximum(spread, 1e-4)
-        for ops, corrected, valid, residual in candidates:
+        prior_sum, prior_n = x0.copy(), np.ones((p, p))
+        for ops, corrected, valid, residual, prior in candidates:
             z = np.sqrt((((residual - centre[:, None, None]) / spread[:, None, None]) ** 2).mean(axis=0))
             bad = valid & _dilate(valid & (z > config.change_threshold))
             take = valid & ~bad & (used < max_looks)
@@ -210,8 +228,14 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
             if take.any():
                 terms.append((ops, torch.from_numpy(np.where(take, corrected, 0.0)),
                               torch.from_numpy(take.astype(np.float64))))
+                if prior is not None:
+                    ok = take & np.isfinite(prior).all(axis=0).reshape(p, scale, p, scale).all(axis=(1, 3))
+                    prior_sum += np.where(_up(ok, scale), np.nan_to_num(prior), 0.0)
+                    prior_n += ok
     if len(terms) == 1:
         return x0, used, changed, np.zeros((p, p)), shifts
+    if look_means is not None:  # the prior's mean: the single-date means of the looks used, averaged
+        t0 = torch.from_numpy(prior_sum / _up(prior_n, scale))
     # data: each look's pixels with the inverse of the looks' robust residual variance (per band); the prior:
     # x0, with the inverse of the single-date variance per pixel times prior_weight (or mu times the data's)
     inv_noise = torch.from_numpy(1.0 / spread[:, None, None] ** 2)
@@ -309,11 +333,13 @@ class MultiDateModel:
             return out
         mean0, std0 = self.base.mean_and_spread(torch.from_numpy(ref[todo]), torch.from_numpy(invalid[todo]),
                                                 spread=options.samples >= 2 or self.config.prior_weight > 0)
+        look_means = self._look_means(patches[todo]) if self.config.shared_prior else None
         ratio = np.asarray(self.config.std_ratio)
         std0 = std0 * np.float32(self.base.info.std_scale)  # calibrated, as the single-date model gives it
         for k, i in enumerate(todo):
             mean, used, changed, rms, _ = fuse_looks(patches[i], mean0[k], self.config, max_looks=max_looks, scale=s,
-                                                     prior_std=std0[k])
+                                                     prior_std=std0[k],
+                                                     look_means=None if look_means is None else look_means[k])
             hr = _up(invalid[i], s)
             out[i, 0] = np.where(hr, np.nan, np.maximum(mean, 0.0))
             if options.samples >= 2:
@@ -323,6 +349,25 @@ class MultiDateModel:
             elif options.samples == 1:
                 out[i, 1] = np.where(hr, np.nan, 0.0)
             out[i, 2], out[i, 3] = _up(used, s), _up(changed, s)
+        return out
+
+
+    def _look_means(self, patches: np.ndarray) -> np.ndarray:
+        """(n, L, C, sP, sP): the single-date mean of every look 1.. with a valid pixel (look 0: NaN, it is x0)."""
+        import torch
+
+        n, n_looks, c, p, _ = patches.shape
+        s = self.info.scale
+        out = np.full((n, n_looks, c, s * p, s * p), np.nan, dtype=np.float32)
+        looks = np.ascontiguousarray(patches[:, 1:].reshape(-1, c, p, p), dtype=np.float32)
+        invalid = ~np.isfinite(looks).all(axis=1)
+        some = np.flatnonzero(~invalid.all(axis=(1, 2)))
+        if len(some):
+            mean, _ = self.base.mean_and_spread(torch.from_numpy(looks[some]), torch.from_numpy(invalid[some]),
+                                                spread=False)
+            flat = out[:, 1:].reshape(-1, c, s * p, s * p)
+            flat[some] = mean
+            out[:, 1:] = flat.reshape(n, n_looks - 1, c, s * p, s * p)
         return out
 
 
