@@ -174,12 +174,15 @@ def test_distributed_in_process_cluster(static, static_sr):
 # --------------------------------------------------------------------------- one look = single-date
 
 
-def _assert_single_date(res: xr.Dataset, ref: xr.Dataset):
+def _assert_single_date(res: xr.Dataset, ref: xr.Dataset, disagree: bool = False):
     np.testing.assert_allclose(res.sr.values, ref.sr.values, rtol=0, atol=1e-6)
     np.testing.assert_allclose(res.uncertainty.values, ref.uncertainty.values, rtol=0, atol=1e-6)
     valid = np.isfinite(ref.sr.values).all(axis=0)
     np.testing.assert_array_equal(res.looks.values, valid.astype(np.uint8))
-    assert (res.changed.values == 0).all()
+    if disagree:  # the other looks were there and left out: the flag says so
+        assert (res.changed.values[valid] > 0).mean() > 0.5
+    else:
+        assert (res.changed.values == 0).all()
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +227,7 @@ def test_a_completely_different_scene_on_the_other_dates_is_left_out(truth, stat
     looks[0] = static.values[0]  # the reference: the static scene; the other dates: another landscape
     cube = as_cube(looks)
     res = superresolve(cube.chunk({"time": 1}), 2, looks=5).isel(time=0).compute()
-    _assert_single_date(res, single_date(cube, 0))
+    _assert_single_date(res, single_date(cube, 0), disagree=True)
 
 
 # --------------------------------------------------------------------------- several looks
@@ -311,8 +314,10 @@ def test_a_change_on_some_looks_is_left_out_and_counted(changed, static_sr):
     box = (slice(y0, y1), slice(x0, x1))
     assert (res.changed.values[box] >= 2).all() and (res.changed.values[box] > static.changed.values[box]).all()
     assert (res.looks.values[box] <= 3).all() and (res.looks.values[box] < static.looks.values[box]).all()
-    # the object (~0.2 brighter than the scene there) does not leak into the date asked for
-    assert np.abs(res.sr.values[(slice(None), *box)] - sd.sr.values[(slice(None), *box)]).max() < 0.01
+    # the object (~0.2 brighter than the scene there) does not leak into the date asked for: no brightening
+    # (the other looks still sharpen it: up to a few hundredths from the single-date result)
+    diff = res.sr.values[(slice(None), *box)] - sd.sr.values[(slice(None), *box)]
+    assert abs(diff.mean()) < 0.005 and np.abs(diff).max() < 0.05
 
 
 def test_a_change_on_every_other_look_gives_about_the_single_date_result(changed):

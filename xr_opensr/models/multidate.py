@@ -12,9 +12,10 @@ scenes (``python -m training multidate``). Per patch (its core dims ``("look", "
    a look whose patch cannot be registered (too little texture or valid area) is left out;
 3. change: a look's pixels that disagree with the single-date prediction of that look (``x0`` shifted
    and degraded) by more than ``change_threshold`` times the patch's robust residual scale (every band,
-   dilated by one pixel), or with the reference by more than 8 robust scales of their difference (these
-   are also kept out of the registration), are left out and counted in ``changed``; at most ``looks - 1``
-   further looks per pixel, in the looks' order;
+   dilated by one pixel) are left out and counted in ``changed``; a look that cannot be registered is
+   registered again without its gross differences from the reference (beyond 8 robust scales: an object,
+   an unmasked cloud), and where it still cannot, left out, its gross differences counted in ``changed``;
+   at most ``looks - 1`` further looks per pixel, in the looks' order;
 4. the mean: ``x`` minimising ``sum_j |w_j (y_j - D S_j x)|^2 + mu |x - x0|^2`` (``D`` the sensor's PSF and
    4 x 4 area mean, ``S_j`` the look's shift, ``w_j`` its valid, unchanged pixels; conjugate gradients,
    ``iterations`` steps from ``x0``); an LR pixel seen by the reference look alone keeps ``x0`` exactly;
@@ -194,16 +195,17 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
         if valid.sum() < max(16, config.min_valid * valid0.sum()):
             shifts.append(None)
             continue
-        # gross differences (an object, an unmasked cloud) are kept out of the registration
-        diff = look - ref
-        centre = np.median(diff[:, valid], axis=1)[:, None, None]
-        mad = 1.4826 * np.median(np.abs(diff[:, valid] - centre[:, :, 0]), axis=1)[:, None, None]
-        gross = _dilate((np.abs(diff - centre) > 8 * np.maximum(mad, 1e-4)).any(axis=0))
-        shift, quality = estimate_shift(ref, look, valid & ~gross, return_quality=True)  # with gain and offset
-        if not quality.ok:  # left out; its gross differences still count as changed
-            changed += valid & gross
-            shifts.append(None)
-            continue
+        shift, quality = estimate_shift(ref, look, valid, return_quality=True)  # with a per-band gain and offset
+        if not quality.ok:  # again without its gross differences (an object, an unmasked cloud)
+            diff = look - ref
+            centre = np.median(diff[:, valid], axis=1)[:, None, None]
+            mad = 1.4826 * np.median(np.abs(diff[:, valid] - centre[:, :, 0]), axis=1)[:, None, None]
+            gross = valid & _dilate((np.abs(diff - centre) > 8 * np.maximum(mad, 1e-4)).any(axis=0))
+            shift, quality = estimate_shift(ref, look, valid & ~gross, return_quality=True)
+            if not quality.ok:  # left out; where it disagrees (uncorrelated: all of it) counted as changed
+                changed += valid if quality.reason == "low correlation" else gross
+                shifts.append(None)
+                continue
         gain, offset = quality.gain[:, None, None], quality.offset[:, None, None]
         corrected = look * gain + offset
         ops = (_look_operator(n_hr, scale, float(shift[0])), _look_operator(n_hr, scale, float(shift[1])))
@@ -213,17 +215,17 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
             back = (torch.tensor(shift_matrix(n_hr, -scale * float(shift[0]))),
                     torch.tensor(shift_matrix(n_hr, -scale * float(shift[1]))))
             prior = _apply(back, torch.from_numpy(look_means[j].astype(np.float64) * gain + offset)).numpy()
-        candidates.append((ops, corrected, valid, residual, prior, gross))
+        candidates.append((ops, corrected, valid, residual, prior))
         shifts.append((float(shift[0]), float(shift[1])))
     if candidates:
-        pooled = np.concatenate([r[:, v] for _, _, v, r, _, _ in candidates], axis=1)  # (C, n)
+        pooled = np.concatenate([r[:, v] for _, _, v, r, _ in candidates], axis=1)  # (C, n)
         centre = np.median(pooled, axis=1)
         spread = 1.4826 * np.median(np.abs(pooled - centre[:, None]), axis=1)
         spread = np.maximum(spread, 1e-4)
         prior_sum, prior_n = x0.copy(), np.ones((p, p))
-        for ops, corrected, valid, residual, prior, gross in candidates:
+        for ops, corrected, valid, residual, prior in candidates:
             z = np.sqrt((((residual - centre[:, None, None]) / spread[:, None, None]) ** 2).mean(axis=0))
-            bad = valid & (_dilate(valid & (z > config.change_threshold)) | gross)
+            bad = valid & _dilate(valid & (z > config.change_threshold))
             take = valid & ~bad & (used < max_looks)
             changed += bad
             used += take
