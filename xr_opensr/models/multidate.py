@@ -34,12 +34,13 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .base import ModelInfo, SampleOptions
+from .config import JsonConfig, read_config_json
 
 __all__ = ["MultiDateConfig", "MultiDateModel", "fuse_looks", "shift_matrix"]
 
@@ -47,7 +48,7 @@ LOOK_DIM = "look"
 
 
 @dataclass(frozen=True)
-class MultiDateConfig:
+class MultiDateConfig(JsonConfig):
     """The multi-date model's ``config.json`` (kind ``"multidate"``); no weights of its own.
 
     Attributes
@@ -85,23 +86,15 @@ class MultiDateConfig:
     disagreement: float = 0.0
     provenance: dict = dataclasses.field(default_factory=dict)
 
+    WHERE: ClassVar[str] = "multi-date model config"
+
     @classmethod
     def from_json(cls, path: str | Path) -> MultiDateConfig:
-        from .config import load_config, read_config_json
-
-        data = read_config_json(path, "multi-date model config", "write it with python -m training multidate")
-        cfg = load_config(cls, data, f"multi-date model config {path}", defaults=True)
+        cfg = cls.from_dict(read_config_json(path, cls.WHERE, "write it with python -m training multidate"))
         if cfg.kind != "multidate" or not cfg.std_ratio or cfg.std_ratio[0] != 1.0 or min(cfg.std_ratio) <= 0:
-            from ..errors import ConfigError
-
             raise ConfigError(f"{path}: kind must be 'multidate' and std_ratio positive, starting with 1.0 (one look "
                               f"is the single-date result), got kind={cfg.kind!r}, std_ratio={cfg.std_ratio}")
         return cfg
-
-    def to_json(self, path: str | Path) -> None:
-        import json
-
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- operators
@@ -150,6 +143,45 @@ def _adjoint(ops: tuple[Any, Any], r: Any) -> Any:
     return ops[0].T @ r @ ops[1]
 
 
+def _robust(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per band of ``values`` (C, n): the median and the robust scale (1.4826 MAD, at least 1e-4)."""
+    centre = np.median(values, axis=1)
+    return centre, np.maximum(1.4826 * np.median(np.abs(values - centre[:, None]), axis=1), 1e-4)
+
+
+def _register(ref: np.ndarray, look: np.ndarray, valid: np.ndarray) -> tuple[Any, Any, np.ndarray | None]:
+    """(shift, quality, gross): ``look`` registered to ``ref`` on ``valid`` (with a per-band gain and offset);
+    when that fails, again without their gross differences (beyond 8 robust scales, dilated: an object, an
+    unmasked cloud), which are then ``gross`` (else None)."""
+    from ..registration import estimate_shift
+
+    shift, quality = estimate_shift(ref, look, valid, return_quality=True)
+    if quality.ok:
+        return shift, quality, None
+    diff = look - ref
+    centre, scale = _robust(diff[:, valid])
+    gross = valid & _dilate((np.abs(diff - centre[:, None, None]) > 8 * scale[:, None, None]).any(axis=0))
+    shift, quality = estimate_shift(ref, look, valid & ~gross, return_quality=True)
+    return shift, quality, gross
+
+
+def _conjugate_gradients(normal: Any, b: Any, x: Any, iterations: int) -> Any:
+    """``iterations`` conjugate-gradient steps on ``normal(x) = b`` from ``x`` (a tensor, updated in place)."""
+    r = b - normal(x)
+    direction = r.clone()
+    rr = float((r * r).sum())
+    for _ in range(iterations):
+        if rr == 0.0:
+            break
+        q = normal(direction)
+        alpha = rr / float((direction * q).sum())
+        x += alpha * direction
+        r -= alpha * q
+        rr, rr_old = float((r * r).sum()), rr
+        direction = r + (rr / rr_old) * direction
+    return x
+
+
 def _dilate(mask: np.ndarray) -> np.ndarray:
     out = mask.copy()
     out[1:] |= mask[:-1]
@@ -174,8 +206,6 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
     residual of the used looks (p, p), each look's shift or None where it was left out)."""
     import torch
 
-    from ..registration import estimate_shift
-
     n_looks, c, p, _ = looks.shape
     ref = looks[0].astype(np.float64)
     valid0 = np.isfinite(ref).all(axis=0)
@@ -195,17 +225,11 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
         if valid.sum() < max(16, config.min_valid * valid0.sum()):
             shifts.append(None)
             continue
-        shift, quality = estimate_shift(ref, look, valid, return_quality=True)  # with a per-band gain and offset
-        if not quality.ok:  # again without its gross differences (an object, an unmasked cloud)
-            diff = look - ref
-            centre = np.median(diff[:, valid], axis=1)[:, None, None]
-            mad = 1.4826 * np.median(np.abs(diff[:, valid] - centre[:, :, 0]), axis=1)[:, None, None]
-            gross = valid & _dilate((np.abs(diff - centre) > 8 * np.maximum(mad, 1e-4)).any(axis=0))
-            shift, quality = estimate_shift(ref, look, valid & ~gross, return_quality=True)
-            if not quality.ok:  # left out; where it disagrees (uncorrelated: all of it) counted as changed
-                changed += valid if quality.reason == "low correlation" else gross
-                shifts.append(None)
-                continue
+        shift, quality, gross = _register(ref, look, valid)
+        if not quality.ok:  # left out; where it disagrees (uncorrelated: all of it) counted as changed
+            changed += valid if quality.reason == "low correlation" else gross
+            shifts.append(None)
+            continue
         gain, offset = quality.gain[:, None, None], quality.offset[:, None, None]
         corrected = look * gain + offset
         ops = (_look_operator(n_hr, scale, float(shift[0])), _look_operator(n_hr, scale, float(shift[1])))
@@ -218,10 +242,7 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
         candidates.append((ops, corrected, valid, residual, prior))
         shifts.append((float(shift[0]), float(shift[1])))
     if candidates:
-        pooled = np.concatenate([r[:, v] for _, _, v, r, _ in candidates], axis=1)  # (C, n)
-        centre = np.median(pooled, axis=1)
-        spread = 1.4826 * np.median(np.abs(pooled - centre[:, None]), axis=1)
-        spread = np.maximum(spread, 1e-4)
+        centre, spread = _robust(np.concatenate([r[:, v] for _, _, v, r, _ in candidates], axis=1))
         prior_sum, prior_n = x0.copy(), np.ones((p, p))
         for ops, corrected, valid, residual, prior in candidates:
             z = np.sqrt((((residual - centre[:, None, None]) / spread[:, None, None]) ** 2).mean(axis=0))
@@ -259,19 +280,7 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
     b = mu * t0
     for ops, y, w in weighted:
         b = b + _adjoint(ops, w * y)
-    x = t0.clone()
-    r = b - normal(x)
-    direction = r.clone()
-    rr = float((r * r).sum())
-    for _ in range(config.iterations):
-        if rr == 0.0:
-            break
-        q = normal(direction)
-        alpha = rr / float((direction * q).sum())
-        x += alpha * direction
-        r -= alpha * q
-        rr, rr_old = float((r * r).sum()), rr
-        direction = r + (rr / rr_old) * direction
+    x = _conjugate_gradients(normal, b, t0.clone(), config.iterations)
     sq = torch.zeros((p, p), dtype=torch.float64)
     for ops, y, w in terms:
         sq += (w * (y - _apply(ops, x)) ** 2).mean(dim=0)
