@@ -101,7 +101,7 @@ def superresolve(obj: xr.DataArray | xr.Dataset, samples: int = 10, **options: A
         raise InputError(f"looks={opts.looks} needs a multi-date model (model='default' or 'multidate'); {info.name!r} "
                          "is single-date: leave looks=None")
     if LOOK_DIM in info.whole_dims:
-        inp, look_table = _looks_of(obj, y_dim, x_dim, info, opts)
+        inp, look_table, look_shift = _looks_of(obj, y_dim, x_dim, info, opts)
     else:
         inp = _inputs.model_input(obj, y_dim, x_dim, tuple(info.bands), opts.bands, whole=info.whole_dims)
     samples_grid: dict[str, int] = {}
@@ -117,14 +117,21 @@ def superresolve(obj: xr.DataArray | xr.Dataset, samples: int = 10, **options: A
     if LOOK_DIM in info.whole_dims:
         ds = ds.assign_coords(look_time=(("time", LOOK_DIM), _looks.look_times(inp.selection.coords["time"].values,
                                                                                  look_table)))
+        # each look's scene-level offset: a lazy coordinate like look_time, chunked along the lead dims as sr
+        shifts, window = look_shift
+        shifts = shifts.rechunk({i: ds["sr"].chunksizes[d] for i, d in enumerate(inp.lead_dims)})
+        ds = ds.assign_coords({_looks.SHIFT_DIM: ["y", "x"]})
+        ds = ds.assign_coords(look_shift=xr.Variable((*inp.lead_dims, LOOK_DIM, _looks.SHIFT_DIM), shifts,
+                                                     _looks.look_shift_attrs(window)))
         ds.attrs.update(looks=int(opts.looks or _looks.DEFAULT_LOOKS), window=str(opts.window))
     return _encode.encode(ds, opts.output_dtype)
 
 
 def _looks_of(obj: Any, y_dim: Hashable, x_dim: Hashable, info: ModelInfo, opts: RunOptions
-              ) -> tuple[_inputs.ModelInput, Any]:
+              ) -> tuple[_inputs.ModelInput, Any, tuple[da.Array, tuple[int, int, int, int]]]:
     """The model input of a multi-date model: (*lead, look, band, y, x), the looks of each date
-    (:mod:`xr_opensr.looks`), and the look table."""
+    (:mod:`xr_opensr.looks`), the look table, and each look's scene-level offset from its date (lazy
+    (*lead, look, 2), :func:`xr_opensr.looks.look_shifts`) with the window it is estimated on."""
     inp = _inputs.model_input(obj, y_dim, x_dim, tuple(info.bands), opts.bands)
     time_dim = _looks.time_dim_of(inp.lead_dims)
     if inp.selection.bands20(tuple(info.bands)):
@@ -134,9 +141,14 @@ def _looks_of(obj: Any, y_dim: Hashable, x_dim: Hashable, info: ModelInfo, opts:
         raise InputError("multi-date super-resolution needs the dates: the time dim has no coordinate; assign one "
                          "(obj.assign_coords(time=[...]))")
     looks = opts.looks or _looks.DEFAULT_LOOKS
-    data, table = _looks.gather_looks(inp.data, inp.selection.coords["time"].values, inp.lead_dims.index(time_dim),
-                                      looks, _looks.window_of("window", opts.window))
-    return inp._replace(data=data, whole_dims=(LOOK_DIM,)), table
+    times, time_axis = inp.selection.coords["time"].values, inp.lead_dims.index(time_dim)
+    window = _looks.window_of("window", opts.window)
+    data, table = _looks.gather_looks(inp.data, times, time_axis, looks, window)
+    sel = inp.selection
+    shifts = _looks.look_shifts(inp.data, times, time_axis, looks, window, scale=sel.scale, offset=sel.offset,
+                                nodata=sel.nodata)
+    return (inp._replace(data=data, whole_dims=(LOOK_DIM,)), table,
+            (shifts, _looks.central_window(*inp.data.shape[-2:])))
 
 
 # --------------------------------------------------------------------------- checks against the model
