@@ -357,3 +357,19 @@ def test_model_v2_exports_calibrates_and_evaluates(trained, tmp_path):
     assert "(model v2)" in card and "### Every figure" in card and "diffusion networks" in card
     # a second export would overwrite what the user has: refused without --overwrite
     assert main(["export", *common, "--base-model", str(run / "model")]) == 2
+
+
+def test_balanced_scale_evens_the_coverage_over_the_domains():
+    """The calibration's factor: the worst domain nearest the target, not one domain on it."""
+    from training.evaluate import balanced_scale
+
+    rng = np.random.default_rng(0)
+    ratios = {"easy": np.abs(rng.normal(0, 0.5, 20000)), "hard": np.abs(rng.normal(0, 1.0, 20000))}
+    scale, coverage = balanced_scale(ratios, 0.9)
+    assert coverage["easy"] > 0.9 > coverage["hard"]
+    assert abs(coverage["easy"] - 0.9) == pytest.approx(abs(coverage["hard"] - 0.9), abs=0.003)
+    for one in ratios.values():  # a factor fitted on one domain leaves the other farther off
+        alone = float(np.quantile(one, 0.9))
+        worst = max(abs(float(np.mean(r <= alone)) - 0.9) for r in ratios.values())
+        assert worst > max(abs(c - 0.9) for c in coverage.values())
+    assert coverage == {n: pytest.approx(float(np.mean(r <= scale))) for n, r in ratios.items()}

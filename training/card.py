@@ -21,11 +21,11 @@ import numpy as np
 from xr_opensr.models import ModelConfig, SRModel
 from xr_opensr.models.io import CARD_FILE, CONFIG_FILE
 
-from .config import TrainConfig
+from .config import EXTRA_SETS, TrainConfig
 from .loop import SUMMARY
 from .losses import PERCEPTUAL_NETS
 
-__all__ = ["COMMANDS", "DIFFUSION_SECTION", "METHODS", "METRICS_FILE", "SETS", "card_sections", "kept_base_card",
+__all__ = ["COMMANDS", "DIFFUSION_SECTION", "EXTRA_SETS", "METHODS", "METRICS_FILE", "SETS", "card_sections", "kept_base_card",
            "metrics_table", "model_card", "model_card_v2", "read_commands", "record_command", "stage_config",
            "stage_summary", "write_card"]
 
@@ -33,6 +33,11 @@ COMMANDS = "commands.txt"
 METRICS_FILE = "metrics.json"
 #: the evaluation sets: key in metrics.json -> prefix of its summary keys
 SETS = {"synthetic_heldout": "synthetic", "real_heldout": "real", "unseen_domain": "unseen"}
+
+
+def scored_sets(results: dict[str, Any]) -> dict[str, str]:
+    """The sets of :data:`SETS` and those of :data:`EXTRA_SETS` that ``results`` holds: name -> summary prefix."""
+    return SETS | {n: p for n, p in EXTRA_SETS.items() if n in results}
 #: the methods scored on every set (``sr_mean_raw`` only when the model has a consistency step,
 #: ``regression`` only when the baseline is trained)
 METHODS = {
@@ -150,7 +155,7 @@ def metrics_table(results: dict[str, Any]) -> str:
              f"({settings.get('steps')} DDIM steps, eta {settings.get('eta')}); bicubic + step: "
              f"{settings.get('consistency_baseline')}; opensr-test metrics with a border of "
              f"{settings.get('opensr_border_hr_px')} HR px; PSNR peak: reflectance 1.0.", ""]
-    for name in SETS:
+    for name in scored_sets(results):
         r = results.get(name, {})
         lines += [f"### {name}: {settings.get('sets', {}).get(name, '')}", ""]
         if "methods" not in r:
@@ -167,7 +172,7 @@ def metrics_table(results: dict[str, Any]) -> str:
     lines += ["### Uncertainty (std of the first k samples vs |SR mean - HR|)", "",
               "| set | samples | ±2 std coverage | Spearman(std, abs err) | Spearman(bicubic gradient, abs err) "
               "| margin |", "| --- | --- | --- | --- | --- | --- |"]
-    for name in SETS:
+    for name in scored_sets(results):
         r = results.get(name, {})
         for key, u in r.get("uncertainty", {}).items():
             lines.append(f"| {name} | {key.removeprefix('samples_')} | {_cell(u['coverage_2std'])} | "

@@ -607,6 +607,24 @@ def real_pairs(config: DataConfig | None = None, degradation: DegradationConfig 
     return CubePairs([scene], hr_size, degradation, min_std=cfg.min_std, limit=limit, order_seed=0)
 
 
+#: Real Sentinel-2 patches of BigEarthNet v2.0 (``training/assets/bigearthnet``, its README: source and licence)
+BIGEARTHNET_FILE = Path(__file__).parent / "assets" / "bigearthnet" / "s2_patches.npz"
+
+
+def bigearthnet_pairs(degradation: DegradationConfig | None = None, *, split: str) -> CubePairs:
+    """(HR, LR) pairs of the 120 px BigEarthNet patches under Wald's protocol: ``split="calibration"`` the
+    even-numbered patches (the uncertainty's calibration), ``"evaluation"`` the odd-numbered ones (held out)."""
+    if split not in ("calibration", "evaluation"):
+        raise ValueError(f"split must be 'calibration' or 'evaluation', got {split!r}")
+    with np.load(BIGEARTHNET_FILE) as npz:
+        dn, names = npz["dn"], npz["names"]
+    scenes = []
+    for i in range(0 if split == "calibration" else 1, len(dn), 2):
+        cube = xr.DataArray(dn[i], dims=("band", "y", "x"), coords={"band": list(BANDS)}, name=str(names[i]))
+        scenes += _scenes_of(cube, f"BigEarthNet {names[i]}")
+    return CubePairs(scenes, dn.shape[-1], degradation, order_seed=None)
+
+
 def user_pairs(source: Any, degradation: DegradationConfig | None = None, *, hr_size: int,
                stride: int | None = None, min_std: float = 0.0, limit: int | None = None,
                band_order: Sequence[str] | None = None) -> CubePairs:

@@ -41,10 +41,10 @@ from xr_opensr.models import ModelConfig
 from xr_opensr.models.io import CONFIG_FILE
 
 from .card import METRICS_FILE, SETS, metrics_table, write_card
-from .config import TrainConfig
+from .config import EXTRA_SETS, TrainConfig
 from .loop import LOG, PairSampler, heldout_pairs, save_grid, setup_runtime, synthetic_pairs
 
-__all__ = ["EVAL_TABLE_FILE", "GOALS", "calibrate", "calibrate_v2", "evaluate", "evaluation_seeds", "fit_std_scale",
+__all__ = ["EVAL_TABLE_FILE", "GOALS", "balanced_scale", "calibrate", "calibrate_v2", "calibration_domains", "evaluate", "evaluation_seeds", "fit_std_scale",
            "score", "unseen_pairs"]
 
 EVAL_TABLE_FILE = "EVALUATION.md"
@@ -59,9 +59,9 @@ GOALS = {
     "synthetic_lpips_sr": "< synthetic_lpips_bicubic",
     "real_psnr_gain_db": "> 0 dB (Wald: 40 m -> 10 m)",
     "real_lpips_sr": "< real_lpips_bicubic",
-    **{f"{p}_consistency_db": ">= 40 dB" for p in SETS.values()},
-    **{f"{p}_coverage_2std{k}": "0.85 - 0.99" for p in SETS.values() for k in ("", "_s4", "_s10")},
-    **{f"{p}_spearman_std_err{k}": f">= {p}_spearman_gradient_err{k} + 0.05" for p in SETS.values()
+    **{f"{p}_consistency_db": ">= 40 dB" for p in (SETS | EXTRA_SETS).values()},
+    **{f"{p}_coverage_2std{k}": "0.85 - 0.99" for p in (SETS | EXTRA_SETS).values() for k in ("", "_s4", "_s10")},
+    **{f"{p}_spearman_std_err{k}": f">= {p}_spearman_gradient_err{k} + 0.05" for p in (SETS | EXTRA_SETS).values()
        for k in ("", "_s4", "_s10")},
 }
 
@@ -137,23 +137,55 @@ def calibrate(cfg: TrainConfig, run_dir: Path, model_dir: Path, progress: bool =
 
 def calibrate_v2(cfg: TrainConfig, model_dir: Path, net) -> float:
     """Fit ``std_scale`` of ``net`` (loaded from ``model_dir``) so that +-2 std covers
-    ``evaluate.coverage_target`` of |mean - HR| on the validation mix; writes it into
+    ``evaluate.coverage_target`` of |mean - HR| as evenly as one factor can over the validation domains
+    (:func:`calibration_domains`): the factor whose worst domain is nearest the target. Writes it into
     ``model_dir/config.json`` and returns it."""
-    from .data import synthetic_pairs as raw_pairs
+    ev = cfg.evaluate
+    ratios = {}
+    for name, (hr, lr) in calibration_domains(cfg).items():
+        mean, unit = net.mean_and_spread(lr, torch.zeros(lr.shape[0], *lr.shape[-2:], dtype=torch.bool))
+        ratios[name] = (np.abs(mean - hr.numpy()) / np.maximum(2.0 * unit, 1e-12)).ravel()
+    scale, coverage = balanced_scale(ratios, ev.coverage_target)
+    set_std_scale(model_dir, scale)
+    LOG.info("calibrate: std_scale = %.4g: +-2 std covers %s of |mean - HR| (target %.1f %%)", scale,
+             ", ".join(f"{100 * c:.1f} % on {n}" for n, c in coverage.items()), 100 * ev.coverage_target)
+    return scale
+
+
+def calibration_domains(cfg: TrainConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(HR, LR) of the validation domains the uncertainty is calibrated on: the synthetic validation scenes
+    (seeds ``evaluate.validation_seed + i``) through the default sensor and through the training's
+    randomised one, the fine-texture styles of :data:`training.config.FINE_SCENES`, and the calibration
+    half of the BigEarthNet patches (real; :func:`training.data.bigearthnet_pairs`). The unseen-domain and
+    held-out sets are never used."""
+    from xr_opensr.testing import SceneStyle
+
+    from . import data
+    from .config import FINE_SCENES
 
     ev = cfg.evaluate
-    ratios = []
     seeds = range(ev.validation_seed, ev.validation_seed + ev.validation_items)
-    for degradation in (fixed_sensor(cfg).degradation_config(), cfg.degradation_config()):
-        pairs = raw_pairs(cfg.data_config(), degradation, hr_size=cfg.hr_patch, seeds=seeds)
-        hr, lr = PairSampler(pairs).items(list(range(len(pairs))))
-        mean, unit = net.mean_and_spread(lr, torch.zeros(lr.shape[0], *lr.shape[-2:], dtype=torch.bool))
-        ratios.append((np.abs(mean - hr.numpy()) / np.maximum(2.0 * unit, 1e-12)).ravel())
-    scale = float(max(np.quantile(np.concatenate(ratios), ev.coverage_target), 1e-6))
-    set_std_scale(model_dir, scale)
-    LOG.info("calibrate: std_scale = %.4g (+-2 std covers %.1f %% of |mean - HR| on %d validation scenes x 2 sensors)",
-             scale, 100 * ev.coverage_target, ev.validation_items)
-    return scale
+    fixed = fixed_sensor(cfg).degradation_config()
+    pairs = {"synthetic": data.synthetic_pairs(cfg.data_config(), fixed, hr_size=cfg.hr_patch, seeds=seeds),
+             "synthetic, randomised sensor": data.synthetic_pairs(cfg.data_config(), cfg.degradation_config(),
+                                                                  hr_size=cfg.hr_patch, seeds=seeds)}
+    for i, style in enumerate(FINE_SCENES):
+        pairs[f"fine texture {i + 1}"] = data.synthetic_pairs(cfg.data_config(), fixed, hr_size=cfg.hr_patch,
+                                                              seeds=seeds, style=SceneStyle.from_dict(style))
+    pairs["BigEarthNet (calibration half)"] = data.bigearthnet_pairs(fixed, split="calibration")
+    return {name: PairSampler(p).items(list(range(len(p)))) for name, p in pairs.items()}
+
+
+def balanced_scale(ratios: dict[str, np.ndarray], target: float) -> tuple[float, dict[str, float]]:
+    """The factor ``s`` minimising the largest |coverage - target| over the domains, where a domain's
+    coverage is the share of its ``ratios`` (|error| / (2 std)) <= ``s``; and each domain's coverage at it."""
+    pooled = np.concatenate(list(ratios.values()))
+    lo, hi = (float(v) for v in np.quantile(pooled, [0.3, 0.9995]))
+    grid = np.geomspace(max(lo, 1e-6), max(hi, 2e-6), 4000)
+    sorted_ratios = {n: np.sort(r) for n, r in ratios.items()}
+    cover = np.stack([np.searchsorted(r, grid, side="right") / len(r) for r in sorted_ratios.values()])
+    scale = float(grid[int(np.argmin(np.abs(cover - target).max(axis=0)))])
+    return scale, {n: float(np.mean(r <= scale)) for n, r in ratios.items()}
 
 
 @torch.no_grad()
@@ -212,6 +244,21 @@ def _set_pairs(cfg: TrainConfig, name: str) -> tuple[torch.Tensor, torch.Tensor,
         return (*synthetic_pairs(cfg, ev.test_seed, ev.test_items), ev.test_seed)
     if name == "real_heldout":
         return (*heldout_pairs(cfg, ev.real_items), 0)
+    if name == "fine_texture":
+        from xr_opensr.testing import SceneStyle
+
+        from . import data
+        from .config import FINE_TEST_SCENE
+
+        pairs = data.synthetic_pairs(cfg.data_config(), cfg.degradation_config(), hr_size=cfg.hr_patch,
+                                     seeds=range(ev.test_seed, ev.test_seed + ev.test_items // 2),
+                                     style=SceneStyle.from_dict(FINE_TEST_SCENE))
+        return (*PairSampler(pairs).items(list(range(len(pairs)))), ev.test_seed)
+    if name == "real_bigearthnet":
+        from . import data
+
+        pairs = data.bigearthnet_pairs(cfg.degradation_config(), split="evaluation")
+        return (*PairSampler(pairs).items(list(range(len(pairs)))), 0)
     return (*unseen_pairs(cfg), ev.unseen_seed)
 
 
@@ -354,6 +401,8 @@ def _set_summary(prefix: str, r: dict[str, Any], samples: int) -> dict[str, Any]
 
 
 def _settings(cfg: TrainConfig, net, regression_path: Path | None, regression) -> dict[str, Any]:
+    from .config import FINE_TEST_SCENE
+
     ev = cfg.evaluate
     seeds = evaluation_seeds(cfg)
     return {
@@ -370,6 +419,11 @@ def _settings(cfg: TrainConfig, net, regression_path: Path | None, regression) -
                              f"{seeds['unseen_domain'][-1]}, scenes {json.dumps(cfg.unseen_style().to_dict())}, "
                              f"clouds p={ev.unseen_clouds}, sensor "
                              f"{json.dumps(cfg.unseen_degradation_config().to_dict())}",
+            "fine_texture": f"{ev.test_items // 2} synthetic scenes with more fine texture than training's, seeds "
+                            f"{ev.test_seed}..{ev.test_seed + ev.test_items // 2 - 1}, scenes {json.dumps(FINE_TEST_SCENE)}, "
+                            "training sensor",
+            "real_bigearthnet": "12 real BigEarthNet v2.0 patches of 120 px (Wald; the evaluation half, "
+                                "training/assets/bigearthnet)",
         },
     }
 
@@ -400,7 +454,8 @@ def evaluate(cfg: TrainConfig, run_dir: Path, model_dir: Path, *, calibrate_firs
     out_dir = run_dir / "evaluate"
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn = max([ev.samples, *ev.sample_counts])
-    for name in SETS:
+    sets = SETS | {name: EXTRA_SETS[name] for name in ev.extra_sets}
+    for name in sets:
         try:
             hr, lr, first_seed = _set_pairs(cfg, name)
         except (FileNotFoundError, ImportError, OSError) as err:  # the real scene is optional
@@ -415,7 +470,7 @@ def evaluate(cfg: TrainConfig, run_dir: Path, model_dir: Path, *, calibrate_firs
                                        wall_s=round(time.perf_counter() - t_set, 1))
         _grid(out_dir / f"{name}.png", net, hr, lr, with_consistency(net, raw[:4, :ev.samples], lr[:4]), cfg)
     summary: dict[str, Any] = {}
-    for name, prefix in SETS.items():
+    for name, prefix in sets.items():
         if "methods" in results[name]:
             summary.update(_set_summary(prefix, results[name], ev.samples))
     summary["std_scale"] = net.config.std_scale
