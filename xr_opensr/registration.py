@@ -24,6 +24,7 @@ Numpy only. Images are ``(C, H, W)`` (bands used jointly) or ``(H, W)`` arrays o
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -186,8 +187,24 @@ def _robust_line(x: np.ndarray, y: np.ndarray, robust: bool) -> tuple[float, flo
     return gain, offset
 
 
+def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b.T`` batched (torch: see :func:`_warp`)."""
+    import torch
+
+    return (torch.from_numpy(a) @ torch.from_numpy(b).transpose(1, 2)).numpy()
+
+
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of a 1-D array (its partition, without the wrapper's overhead): the same value."""
+    n = values.size
+    if n % 2:
+        return float(np.partition(values, n // 2)[n // 2])
+    part = np.partition(values, (n // 2 - 1, n // 2))
+    return float((part[n // 2 - 1] + part[n // 2]) / 2)
+
+
 def _huber_weights(res: np.ndarray) -> np.ndarray:
-    scale = 1.4826 * np.median(np.abs(res - np.median(res)))
+    scale = 1.4826 * _median(np.abs(res - _median(res)))
     if not scale > 0:
         return np.ones_like(res)
     a = np.abs(res) / (_HUBER_K * scale)
@@ -345,8 +362,9 @@ def _estimate(r: np.ndarray, m: np.ndarray, valid: np.ndarray, max_shift: float,
     weights = None
     converged = False
     it = 0
+    mn_filled, mn_nan = np.where(np.isnan(mn), 0.0, mn), np.isnan(mn).any(axis=0).astype(np.float64)
     for it in range(1, max_iter + 1):  # noqa: B007 (it is reported)
-        warped = shift_image(mn, -s, order=interpolation)
+        warped = _warp(mn_filled, mn_nan, -s, interpolation)
         state = _gauss_newton_step(rn, warped, gy, gx, weights)
         if state is None:
             return _fail("too few valid pixels", c, shift=s, iterations=it)
@@ -375,6 +393,44 @@ def _estimate(r: np.ndarray, m: np.ndarray, valid: np.ndarray, max_shift: float,
     elif np.max(np.abs(s)) > max_shift:
         reason = "beyond max_shift"
     return ShiftQuality(ok=reason == "ok", reason=reason, shift=np.asarray(s, dtype=np.float64), **quality)
+
+
+def _warp(filled: np.ndarray, nan: np.ndarray, shift: np.ndarray, order: str) -> np.ndarray:
+    """``shift_image(img, shift, order=order)`` (border "nan") of ``img`` (C, H, W) given as ``filled`` (NaN
+    set to 0) and ``nan`` (H, W: 1.0 where any band is NaN; every band NaN there): separable matrix products
+    (torch: see :mod:`xr_opensr.models.multidate`), the same result up to float rounding."""
+    import torch
+
+    (my, sy, out_y), (mx, sx, out_x) = (_axis_matrix(filled.shape[1], float(shift[0]), order),
+                                        _axis_matrix(filled.shape[2], float(shift[1]), order))
+    out = (my @ torch.from_numpy(filled) @ mx.T).numpy()
+    bad = (sy @ torch.from_numpy(nan) @ sx.T).numpy() > 0
+    bad |= out_y[:, None] | out_x[None, :]
+    out[:, bad] = np.nan
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def _axis_matrix(n: int, d: float, order: str) -> tuple:
+    """(weights (n, n), support (n, n), rows reaching outside (n,)) of :func:`_shift_axis` along one axis:
+    ``out = weights @ in``; an output is NaN where its support holds a NaN or it reaches outside."""
+    import torch
+
+    weights, support, outside = np.zeros((n, n)), np.zeros((n, n)), np.zeros(n, dtype=bool)
+    if d == 0.0:
+        np.fill_diagonal(weights, 1.0)
+        np.fill_diagonal(support, 1.0)
+    else:
+        k0, taps = _taps(d, order)
+        rows = np.arange(n)
+        for j, w in taps:
+            idx = rows + k0 + j
+            inside = (idx >= 0) & (idx < n)
+            outside |= ~inside
+            weights[rows[inside], idx[inside]] += w
+            support[rows[inside], idx[inside]] = 1.0
+    outside.flags.writeable = False
+    return torch.from_numpy(weights), torch.from_numpy(support), outside
 
 
 def _phase_correlation(rn: np.ndarray, mn: np.ndarray, mask: np.ndarray, radius: int) -> np.ndarray:
@@ -415,14 +471,18 @@ def _gauss_newton_step(rn, warped, gy, gx, weights):
         wt = np.broadcast_to(weights[ok], y.shape)
     # unknowns: [dy, dx, a_0, b_0, ..., a_{C-1}, b_{C-1}]; normal equations N theta = rhs
     k = 2 + 2 * c
+    cols = np.stack([gyv, gxv, wv, np.ones_like(wv), y], axis=1)  # (C, 5, N): the 4 unknowns' columns, the data
+    blocks = _products(cols[:, :4] * wt[:, None], cols)  # (C, 4, 5): the normal equations' blocks, their rhs
+    band_rhs, blocks = blocks[:, :, 4], blocks[:, :, :4]
     normal = np.zeros((k, k))
     rhs = np.zeros(k)
+    normal[:2, :2] = blocks[:, :2, :2].sum(axis=0)
+    rhs[:2] = band_rhs[:, :2].sum(axis=0)
     for i in range(c):
-        cols = np.stack([gyv[i], gxv[i], wv[i], np.ones(n)])  # (4, N)
-        idx = [0, 1, 2 + 2 * i, 3 + 2 * i]
-        wc = cols * wt[i]
-        normal[np.ix_(idx, idx)] += wc @ cols.T
-        rhs[idx] += wc @ y[i]
+        normal[2 + 2 * i:4 + 2 * i, 2 + 2 * i:4 + 2 * i] = blocks[i, 2:, 2:]
+        normal[:2, 2 + 2 * i:4 + 2 * i] = blocks[i, :2, 2:]
+        normal[2 + 2 * i:4 + 2 * i, :2] = blocks[i, 2:, :2]
+    rhs[2:] = band_rhs[:, 2:].ravel()
     try:
         theta = np.linalg.solve(normal, rhs)
         cov_unit = np.linalg.inv(normal)
@@ -447,13 +507,11 @@ def _gauss_newton_step(rn, warped, gy, gx, weights):
             sigma = math.inf
     else:
         sigma = math.inf
-    corrs = []
-    for i in range(c):
-        ww = wt[i]
-        sw = ww.sum()
-        ym_, fm = (ww * y[i]).sum() / sw, (ww * fit_wo_shift[i]).sum() / sw
-        cov = (ww * (y[i] - ym_) * (fit_wo_shift[i] - fm)).sum()
-        den = math.sqrt((ww * (y[i] - ym_) ** 2).sum() * (ww * (fit_wo_shift[i] - fm) ** 2).sum())
-        corrs.append(cov / den if den > 0 else 0.0)
+    sw = wt.sum(axis=1)
+    dy_ = y - ((wt * y).sum(axis=1) / sw)[:, None]
+    df_ = fit_wo_shift - ((wt * fit_wo_shift).sum(axis=1) / sw)[:, None]
+    den = np.sqrt((wt * dy_**2).sum(axis=1) * (wt * df_**2).sum(axis=1))
+    cov = (wt * dy_ * df_).sum(axis=1)
+    corrs = [float(cv / dn) if dn > 0 else 0.0 for cv, dn in zip(cov, den)]
     return {"delta": theta[:2].copy(), "a": a, "b": b, "weights": full_w, "n": n, "sigma": sigma,
             "corr": float(np.mean(corrs))}

@@ -30,8 +30,11 @@ dates never fill a date's gaps.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -139,10 +142,6 @@ def _apply(ops: tuple[Any, Any], x: Any) -> Any:
     return ops[0] @ x @ ops[1].T
 
 
-def _adjoint(ops: tuple[Any, Any], r: Any) -> Any:
-    return ops[0].T @ r @ ops[1]
-
-
 def _robust(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per band of ``values`` (C, n): the median and the robust scale (1.4826 MAD, at least 1e-4)."""
     centre = np.median(values, axis=1)
@@ -196,14 +195,15 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
 
 
 def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, max_looks: int, scale: int = 4,
-               prior_std: np.ndarray | None = None, look_means: np.ndarray | None = None
+               prior_std: np.ndarray | None = None, look_means: Any = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float] | None]]:
     """One patch: ``looks`` (L, C, p, p) LR reflectance (look 0 the reference, NaN nodata), ``x0`` (C, sp, sp)
-    its single-date mean (finite where the reference is valid); ``look_means`` (L, C, sp, sp): the single-date
-    means of every look (NaN where not computed), moved onto the reference's grid and radiometry and averaged
-    with ``x0`` over the looks used at each pixel into the prior's mean (the same detail whatever the date
-    asked for). Returns (mean (C, sp, sp) float64, looks used (p, p), looks left out as changed (p, p), RMS
-    residual of the used looks (p, p), each look's shift or None where it was left out)."""
+    its single-date mean (finite where the reference is valid); ``look_means``: the single-date means of the
+    looks, (L, C, sp, sp) (NaN where not computed) or a function of a list of look indices giving theirs
+    (n, C, sp, sp) (called once, for the looks used only), moved onto the reference's grid and radiometry and
+    averaged with ``x0`` over the looks used at each pixel into the prior's mean (the same detail whatever the
+    date asked for). Returns (mean (C, sp, sp) float64, looks used (p, p), looks left out as changed (p, p),
+    RMS residual of the used looks (p, p), each look's shift or None where it was left out)."""
     import torch
 
     n_looks, c, p, _ = looks.shape
@@ -212,13 +212,11 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
     x0 = np.where(np.isfinite(x0), x0, 0.0).astype(np.float64)
     t0 = torch.from_numpy(x0)
     n_hr = scale * p
-    d = _look_operator(n_hr, scale, 0.0)
-    # (operators, data, weight) of each look used
-    terms = [((d, d), torch.from_numpy(np.where(valid0, ref, 0.0)), torch.from_numpy(valid0.astype(np.float64)))]
     used = valid0.astype(np.int32)
     changed = np.zeros((p, p), dtype=np.int32)
     shifts: list[tuple[float, float] | None] = [(0.0, 0.0)]
-    candidates = []
+    # 1. each look registered (shift, gain, offset) or left out
+    registered = []  # (look index, shift, gain (C, 1, 1), offset (C, 1, 1), valid)
     for j in range(1, n_looks):
         look = looks[j].astype(np.float64)
         valid = np.isfinite(look).all(axis=0) & valid0
@@ -230,62 +228,110 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
             changed += valid if quality.reason == "low correlation" else gross
             shifts.append(None)
             continue
-        gain, offset = quality.gain[:, None, None], quality.offset[:, None, None]
-        corrected = look * gain + offset
-        ops = (_look_operator(n_hr, scale, float(shift[0])), _look_operator(n_hr, scale, float(shift[1])))
-        residual = np.where(valid, corrected - _apply(ops, t0).numpy(), 0.0)
-        prior = None
-        if look_means is not None and np.isfinite(look_means[j]).any():
-            back = (torch.tensor(shift_matrix(n_hr, -scale * float(shift[0]))),
-                    torch.tensor(shift_matrix(n_hr, -scale * float(shift[1]))))
-            prior = _apply(back, torch.from_numpy(look_means[j].astype(np.float64) * gain + offset)).numpy()
-        candidates.append((ops, corrected, valid, residual, prior))
+        registered.append((j, (float(shift[0]), float(shift[1])), quality.gain[:, None, None],
+                           quality.offset[:, None, None], valid))
         shifts.append((float(shift[0]), float(shift[1])))
-    if candidates:
-        centre, spread = _robust(np.concatenate([r[:, v] for _, _, v, r, _ in candidates], axis=1))
-        prior_sum, prior_n = x0.copy(), np.ones((p, p))
-        for ops, corrected, valid, residual, prior in candidates:
+    # 2. change: residuals against x0 moved onto each look (one batched product), the looks used per pixel
+    terms_y, terms_w, terms_ops, taken = [np.where(valid0, ref, 0.0)], [valid0.astype(np.float64)], [(0.0, 0.0)], []
+    spread = None
+    if registered:
+        ops = _stacked_operators([s for _, s, _, _, _ in registered], n_hr, scale, torch.float64)
+        predicted = _forward(ops, t0.permute(1, 0, 2).reshape(n_hr, c * n_hr)).numpy()  # (T, p, C, p)
+        candidates = []
+        for (j, shift, gain, offset, valid), pred in zip(registered, predicted):
+            corrected = looks[j].astype(np.float64) * gain + offset
+            candidates.append((j, shift, gain, offset, corrected, valid,
+                               np.where(valid, corrected - pred.transpose(1, 0, 2), 0.0)))
+        centre, spread = _robust(np.concatenate([r[:, v] for *_, v, r in candidates], axis=1))
+        for j, shift, gain, offset, corrected, valid, residual in candidates:
             z = np.sqrt((((residual - centre[:, None, None]) / spread[:, None, None]) ** 2).mean(axis=0))
             bad = valid & _dilate(valid & (z > config.change_threshold))
             take = valid & ~bad & (used < max_looks)
             changed += bad
             used += take
             if take.any():
-                terms.append((ops, torch.from_numpy(np.where(take, corrected, 0.0)),
-                              torch.from_numpy(take.astype(np.float64))))
-                if prior is not None:
-                    ok = take & np.isfinite(prior).all(axis=0).reshape(p, scale, p, scale).all(axis=(1, 3))
-                    prior_sum += np.where(_up(ok, scale), np.nan_to_num(prior), 0.0)
-                    prior_n += ok
-    if len(terms) == 1:
+                terms_y.append(np.where(take, corrected, 0.0))
+                terms_w.append(take.astype(np.float64))
+                terms_ops.append(shift)
+                taken.append((j, shift, gain, offset, take))
+    if not taken:
         return x0, used, changed, np.zeros((p, p)), shifts
-    if look_means is not None:  # the prior's mean: the single-date means of the looks used, averaged
+    # 3. the prior's mean: the single-date means of the looks used, moved onto the reference and averaged
+    if look_means is not None:
+        means = look_means([j for j, *_ in taken]) if callable(look_means) else look_means[[j for j, *_ in taken]]
+        prior_sum, prior_n = x0.copy(), np.ones((p, p))
+        for (_, shift, gain, offset, take), mean_j in zip(taken, means):
+            if not np.isfinite(mean_j).any():
+                continue
+            back = (torch.tensor(shift_matrix(n_hr, -scale * shift[0])), torch.tensor(shift_matrix(n_hr, -scale * shift[1])))
+            prior = _apply(back, torch.from_numpy(mean_j.astype(np.float64) * gain + offset)).numpy()
+            ok = take & np.isfinite(prior).all(axis=0).reshape(p, scale, p, scale).all(axis=(1, 3))
+            prior_sum += np.where(_up(ok, scale), np.nan_to_num(prior), 0.0)
+            prior_n += ok
         t0 = torch.from_numpy(prior_sum / _up(prior_n, scale))
-    # data: each look's pixels with the inverse of the looks' robust residual variance (per band); the prior:
-    # x0, with the inverse of the single-date variance per pixel times prior_weight (or mu times the data's)
-    inv_noise = torch.from_numpy(1.0 / spread[:, None, None] ** 2)
+    # 4. data: each look's pixels with the inverse of the looks' robust residual variance (per band); the prior:
+    # x0, with the inverse of the single-date variance per pixel times prior_weight (or mu times the data's).
+    # Conjugate gradients on the normal equations, every look in one batched product (:func:`_cg_dtype`).
+    inv_noise = 1.0 / spread[:, None, None] ** 2
     if prior_std is not None and config.prior_weight > 0:
         var0 = np.maximum(np.where(np.isfinite(prior_std), prior_std, 1.0).astype(np.float64), 1e-4) ** 2
-        mu = torch.from_numpy(config.prior_weight / var0)
+        mu = config.prior_weight / var0
     else:
-        mu = config.mu * inv_noise
-    weighted = [(ops, y, w * inv_noise) for ops, y, w in terms]
+        mu = np.broadcast_to(config.mu * inv_noise, (c, n_hr, n_hr))
+    ops64 = _stacked_operators(terms_ops, n_hr, scale, torch.float64)
+    y = torch.from_numpy(np.ascontiguousarray(np.stack(terms_y).transpose(0, 2, 1, 3)))  # (T, p, C, p)
+    w_plain = torch.from_numpy(np.stack(terms_w)[:, :, None, :])  # (T, p, 1, p)
+    w = w_plain * torch.from_numpy(inv_noise.transpose(1, 0, 2)[None])  # (T, p, C, p)
+    mu_t = torch.from_numpy(np.ascontiguousarray(mu.transpose(1, 0, 2)))  # (n, C, n)
+    start = t0.permute(1, 0, 2).contiguous()  # (n, C, n): the HR image, rows first
+    fast = _cg_dtype()  # the normal operator's products (the iterates stay float64)
+    ops, w_fast = (ops64, w) if fast == torch.float64 else (_stacked_operators(terms_ops, n_hr, scale, fast), w.to(fast))
 
     def normal(x: Any) -> Any:
-        out = mu * x
-        for ops, _, w in weighted:
-            out = out + _adjoint(ops, w * _apply(ops, x))
-        return out
+        data = _backward(ops, w_fast * _forward(ops, x.reshape(n_hr, c * n_hr).to(fast)))
+        return mu_t * x + data.to(torch.float64).reshape(n_hr, c, n_hr)
 
-    b = mu * t0
-    for ops, y, w in weighted:
-        b = b + _adjoint(ops, w * y)
-    x = _conjugate_gradients(normal, b, t0.clone(), config.iterations)
-    sq = torch.zeros((p, p), dtype=torch.float64)
-    for ops, y, w in terms:
-        sq += (w * (y - _apply(ops, x)) ** 2).mean(dim=0)
+    b = mu_t * start + _backward(ops64, w * y).reshape(n_hr, c, n_hr)
+    x = _conjugate_gradients(normal, b, start.clone(), config.iterations)
+    sq = (w_plain * (y - _forward(ops64, x.reshape(n_hr, c * n_hr))) ** 2).mean(dim=2).sum(dim=0)
     rms = np.sqrt(sq.numpy() / np.maximum(used, 1))
-    return np.where(_up(used <= 1, scale), x0, x.numpy()), used, changed, rms, shifts
+    x = x.permute(1, 0, 2).numpy().astype(np.float64)
+    return np.where(_up(used <= 1, scale), x0, x), used, changed, rms, shifts
+
+
+#: the dtype of the conjugate gradients' normal-operator products (float32: half the time of float64)
+_CG_DTYPE_NAME = "float32"
+
+
+def _cg_dtype() -> Any:
+    import torch
+
+    return getattr(torch, _CG_DTYPE_NAME)
+
+
+def _stacked_operators(shifts: list[tuple[float, float]], n_hr: int, scale: int, dtype: Any) -> tuple[Any, Any, Any]:
+    """The looks' operators stacked for batched products: (rows (T p, n), columns transposed (T, n, p),
+    columns (T, p, n)) of the looks of ``shifts`` (LR pixels)."""
+    import torch
+
+    rows = torch.cat([_look_operator(n_hr, scale, dy) for dy, _ in shifts]).to(dtype)
+    cols = torch.stack([_look_operator(n_hr, scale, dx) for _, dx in shifts]).to(dtype)
+    return rows, cols.transpose(1, 2).contiguous(), cols
+
+
+def _forward(ops: tuple[Any, Any, Any], x: Any) -> Any:
+    """HR ``x`` (n, C n) (rows, then band and column) -> every look (T, p, C, p)."""
+    rows, cols_t, _ = ops
+    t, n, p = cols_t.shape
+    return ((rows @ x).reshape(t, -1, n) @ cols_t).reshape(t, p, -1, p)
+
+
+def _backward(ops: tuple[Any, Any, Any], r: Any) -> Any:
+    """The adjoint of :func:`_forward`, summed over the looks: (T, p, C, p) -> (n, C n)."""
+    rows, _, cols = ops
+    t, p, n = cols.shape
+    z = r.reshape(t, -1, p) @ cols  # (T, p C, n)
+    return rows.T @ z.reshape(t * p, -1)
 
 
 class MultiDateModel:
@@ -346,13 +392,14 @@ class MultiDateModel:
             return out
         mean0, std0 = self.base.mean_and_spread(torch.from_numpy(ref[todo]), torch.from_numpy(invalid[todo]),
                                                 spread=options.samples >= 2 or self.config.prior_weight > 0)
-        look_means = self._look_means(patches[todo]) if self.config.shared_prior else None
+        if self.config.shared_prior:  # a date's mean is that of the same patch as another date's look
+            self._remember(ref[todo], mean0)
         ratio = np.asarray(self.config.std_ratio)
         std0 = std0 * np.float32(self.base.info.std_scale)  # calibrated, as the single-date model gives it
         for k, i in enumerate(todo):
+            means = functools.partial(self._look_means, patches[i]) if self.config.shared_prior else None
             mean, used, changed, rms, _ = fuse_looks(patches[i], mean0[k], self.config, max_looks=max_looks, scale=s,
-                                                     prior_std=std0[k],
-                                                     look_means=None if look_means is None else look_means[k])
+                                                     prior_std=std0[k], look_means=means)
             hr = _up(invalid[i], s)
             out[i, 0] = np.where(hr, np.nan, np.maximum(mean, 0.0))
             if options.samples >= 2:
@@ -365,23 +412,57 @@ class MultiDateModel:
         return out
 
 
-    def _look_means(self, patches: np.ndarray) -> np.ndarray:
-        """(n, L, C, sP, sP): the single-date mean of every look 1.. with a valid pixel (look 0: NaN, it is x0)."""
+    #: bytes of single-date means kept per model (least recently used first out, by the patch's content: the
+    #: looks of a date are other dates' patches, whose means are then computed once, as a date or as a look,
+    #: while they are among the last ones; 128 MiB: 512 patches of 32 x 32 LR pixels, whatever the series' length)
+    MEANS_KEPT_BYTES: ClassVar[int] = 128 * 2**20
+
+    def _look_means(self, looks: np.ndarray, which: list[int]) -> np.ndarray:
+        """(len(which), C, sP, sP): the single-date mean of the looks ``which`` of one patch's ``looks`` (L, C, P, P)
+        (NaN where nodata); each the network's result for that look alone (batch-invariant), kept by content."""
         import torch
 
-        n, n_looks, c, p, _ = patches.shape
-        s = self.info.scale
-        out = np.full((n, n_looks, c, s * p, s * p), np.nan, dtype=np.float32)
-        looks = np.ascontiguousarray(patches[:, 1:].reshape(-1, c, p, p), dtype=np.float32)
-        invalid = ~np.isfinite(looks).all(axis=1)
-        some = np.flatnonzero(~invalid.all(axis=(1, 2)))
-        if len(some):
-            mean, _ = self.base.mean_and_spread(torch.from_numpy(looks[some]), torch.from_numpy(invalid[some]),
-                                                spread=False)
-            flat = out[:, 1:].reshape(-1, c, s * p, s * p)
-            flat[some] = mean
-            out[:, 1:] = flat.reshape(n, n_looks - 1, c, s * p, s * p)
-        return out
+        keys = [_key(looks[j]) for j in which]
+        found = self._recall(keys)
+        todo = [i for i, m in enumerate(found) if m is None and i == keys.index(keys[i])]
+        if todo:
+            x = np.ascontiguousarray(looks[[which[i] for i in todo]], dtype=np.float32)
+            invalid = ~np.isfinite(x).all(axis=1)
+            mean, _ = self.base.mean_and_spread(torch.from_numpy(x), torch.from_numpy(invalid), spread=False)
+            new = dict(zip([keys[i] for i in todo], mean))
+            self._remember(x, mean, list(new))
+            found = [new[key] if m is None else m for m, key in zip(found, keys)]
+        return np.stack(found)
+
+    def _remember(self, x: np.ndarray, means: np.ndarray, keys: list[bytes] | None = None) -> None:
+        with _MEANS_LOCK:
+            kept = self.__dict__.setdefault("_means_kept", collections.OrderedDict())
+            for i, mean in enumerate(means):
+                key = keys[i] if keys is not None else _key(x[i])
+                kept[key] = np.array(mean)  # a copy: not a view of the whole batch
+                kept.move_to_end(key)
+            while len(kept) > max(1, self.MEANS_KEPT_BYTES // max(1, means[0].nbytes)):
+                kept.popitem(last=False)
+
+    def _recall(self, keys: list[bytes]) -> list[np.ndarray | None]:
+        with _MEANS_LOCK:
+            kept = self.__dict__.setdefault("_means_kept", collections.OrderedDict())
+            out = []
+            for key in keys:
+                mean = kept.get(key)
+                if mean is not None:
+                    kept.move_to_end(key)
+                out.append(mean)
+            return out
+
+
+_MEANS_LOCK = threading.Lock()
+
+
+def _key(look: np.ndarray) -> bytes:
+    """A look's patch by content (its float32 values, NaN included)."""
+    a = np.ascontiguousarray(look, dtype=np.float32)
+    return hashlib.blake2b(a.tobytes(), digest_size=20, person=str(a.shape).encode()[:16]).digest()
 
 
 def _up(a: np.ndarray, s: int) -> np.ndarray:
