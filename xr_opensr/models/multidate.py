@@ -18,10 +18,14 @@ scenes (``python -m training multidate``). Per patch (its core dims ``("look", "
    at most ``looks - 1`` further looks per pixel, in the looks' order;
 4. the mean: ``x`` minimising ``sum_j |w_j (y_j - D S_j x)|^2 + mu |x - x0|^2`` (``D`` the sensor's PSF and
    4 x 4 area mean, ``S_j`` the look's shift, ``w_j`` its valid, unchanged pixels; conjugate gradients,
-   ``iterations`` steps from ``x0``); an LR pixel seen by the reference look alone keeps ``x0`` exactly;
+   ``iterations`` steps from ``x0``, every look in one batched product, the normal operator's products in
+   float32); an LR pixel seen by the reference look alone keeps ``x0`` exactly;
 5. the standard deviation: ``u0`` times the fitted ratio of the number of looks used at the pixel
    (1 for one look), plus ``disagreement`` times the looks' RMS residual after the fit (they disagree
    beyond their noise: the uncertainty grows).
+
+Speed (``benchmarks/bench_multidate.py``): the single-date means of the other looks are computed for the looks
+used only, and kept by patch content (a date's patch is another date's look: computed once while kept).
 
 Planes: mean, std, then the per-pixel ``looks`` (looks used, the reference included; 0 under nodata) and
 ``changed`` (looks left out there for disagreeing). Nodata of the reference date stays nodata: other
