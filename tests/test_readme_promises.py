@@ -153,7 +153,7 @@ def test_a_dark_20m_band_is_clipped_at_0_and_warns(model20):
 
 
 def test_the_models_table():
-    """README, *Models*: ``default`` "xr-opensr-default 0.2.1, model v2: mean network 0.38 M + diffusion
+    """README, *Models*: ``default`` "xr-opensr-default 0.2.2, model v2: mean network 0.38 M + diffusion
     3.3 M parameters, 15 MB", patch 32, 10 steps; ``s2-20m`` "352 kB"; ``tiny`` patch 16, 4 steps (and
     "the 1.4 MB tiny weights"); a ``.ckpt``: the LDSR-S2 v1 layout, patch 128, 100 steps."""
     from xr_opensr.models.io import ldsr_s2_v1_config
@@ -170,7 +170,7 @@ def test_the_models_table():
         pytest.skip("no trained default model is shipped in this checkout")
     default = load_model("default", device="cpu")
     cfg = default.config
-    assert (cfg.name, cfg.version, cfg.patch_size, cfg.sampler.steps) == ("xr-opensr-default", "0.2.1", 32, 10)
+    assert (cfg.name, cfg.version, cfg.patch_size, cfg.sampler.steps) == ("xr-opensr-default", "0.2.2", 32, 10)
     assert default.info.mean_without_samples  # model v2: a mean network composed with a diffusion model
     mean_net = sum(p.numel() for p in default.mean_net.parameters())
     diffusion = sum(p.numel() for p in default.diffusion.parameters())
