@@ -58,3 +58,16 @@ def test_the_std_ratio_is_one_for_one_look_and_follows_the_errors():
     assert ratio[0] == 1.0 and len(ratio) == 6
     np.testing.assert_allclose(ratio[:4], 1 / np.sqrt(np.arange(1, 5)), rtol=0.1)
     assert ratio[4] == ratio[5] == ratio[3]  # no pixels with 5 or 6 looks: the last fitted entry
+
+
+def test_temporal_test_scores_the_truth_best_on_the_own_detail():
+    """The temporal-consistency figure: on the SR's own detail the truth of each date differs least between
+    dates (only its sampling phase); on the detail against each date's LR the truth is no better than
+    single-date (it counts the LR's noise): why the headline uses the own detail."""
+    from training.multidate import temporal_test
+
+    hr = np.asarray(synthetic_scene((96, 96), seed=3), dtype=np.float32)[:4]
+    t = temporal_test([hr], "multidate", dataclasses.replace(LookSimulation(), cloud=0.0), dates=3, border=8)
+    assert all(np.isfinite(v) for v in t.values())
+    assert t["ratio_truth"] < t["ratio"] < 1.0
+    assert t["ratio_lr_truth"] > t["ratio_truth"]
