@@ -358,14 +358,16 @@ def _estimate(r: np.ndarray, m: np.ndarray, valid: np.ndarray, max_shift: float,
 
     s = _phase_correlation(rn, mn, mask, math.ceil(max_shift))
     gy, gx = np.gradient(rn, axis=(1, 2))  # NaN next to invalid pixels: they drop out
+    fixed = np.all(np.isfinite(gy), axis=0) & np.all(np.isfinite(gx), axis=0) & np.all(np.isfinite(rn), axis=0)
+    columns = np.stack([gy, gx, np.zeros_like(rn), np.ones_like(rn), rn], axis=1)  # each step's warped goes in 2
     state = None
     weights = None
     converged = False
     it = 0
     mn_filled, mn_nan = np.where(np.isnan(mn), 0.0, mn), np.isnan(mn).any(axis=0).astype(np.float64)
     for it in range(1, max_iter + 1):  # noqa: B007 (it is reported)
-        warped = _warp(mn_filled, mn_nan, -s, interpolation)
-        state = _gauss_newton_step(rn, warped, gy, gx, weights)
+        warped, warped_bad = _warp(mn_filled, mn_nan, -s, interpolation)
+        state = _gauss_newton_step(rn, warped, gy, gx, weights, (~warped_bad & fixed, columns))
         if state is None:
             return _fail("too few valid pixels", c, shift=s, iterations=it)
         delta, weights = state["delta"], state["weights"]
@@ -378,6 +380,7 @@ def _estimate(r: np.ndarray, m: np.ndarray, valid: np.ndarray, max_shift: float,
         if step < tol:
             converged = True
             break
+    _step_quality(state)  # sigma and correlation of the last step only
     # rn ~ a * warped_n + b (unit-variance bands) -> in input units ref ~ a * mov_registered + offset
     quality = {"sigma": state["sigma"], "correlation": state["corr"], "n_valid": state["n"],
                "iterations": it, "gain": state["a"].copy(), "offset": mean * (1.0 - state["a"]) + scale * state["b"]}
@@ -395,19 +398,21 @@ def _estimate(r: np.ndarray, m: np.ndarray, valid: np.ndarray, max_shift: float,
     return ShiftQuality(ok=reason == "ok", reason=reason, shift=np.asarray(s, dtype=np.float64), **quality)
 
 
-def _warp(filled: np.ndarray, nan: np.ndarray, shift: np.ndarray, order: str) -> np.ndarray:
+def _warp(filled: np.ndarray, nan: np.ndarray, shift: np.ndarray, order: str) -> tuple[np.ndarray, np.ndarray]:
     """``shift_image(img, shift, order=order)`` (border "nan") of ``img`` (C, H, W) given as ``filled`` (NaN
     set to 0) and ``nan`` (H, W: 1.0 where any band is NaN; every band NaN there): separable matrix products
-    (torch: see :mod:`xr_opensr.models.multidate`), the same result up to float rounding."""
+    (torch: see :mod:`xr_opensr.models.multidate`), the same result up to float rounding; and where it is NaN
+    (H, W)."""
     import torch
 
     (my, sy, out_y), (mx, sx, out_x) = (_axis_matrix(filled.shape[1], float(shift[0]), order),
                                         _axis_matrix(filled.shape[2], float(shift[1]), order))
     out = (my @ torch.from_numpy(filled) @ mx.T).numpy()
-    bad = (sy @ torch.from_numpy(nan) @ sx.T).numpy() > 0
-    bad |= out_y[:, None] | out_x[None, :]
+    bad = out_y[:, None] | out_x[None, :]
+    if nan.any():  # (no NaN: no product)
+        bad = bad | ((sy @ torch.from_numpy(nan) @ sx.T).numpy() > 0)
     out[:, bad] = np.nan
-    return out
+    return out, bad
 
 
 @functools.lru_cache(maxsize=512)
@@ -452,26 +457,32 @@ def _phase_correlation(rn: np.ndarray, mn: np.ndarray, mask: np.ndarray, radius:
     return np.array(best, dtype=np.float64)
 
 
-def _gauss_newton_step(rn, warped, gy, gx, weights):
+def _gauss_newton_step(rn, warped, gy, gx, weights, known=None):
     """One weighted LS step of ``rn_c ~ a_c * warped_c + b_c + dy * gy_c + dx * gx_c`` (all bands).
 
-    Returns None when fewer than 16 pixels are usable, else a dict with the increment ``delta``,
-    per-band ``a``/``b``, the Huber ``weights`` of the new residual, ``n``, ``sigma``, ``corr``.
+    ``known``: (where ``rn``, ``gy``, ``gx`` and ``warped`` are finite in every band, ``np.stack([gy, gx, any,
+    ones, rn], axis=1)`` (C, 5, H, W): its slot 2 is overwritten with ``warped``), or None. Returns None when fewer than 16 pixels are usable, else a dict with the increment
+    ``delta``, per-band ``a``/``b``, the Huber ``weights`` of the new residual, ``n``, and what
+    :func:`_step_quality` needs to add ``sigma`` and ``corr`` (computed for the last step only).
     """
     c = rn.shape[0]
-    ok = np.all(np.isfinite(warped), axis=0) & np.all(np.isfinite(gy), axis=0) \
-        & np.all(np.isfinite(gx), axis=0) & np.all(np.isfinite(rn), axis=0)
+    if known is None:
+        ok = np.all(np.isfinite(warped), axis=0) & np.all(np.isfinite(gy), axis=0) \
+            & np.all(np.isfinite(gx), axis=0) & np.all(np.isfinite(rn), axis=0)
+        stacked = np.stack([gy, gx, warped, np.ones_like(warped), rn], axis=1)
+    else:
+        ok, stacked = known
+        stacked[:, 2] = warped
     n = int(ok.sum())
     if n < 16:
         return None
-    y = rn[:, ok]  # (C, N)
-    wv, gyv, gxv = warped[:, ok], gy[:, ok], gx[:, ok]
+    cols = stacked[:, :, ok]  # (C, 5, N): the 4 unknowns' columns, the data
+    gyv, gxv, wv, y = cols[:, 0], cols[:, 1], cols[:, 2], cols[:, 4]
     wt = np.ones_like(y) if weights is None or weights.shape != ok.shape else None
     if wt is None:
         wt = np.broadcast_to(weights[ok], y.shape)
     # unknowns: [dy, dx, a_0, b_0, ..., a_{C-1}, b_{C-1}]; normal equations N theta = rhs
     k = 2 + 2 * c
-    cols = np.stack([gyv, gxv, wv, np.ones_like(wv), y], axis=1)  # (C, 5, N): the 4 unknowns' columns, the data
     blocks = _products(cols[:, :4] * wt[:, None], cols)  # (C, 4, 5): the normal equations' blocks, their rhs
     band_rhs, blocks = blocks[:, :, 4], blocks[:, :, :4]
     normal = np.zeros((k, k))
@@ -485,16 +496,30 @@ def _gauss_newton_step(rn, warped, gy, gx, weights):
     rhs[2:] = band_rhs[:, 2:].ravel()
     try:
         theta = np.linalg.solve(normal, rhs)
-        cov_unit = np.linalg.inv(normal)
+        singular = False
     except np.linalg.LinAlgError:
         theta = np.linalg.lstsq(normal, rhs, rcond=None)[0]
-        cov_unit = np.full((k, k), np.inf)
+        singular = True
     a, b = theta[2::2], theta[3::2]
     fit_wo_shift = a[:, None] * wv + b[:, None]
     res = y - fit_wo_shift - theta[0] * gyv - theta[1] * gxv
     new_w = _huber_weights(res.ravel()).reshape(res.shape).min(axis=0)  # a pixel's weight: its worst band
     full_w = np.zeros(ok.shape)
     full_w[ok] = new_w
+    return {"delta": theta[:2].copy(), "a": a, "b": b, "weights": full_w, "n": n,
+            "_quality": (normal, singular, res, wt, y, fit_wo_shift)}
+
+
+def _step_quality(state: dict) -> None:
+    """Adds ``sigma`` (the predicted standard error of the shift) and ``corr`` to a step's ``state``."""
+    normal, singular, res, wt, y, fit_wo_shift = state.pop("_quality")
+    k = normal.shape[0]
+    cov_unit = np.full((k, k), np.inf)
+    if not singular:
+        try:
+            cov_unit = np.linalg.inv(normal)
+        except np.linalg.LinAlgError:
+            pass
     # predicted standard error of the shift: residual variance x (N^-1) position block
     dof = max(1, res.size - k)
     sigma2 = float((wt * res**2).sum() / dof)
@@ -513,5 +538,4 @@ def _gauss_newton_step(rn, warped, gy, gx, weights):
     den = np.sqrt((wt * dy_**2).sum(axis=1) * (wt * df_**2).sum(axis=1))
     cov = (wt * dy_ * df_).sum(axis=1)
     corrs = [float(cv / dn) if dn > 0 else 0.0 for cv, dn in zip(cov, den)]
-    return {"delta": theta[:2].copy(), "a": a, "b": b, "weights": full_w, "n": n, "sigma": sigma,
-            "corr": float(np.mean(corrs))}
+    state["sigma"], state["corr"] = sigma, float(np.mean(corrs))

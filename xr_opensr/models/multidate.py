@@ -111,16 +111,33 @@ class MultiDateConfig(JsonConfig):
 def shift_matrix(n: int, shift: float) -> np.ndarray:
     """(n, n) float64: content moved by ``shift`` pixels along an axis (``out[i] = in(i - shift)``), Keys
     cubic interpolation with edges replicated (the cubic kernel of :mod:`xr_opensr.sensor`)."""
+    weights, cols = _shift_taps(n, shift)
+    flat = (np.arange(n)[None] * n + cols).ravel()
+    m = np.bincount(flat, weights.ravel(), minlength=n * n).reshape(n, n)
+    m.flags.writeable = False
+    return m
+
+
+@functools.lru_cache(maxsize=256)
+def _shift_taps(n: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """The 4 taps of :func:`shift_matrix` per output pixel: (weights (4, n) float64, input indices (4, n))."""
     from ..sensor import _cubic_weights
 
     t = np.arange(n) - shift
     base = np.floor(t).astype(int)
     weights = _cubic_weights(t - base, -0.5)  # (4, n): taps base-1 .. base+2
     cols = np.clip(base[None] + np.arange(-1, 3)[:, None], 0, n - 1)  # (4, n)
-    flat = (np.arange(n)[None] * n + cols).ravel()
-    m = np.bincount(flat, weights.ravel(), minlength=n * n).reshape(n, n)
-    m.flags.writeable = False
-    return m
+    weights.flags.writeable = cols.flags.writeable = False
+    return weights, cols
+
+
+def _shift_image(x: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
+    """``shift_matrix(n, shift[0]) @ x @ shift_matrix(n, shift[1]).T`` of ``x`` (C, n, n) by its 4 taps per axis
+    (the matrices are banded: the same values up to float rounding, a fraction of the dense products' time)."""
+    n = x.shape[-1]
+    (wy, cy), (wx, cx) = _shift_taps(n, shift[0]), _shift_taps(n, shift[1])
+    rows = sum(wy[k][None, :, None] * x[:, cy[k], :] for k in range(4))
+    return sum(wx[k][None, None, :] * rows[:, :, cx[k]] for k in range(4))
 
 
 @functools.lru_cache(maxsize=256)
@@ -265,10 +282,9 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
         means = look_means([j for j, *_ in taken]) if callable(look_means) else look_means[[j for j, *_ in taken]]
         prior_sum, prior_n = x0.copy(), np.ones((p, p))
         for (_, shift, gain, offset, take), mean_j in zip(taken, means):
-            if not np.isfinite(mean_j).any():
+            if not np.isfinite(mean_j).all():  # (as the dense products had it: a NaN made the whole look's prior NaN)
                 continue
-            back = (torch.tensor(shift_matrix(n_hr, -scale * shift[0])), torch.tensor(shift_matrix(n_hr, -scale * shift[1])))
-            prior = _apply(back, torch.from_numpy(mean_j.astype(np.float64) * gain + offset)).numpy()
+            prior = _shift_image(mean_j.astype(np.float64) * gain + offset, (-scale * shift[0], -scale * shift[1]))
             ok = take & np.isfinite(prior).all(axis=0).reshape(p, scale, p, scale).all(axis=(1, 3))
             prior_sum += np.where(_up(ok, scale), np.nan_to_num(prior), 0.0)
             prior_n += ok
