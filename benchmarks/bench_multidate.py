@@ -27,6 +27,11 @@ Measured (2 shared CPU cores, load average 4-6, 8 dates of 64 x 64 LR px, best o
 threads scheduler): single-date 0.25 s/date; K = 8: 2.03 s/date (8.0x; before the speed work 4.21 s, 16.7x),
 K = 4: 1.88 s/date (7.5x; before 4.09 s). Peak RSS streaming K = 8 (32 x 32 LR px): 789 MiB for 8 dates,
 865 MiB for 32 (the same without the model's cache of single-date means: the growth is the graph's).
+Then (registration's per-step work cut, the prior's back-shift by its taps, the CG's row products over bands;
+outputs bit-identical), interleaved in one process against the previous code, best of 2: K = 8 1.92 -> 1.59
+s/date (load 1.4-1.7; single-date 0.16 s/date: 11.9x -> 9.9x) and 2.75 -> 2.24 s/date (load 2.8-3.5;
+single-date 0.30 s/date: 9.2x -> 7.5x); K = 1 unchanged (1.8-2.1x: every look is still registered and
+change-tested, for ``changed``).
 """
 
 from __future__ import annotations

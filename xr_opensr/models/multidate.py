@@ -306,9 +306,10 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
     start = t0.permute(1, 0, 2).contiguous()  # (n, C, n): the HR image, rows first
     fast = _cg_dtype()  # the normal operator's products (the iterates stay float64)
     ops, w_fast = (ops64, w) if fast == torch.float64 else (_stacked_operators(terms_ops, n_hr, scale, fast), w.to(fast))
+    band = _band(ops[0], len(terms_ops), p, n_hr, scale) if len(terms_ops) >= _BAND_LOOKS else None
 
     def normal(x: Any) -> Any:
-        data = _backward(ops, w_fast * _forward(ops, x.reshape(n_hr, c * n_hr).to(fast)))
+        data = _backward(ops, w_fast * _forward(ops, x.reshape(n_hr, c * n_hr).to(fast), band))
         return mu_t * x + data.to(torch.float64).reshape(n_hr, c, n_hr)
 
     b = mu_t * start + _backward(ops64, w * y).reshape(n_hr, c, n_hr)
@@ -339,11 +340,47 @@ def _stacked_operators(shifts: list[tuple[float, float]], n_hr: int, scale: int,
     return rows, cols.transpose(1, 2).contiguous(), cols
 
 
-def _forward(ops: tuple[Any, Any, Any], x: Any) -> Any:
-    """HR ``x`` (n, C n) (rows, then band and column) -> every look (T, p, C, p)."""
+def _forward(ops: tuple[Any, Any, Any], x: Any, band: tuple | None = None) -> Any:
+    """HR ``x`` (n, C n) (rows, then band and column) -> every look (T, p, C, p); with ``band``
+    (:func:`_band` of the rows), the rows' product over their band only."""
     rows, cols_t, _ = ops
     t, n, p = cols_t.shape
-    return ((rows @ x).reshape(t, -1, n) @ cols_t).reshape(t, p, -1, p)
+    if band is None:
+        along_rows = rows @ x  # (T p, C n)
+    else:
+        coef, pad, total, width, step = band
+        padded = x.new_zeros(total, x.shape[1])
+        padded[pad:pad + n] = x
+        along_rows = (coef @ padded.unfold(0, width, step)[:p].transpose(1, 2)).transpose(0, 1)  # (T, p, C n)
+    return (along_rows.reshape(t, -1, n) @ cols_t).reshape(t, p, -1, p)
+
+
+#: the fewest looks whose normal operator's row products run over bands (:func:`_band`; fewer: dense, faster)
+_BAND_LOOKS = 6
+
+
+def _band(rows: Any, t: int, p: int, n: int, step: int) -> tuple | None:
+    """The looks' row operators ``rows`` (T p, n) as bands for :func:`_forward`: (coefficients (p, T, width),
+    zero rows padded before the HR rows, padded length, width, step), LR row ``i``'s band starting at padded
+    row ``step i``; None where the band is not narrower than ``n`` (a dense product then)."""
+    import torch
+
+    r = rows.reshape(t, p, n)
+    lr, hr = torch.nonzero((r != 0).any(dim=0), as_tuple=True)
+    if not len(lr):
+        return None
+    rel = hr - step * lr
+    lo, hi = min(int(rel.min()), 0), int(rel.max())
+    width = -(-(hi - lo + 1) // step) * step
+    if width >= n:
+        return None
+    pad = -lo
+    total = max(step * (p - 1) + width, n + pad)
+    padded = r.new_zeros(t, p, total)
+    padded[:, :, pad:pad + n] = r
+    coef = padded.unfold(2, width, step)  # (T, p, windows, width): LR row i's own window is i
+    coef = coef[:, torch.arange(p), torch.arange(p)]  # (T, p, width)
+    return coef.permute(1, 0, 2).contiguous(), pad, total, width, step
 
 
 def _backward(ops: tuple[Any, Any, Any], r: Any) -> Any:
