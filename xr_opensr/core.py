@@ -118,20 +118,19 @@ def superresolve(obj: xr.DataArray | xr.Dataset, samples: int = 10, **options: A
         ds = ds.assign_coords(look_time=(("time", LOOK_DIM), _looks.look_times(inp.selection.coords["time"].values,
                                                                                  look_table)))
         # each look's scene-level offset: a lazy coordinate like look_time, chunked along the lead dims as sr
-        shifts, window = look_shift
-        shifts = shifts.rechunk({i: ds["sr"].chunksizes[d] for i, d in enumerate(inp.lead_dims)})
+        shifts = look_shift.rechunk({i: ds["sr"].chunksizes[d] for i, d in enumerate(inp.lead_dims)})
         ds = ds.assign_coords({_looks.SHIFT_DIM: ["y", "x"]})
         ds = ds.assign_coords(look_shift=xr.Variable((*inp.lead_dims, LOOK_DIM, _looks.SHIFT_DIM), shifts,
-                                                     _looks.look_shift_attrs(window)))
+                                                     _looks.look_shift_attrs(_looks.central_window(*inp.data.shape[-2:]))))
         ds.attrs.update(looks=int(opts.looks or _looks.DEFAULT_LOOKS), window=str(opts.window))
     return _encode.encode(ds, opts.output_dtype)
 
 
 def _looks_of(obj: Any, y_dim: Hashable, x_dim: Hashable, info: ModelInfo, opts: RunOptions
-              ) -> tuple[_inputs.ModelInput, Any, tuple[da.Array, tuple[int, int, int, int]]]:
+              ) -> tuple[_inputs.ModelInput, Any, da.Array]:
     """The model input of a multi-date model: (*lead, look, band, y, x), the looks of each date
     (:mod:`xr_opensr.looks`), the look table, and each look's scene-level offset from its date (lazy
-    (*lead, look, 2), :func:`xr_opensr.looks.look_shifts`) with the window it is estimated on."""
+    (*lead, look, 2), :func:`xr_opensr.looks.look_shifts`)."""
     inp = _inputs.model_input(obj, y_dim, x_dim, tuple(info.bands), opts.bands)
     time_dim = _looks.time_dim_of(inp.lead_dims)
     if inp.selection.bands20(tuple(info.bands)):
@@ -147,8 +146,7 @@ def _looks_of(obj: Any, y_dim: Hashable, x_dim: Hashable, info: ModelInfo, opts:
     sel = inp.selection
     shifts = _looks.look_shifts(inp.data, times, time_axis, looks, window, scale=sel.scale, offset=sel.offset,
                                 nodata=sel.nodata)
-    return (inp._replace(data=data, whole_dims=(LOOK_DIM,)), table,
-            (shifts, _looks.central_window(*inp.data.shape[-2:])))
+    return inp._replace(data=data, whole_dims=(LOOK_DIM,)), table, shifts
 
 
 # --------------------------------------------------------------------------- checks against the model

@@ -234,24 +234,8 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
     t0 = torch.from_numpy(x0)
     n_hr = scale * p
     used = valid0.astype(np.int32)
-    changed = np.zeros((p, p), dtype=np.int32)
-    shifts: list[tuple[float, float] | None] = [(0.0, 0.0)]
     # 1. each look registered (shift, gain, offset) or left out
-    registered = []  # (look index, shift, gain (C, 1, 1), offset (C, 1, 1), valid)
-    for j in range(1, n_looks):
-        look = looks[j].astype(np.float64)
-        valid = np.isfinite(look).all(axis=0) & valid0
-        if valid.sum() < max(16, config.min_valid * valid0.sum()):
-            shifts.append(None)
-            continue
-        shift, quality, gross = _register(ref, look, valid)
-        if not quality.ok:  # left out; where it disagrees (uncorrelated: all of it) counted as changed
-            changed += valid if quality.reason == "low correlation" else gross
-            shifts.append(None)
-            continue
-        registered.append((j, (float(shift[0]), float(shift[1])), quality.gain[:, None, None],
-                           quality.offset[:, None, None], valid))
-        shifts.append((float(shift[0]), float(shift[1])))
+    registered, shifts, changed = _register_looks(looks, ref, valid0, config.min_valid)
     # 2. change: residuals against x0 moved onto each look (one batched product), the looks used per pixel
     terms_y, terms_w, terms_ops, taken = [np.where(valid0, ref, 0.0)], [valid0.astype(np.float64)], [(0.0, 0.0)], []
     spread = None
@@ -279,16 +263,7 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
         return x0, used, changed, np.zeros((p, p)), shifts
     # 3. the prior's mean: the single-date means of the looks used, moved onto the reference and averaged
     if look_means is not None:
-        means = look_means([j for j, *_ in taken]) if callable(look_means) else look_means[[j for j, *_ in taken]]
-        prior_sum, prior_n = x0.copy(), np.ones((p, p))
-        for (_, shift, gain, offset, take), mean_j in zip(taken, means):
-            if not np.isfinite(mean_j).all():  # (as the dense products had it: a NaN made the whole look's prior NaN)
-                continue
-            prior = _shift_image(mean_j.astype(np.float64) * gain + offset, (-scale * shift[0], -scale * shift[1]))
-            ok = take & np.isfinite(prior).all(axis=0).reshape(p, scale, p, scale).all(axis=(1, 3))
-            prior_sum += np.where(_up(ok, scale), np.nan_to_num(prior), 0.0)
-            prior_n += ok
-        t0 = torch.from_numpy(prior_sum / _up(prior_n, scale))
+        t0 = torch.from_numpy(_shared_prior(x0, taken, look_means, scale))
     # 4. data: each look's pixels with the inverse of the looks' robust residual variance (per band); the prior:
     # x0, with the inverse of the single-date variance per pixel times prior_weight (or mu times the data's).
     # Conjugate gradients on the normal equations, every look in one batched product (:func:`_cg_dtype`).
@@ -318,6 +293,49 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
     rms = np.sqrt(sq.numpy() / np.maximum(used, 1))
     x = x.permute(1, 0, 2).numpy().astype(np.float64)
     return np.where(_up(used <= 1, scale), x0, x), used, changed, rms, shifts
+
+
+def _register_looks(looks: np.ndarray, ref: np.ndarray, valid0: np.ndarray, min_valid: float
+                    ) -> tuple[list[tuple], list[tuple[float, float] | None], np.ndarray]:
+    """Step 1 of :func:`fuse_looks`: every look 1.. registered to ``ref`` or left out. Returns the registered
+    ones as (look index, shift, gain (C, 1, 1), offset (C, 1, 1), valid), each look's shift (None: left out),
+    and per LR pixel the looks left out where they disagree (an unregistrable look's gross differences; an
+    uncorrelated look: all its valid pixels)."""
+    p = ref.shape[-1]
+    registered, shifts, changed = [], [(0.0, 0.0)], np.zeros((p, p), dtype=np.int32)
+    for j in range(1, looks.shape[0]):
+        look = looks[j].astype(np.float64)
+        valid = np.isfinite(look).all(axis=0) & valid0
+        if valid.sum() < max(16, min_valid * valid0.sum()):
+            shifts.append(None)
+            continue
+        shift, quality, gross = _register(ref, look, valid)
+        if not quality.ok:  # left out; where it disagrees (uncorrelated: all of it) counted as changed
+            changed += valid if quality.reason == "low correlation" else gross
+            shifts.append(None)
+            continue
+        registered.append((j, (float(shift[0]), float(shift[1])), quality.gain[:, None, None],
+                           quality.offset[:, None, None], valid))
+        shifts.append((float(shift[0]), float(shift[1])))
+    return registered, shifts, changed
+
+
+def _shared_prior(x0: np.ndarray, taken: list[tuple], look_means: Any, scale: int) -> np.ndarray:
+    """Step 3 of :func:`fuse_looks`: ``x0`` averaged per pixel with the single-date means of the looks used
+    (``taken``: (look index, shift, gain, offset, pixels used)), each moved onto the reference's grid and
+    radiometry; ``look_means`` as in :func:`fuse_looks`."""
+    p = x0.shape[-1] // scale
+    index = [j for j, *_ in taken]
+    means = look_means(index) if callable(look_means) else look_means[index]
+    prior_sum, prior_n = x0.copy(), np.ones((p, p))
+    for (_, shift, gain, offset, take), mean_j in zip(taken, means):
+        if not np.isfinite(mean_j).all():  # (as the dense products had it: a NaN made the whole look's prior NaN)
+            continue
+        prior = _shift_image(mean_j.astype(np.float64) * gain + offset, (-scale * shift[0], -scale * shift[1]))
+        ok = take & np.isfinite(prior).all(axis=0).reshape(p, scale, p, scale).all(axis=(1, 3))
+        prior_sum += np.where(_up(ok, scale), np.nan_to_num(prior), 0.0)
+        prior_n += ok
+    return prior_sum / _up(prior_n, scale)
 
 
 #: the dtype of the conjugate gradients' normal-operator products (float32: half the time of float64)
