@@ -45,6 +45,7 @@ import os
 import re
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -124,11 +125,7 @@ def _chunk_dict(chunks: int | str | dict | None, dims: Sequence[Hashable]) -> di
         return {k: v for k, v in chunks.items() if k in dims}
     if isinstance(chunks, str) and chunks != "auto":
         raise InputError(f"chunks={chunks!r} is not understood; give a number of pixels (e.g. 256) or 'auto'")
-    out: dict[Hashable, Any] = {"y": chunks, "x": chunks}
-    if "band" in dims:
-        out["band"] = -1
-    if "time" in dims:
-        out["time"] = 1
+    out: dict[Hashable, Any] = {"y": chunks, "x": chunks, "band": -1, "time": 1}
     return {k: v for k, v in out.items() if k in dims}
 
 
@@ -301,16 +298,6 @@ def output_paths(path: str | os.PathLike) -> list[Path]:
     return [path, uncertainty_path(path)] if output_kind(path) == "cog" else [path]
 
 
-def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
-    existing = [p for p in paths if p.exists() or p.is_symlink()]
-    if existing and not overwrite:
-        raise InputError(
-            f"output {', '.join(map(str, existing))} already exists and was left untouched; "
-            "choose another output path or pass --overwrite (overwrite=True) to replace it"
-        )
-    refuse_foreign([(p, why) for p in existing if (why := foreign(p)) is not None])
-
-
 # --------------------------------------------------------------------------- what overwrite may replace
 
 #: the metadata files of a Zarr store (formats 2 and 3); every other file in a store is a chunk
@@ -349,8 +336,6 @@ def foreign(path: str | os.PathLike) -> str | None:
 
 
 def _foreign_geotiff(path: Path) -> str | None:
-    import warnings
-
     import rasterio
 
     try:
@@ -437,7 +422,13 @@ def reserve(paths: Sequence[str | os.PathLike], *, overwrite: bool = False) -> I
     """
     finals = [Path(p).expanduser() for p in paths]
     with _atomic.locked(finals):
-        _refuse_existing(finals, overwrite)
+        existing = [p for p in finals if p.exists() or p.is_symlink()]
+        if existing and not overwrite:
+            raise InputError(
+                f"output {', '.join(map(str, existing))} already exists and was left untouched; "
+                "choose another output path or pass --overwrite (overwrite=True) to replace it"
+            )
+        refuse_foreign([(p, why) for p in existing if (why := foreign(p)) is not None])
         yield finals
 
 
@@ -732,17 +723,11 @@ def write_zarr(
             compute(delayed)
             _atomic.stage("streamed")
             if verify_zarr(tmp, data, group=group) == 0:
-                _warn_all_nan(final)
+                warnings.warn(f"{final}: every sr value is NaN (nodata); check the input's nodata and values",
+                              RuntimeWarning, stacklevel=2)
             _atomic.stage("verified")
             _atomic.commit([(tmp, final)], run)
     return final
-
-
-def _warn_all_nan(final: Path) -> None:
-    import warnings
-
-    warnings.warn(f"{final}: every sr value is NaN (nodata); check the input's nodata and values",
-                  RuntimeWarning, stacklevel=3)
 
 
 def write_result(

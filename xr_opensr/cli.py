@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import _atomic
 from .errors import OpenSRError
 
 __all__ = ["main", "build_parser", "CLIError"]
@@ -42,12 +43,6 @@ def _say(text: str = "") -> None:
 
 def _warn(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-def _atomic_hint(err: BaseException, folder: Path) -> str:
-    from ._atomic import hint
-
-    return hint(err, folder)
 
 
 def _require(module: str, extra: str) -> Any:
@@ -206,6 +201,11 @@ def _all_bands(bands: Sequence[str] | None) -> bool:
     return bands is not None and [b.strip().lower() for b in bands] == ["all"]
 
 
+def _bands_arg(asked: Sequence[str] | None) -> Any:
+    """``superresolve(bands=...)`` of ``--bands`` as given: "all" for ``--bands all``, the bands named, or None."""
+    return "all" if _all_bands(asked) else (list(asked) if asked else None)
+
+
 def _band_labels(obj: Any) -> list[Any] | None:
     """The input's band labels: a Dataset's variable names, a DataArray's ``band`` labels; None without."""
     if hasattr(obj, "data_vars"):
@@ -262,7 +262,7 @@ def _input_bands(obj: Any, asked: Sequence[str] | None, source: str) -> tuple[An
     everything = _all_bands(asked)
     labels = _band_labels(obj)
     if labels is None:  # no band dim: the library says what it needs
-        return obj, "all" if everything else (list(asked) if asked else None)
+        return obj, _bands_arg(asked)
     ids = [_band_id(v) for v in labels]
     n = len(labels)
     if not any(ids) and not hasattr(obj, "data_vars"):
@@ -307,13 +307,6 @@ def _input_bands(obj: Any, asked: Sequence[str] | None, source: str) -> tuple[An
         raise CLIError(f"--bands {' '.join(asked)}: the 10 m bands are super-resolved together; ask for all four "
                        f"(--bands {' '.join(MODEL_BANDS)}), or for a 20 m band with them")
     return obj, requested
-
-
-def _search_bands(args: argparse.Namespace) -> Any:
-    """``superresolve(bands=...)`` of ``search``: "all" for ``--bands all``, the bands named, or None."""
-    if _all_bands(args.bands):
-        return "all"
-    return list(args.bands) if args.bands else None
 
 
 def _describe_written(paths: Sequence[Path], seconds: float) -> None:
@@ -423,7 +416,6 @@ def _check_outdir(outdir: Path, overwrite: bool) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from . import _atomic
     from .models import convert_checkpoint
 
     outdir = Path(args.outdir).expanduser()
@@ -432,7 +424,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         outdir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise CLIError(f"cannot create the folder of OUTDIR {outdir}: {err.strerror or err}; "
-                       f"{_atomic_hint(err, outdir.parent)}") from err
+                       f"{_atomic.hint(err, outdir.parent)}") from err
     # the new folder is written beside OUTDIR and takes its place whole (never a mix of two models)
     with _atomic.locked([outdir]):
         _check_outdir(outdir, args.overwrite)
@@ -528,11 +520,7 @@ def _load_for_bbox(stac: Any, items: Sequence[Any], bbox: Sequence[float], chunk
     """``stac.load_s2`` of ``bands`` (``--bands``: "all", or names, loaded with the 10 m bands that guide
     them; default the 10 m bands) cropped to the bbox, one dask block per ``chunks`` LR pixels."""
     chunk_arg = {"x": chunks, "y": chunks} if isinstance(chunks, int) else None
-    load: Any = stac.DEFAULT_BANDS
-    if _all_bands(bands):
-        load = "all"
-    elif bands:
-        load = list(dict.fromkeys([*stac.DEFAULT_BANDS, *bands]))
+    load = "all" if _all_bands(bands) else list(dict.fromkeys([*stac.DEFAULT_BANDS, *(bands or ())]))
     return stac.load_s2(list(items), bands=load, chunks=chunk_arg, bbox=tuple(bbox))
 
 
@@ -546,10 +534,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise CLIError("--all writes several scenes: use a .zarr OUTPUT (a GeoTIFF holds one scene)")
     _io.check_outputs(args.output, overwrite=args.overwrite)
     stac = _require("xr_opensr.stac", "stac")
-    kwargs: dict[str, Any] = {"url": args.url, "collection": args.collection, "max_cloud": args.max_cloud}
-    if args.limit is not None:
-        kwargs["limit"] = args.limit
-    items = list(stac.search(bbox, when, **kwargs))  # least cloudy first; none found: InputError
+    limit = {"limit": args.limit} if args.limit is not None else {}
+    # least cloudy first; none found: InputError
+    items = list(stac.search(bbox, when, url=args.url, collection=args.collection, max_cloud=args.max_cloud, **limit))
     if not items:
         raise CLIError(f"no scene found at {args.url} for bbox {list(bbox)} and {when}; widen --datetime "
                        "or raise --max-cloud")
@@ -565,7 +552,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.all and "time" in ds.dims and ds.sizes["time"] > 1:
         ds = ds.isel(time=[0])
     _say(f"loaded {dict(ds.sizes)}")
-    return _superresolve_and_write(ds, args, _search_bands(args))
+    return _superresolve_and_write(ds, args, _bands_arg(args.bands))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -590,7 +577,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise CLIError(f"cannot create the --output folder {outdir}: {err.strerror or err}; "
-                       f"{_atomic_hint(err, outdir.parent)}") from err
+                       f"{_atomic.hint(err, outdir.parent)}") from err
     start = time.perf_counter()
     with _dask_runner(args) as compute:
         result, untrained = _superresolve(lr, args)
@@ -833,7 +820,7 @@ def _command(argv: Sequence[str] | None) -> int:
     except OSError as err:  # one the library did not already explain: the cause, the path, the fix
         where = f" ({err.filename})" if err.filename else ""
         folder = Path(err.filename).parent if err.filename else Path.cwd()
-        print(f"xr-opensr {args.command}: error: {err.strerror or err}{where}; {_atomic_hint(err, folder)}",
+        print(f"xr-opensr {args.command}: error: {err.strerror or err}{where}; {_atomic.hint(err, folder)}",
               file=sys.stderr)
         return 2
 
@@ -856,8 +843,6 @@ def _end_process(code: int) -> None:
     skipped: it restores the default SIGINT action first and then takes seconds (torch, dask threads),
     so a Ctrl-C then killed the process (exit -2) after its outputs were complete."""
     import logging
-
-    from . import _atomic
 
     _atomic.stage("exiting")  # test hook (tests/test_cli_safety.py)
     _atomic.release_all()  # a Ctrl-C may have cut a lock's release short: the program's own lock files go

@@ -21,6 +21,7 @@ in the output (``ds.attrs["offset_rules"]``). pystac-client and odc-stac are opt
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import numbers
 import re
@@ -350,9 +351,22 @@ def search(
     InputError
         Bad bbox, max_cloud or limit; or no item matched (widen the dates or raise max_cloud).
     """
-    bbox = _check_search_args(bbox, datetime, max_cloud, limit)
+    bbox = _check_bbox(bbox)
+    if max_cloud is not None and not (_is_real(max_cloud) and 0 <= max_cloud <= 100):
+        raise InputError(f"max_cloud must be a percentage in [0, 100] or None; got {max_cloud!r}")
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise InputError(f"limit must be a positive int; got {limit!r}")
+    if datetime is None or datetime == "":
+        raise InputError(
+            "datetime is required, e.g. '2024-06-01/2024-06-30', '2024-06' or (start, end); got "
+            f"{datetime!r}"
+        )
     collections = [collection] if isinstance(collection, str) else list(collection)
-    client = _open_client(url, modifier)
+    pystac_client = _require("pystac_client", "xr_opensr.stac.search needs pystac-client")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NoConformsTo: reported by _check_item_search, with the fix
+        client = pystac_client.Client.open(url, modifier=modifier)
+    _check_item_search(client, url)
     kwargs = _search_kwargs(client, collections, bbox, datetime, max_cloud, limit)
     found = _run_search(client, kwargs, datetime)
     if max_cloud is not None:  # also where the API could not filter
@@ -364,32 +378,6 @@ def search(
             f"{datetime!r}{cloud}; widen the datetime range, enlarge the bbox or raise max_cloud"
         )
     return sorted(found, key=lambda it: (_cloud_cover(it), str(it.datetime), it.id))
-
-
-def _check_search_args(bbox: Sequence[float], datetime: Any, max_cloud: float | None,
-                       limit: int) -> tuple[float, float, float, float]:
-    """:func:`search`'s bbox (checked, as a tuple), after checking max_cloud, limit and datetime."""
-    bbox = _check_bbox(bbox)
-    if max_cloud is not None and not (_is_real(max_cloud) and 0 <= max_cloud <= 100):
-        raise InputError(f"max_cloud must be a percentage in [0, 100] or None; got {max_cloud!r}")
-    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
-        raise InputError(f"limit must be a positive int; got {limit!r}")
-    if datetime is None or datetime == "":
-        raise InputError(
-            "datetime is required, e.g. '2024-06-01/2024-06-30', '2024-06' or (start, end); got "
-            f"{datetime!r}"
-        )
-    return bbox
-
-
-def _open_client(url: str, modifier: Callable[[Any], Any] | None) -> Any:
-    """A pystac-client ``Client`` of the STAC API at ``url``, checked for item search."""
-    pystac_client = _require("pystac_client", "xr_opensr.stac.search needs pystac-client")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # NoConformsTo: reported by _check_item_search, with the fix
-        client = pystac_client.Client.open(url, modifier=modifier)
-    _check_item_search(client, url)
-    return client
 
 
 def _search_kwargs(client: Any, collections: list[str], bbox: Sequence[float], datetime: Any,
@@ -601,25 +589,6 @@ def load_s2(
         asset when ``mask_clouds=True``.
     """
     items = _as_items(items_or_search)
-    names, load_names, bbox, asset_map, base_key = _check_load_args(
-        items, bands, resolution, bbox, assets, groupby, mask_clouds)
-    odc_stac = _require("odc.stac", "xr_opensr.stac.load_s2 needs odc-stac")
-    import rioxarray  # noqa: F401  (registers ds.rio: the result's CRS is ds.rio.crs)
-
-    items, dropped = _drop_duplicates(items)
-    normalised = [_declare_projection(_normalise(item, load_names, mask_clouds, asset_map)) for item in items]
-    _check_grid(normalised, crs)
-    rules = [offset_rule(item) for item in items]
-    raw, slices = _load_slices(odc_stac, normalised, load_names, base_key, resolution, chunks, crs, bbox)
-    out, log = _mosaic_reflectance(raw, slices, items, rules, names, mask_clouds)
-    out.attrs.update(_load_attrs(mask_clouds, log, dropped))
-    return out
-
-
-def _check_load_args(items: list, bands: Any, resolution: Any, bbox: Any, assets: Any, groupby: Any,
-                     mask_clouds: bool) -> tuple[list[str], list[str], Any, dict[str, str], Callable]:
-    """:func:`load_s2`'s arguments checked: the band names, the names to load (with SCL for the
-    cloud mask), the bbox (or None), the band -> asset key map and the group key function."""
     if not items:
         raise InputError(
             "load_s2 got no items; search(bbox, datetime, ...) found none or the list is empty. "
@@ -630,17 +599,14 @@ def _check_load_args(items: list, bands: Any, resolution: Any, bbox: Any, assets
     if not (_is_real(resolution) and resolution > 0):
         raise InputError(f"resolution must be a positive number (metres for UTM); got {resolution!r}")
     bbox = _check_bbox(bbox) if bbox is not None else None
-    return names, load_names, bbox, _check_assets(assets), _group_key(groupby)
+    asset_map, base_key = _check_assets(assets), _group_key(groupby)
+    odc_stac = _require("odc.stac", "xr_opensr.stac.load_s2 needs odc-stac")
+    import rioxarray  # noqa: F401  (registers ds.rio: the result's CRS is ds.rio.crs)
 
-
-def _load_slices(odc_stac: Any, items: list[pystac.Item], names: list[str],
-                 base_key: Callable[[Any, Any, int], Hashable], resolution: float, chunks: Any, crs: Any,
-                 bbox: Any) -> tuple[xr.Dataset, list[tuple[Hashable, int]]]:
-    """The raw odc-stac cube of ``items`` with one time slice per item, and the slices' keys.
-
-    Slice ``t`` holds item ``slices[t][1]`` of group ``slices[t][0]``: the slices are ordered by
-    group, then by the caller's order (they are mosaicked per group afterwards).
-    """
+    items, dropped = _drop_duplicates(items)
+    normalised = [_declare_projection(_normalise(item, load_names, mask_clouds, asset_map)) for item in items]
+    _check_grid(normalised, crs)
+    rules = [offset_rule(item) for item in items]
     keys: dict[int, tuple[Hashable, int]] = {}
 
     def group_key(item: Any, parsed: Any, idx: int) -> tuple[Hashable, int]:
@@ -648,54 +614,30 @@ def _load_slices(odc_stac: Any, items: list[pystac.Item], names: list[str],
         keys[idx] = (base_key(item, parsed, idx), idx)
         return keys[idx]
 
-    raw = _odc_load(odc_stac, items, names, group_key, resolution, chunks, crs, bbox)
-    slices = sorted(set(keys.values()))  # odc-stac orders time slices by group key
+    # odc.stac.load of DN as written by ESA, whatever the catalogue says (or not) in raster:bands
+    stac_cfg = {"*": {"assets": {b: {"data_type": "uint8" if b == "SCL" else "uint16", "nodata": _NODATA}
+                                 for b in load_names}, "warnings": "ignore"}}
+    given = {k: v for k, v in (("crs", crs), ("bbox", bbox)) if v is not None}
+    raw = odc_stac.load(normalised, bands=load_names, groupby=group_key, resolution=resolution,
+                        chunks=dict(chunks) if chunks is not None else {"x": 512, "y": 512}, stac_cfg=stac_cfg,
+                        resampling="nearest", **given)
+    # time slice t holds item slices[t][1] of group slices[t][0] (odc-stac orders the slices by group key)
+    slices = sorted(set(keys.values()))
     if len(slices) != raw.sizes["time"]:  # pragma: no cover - would mean odc-stac changed
         raise RuntimeError(f"odc-stac returned {raw.sizes['time']} time slices for {len(slices)} items")
-    return raw, slices
-
-
-def _mosaic_reflectance(raw: xr.Dataset, slices: list[tuple[Hashable, int]], items: list, rules: list,
-                        names: list[str], mask_clouds: bool) -> tuple[xr.Dataset, list[dict[str, Any]]]:
-    """The per-item slices of ``raw`` as reflectance (each item's offset), mosaicked per group, and
-    the log of the items and offsets of every output time step."""
-    offset = xr.DataArray(np.array([rules[s[1]][0] for s in slices], np.float32), dims="time")
+    offset = xr.DataArray(np.array([rules[i][0] for _, i in slices], np.float32), dims="time")
     out = _reflectance(raw, names, offset, mask_clouds)
-    groups = [s[0] for s in slices]
-    log = _offset_log(out.time.values, groups, [items[s[1]] for s in slices], [rules[s[1]] for s in slices])
-    return _merge_groups(out, groups), log
-
-
-def _load_attrs(mask_clouds: bool, log: list, dropped: list[str]) -> dict[str, str]:
-    """The attributes of :func:`load_s2`'s result: the conversion, the mask, the mosaic, the logs (JSON)."""
-    return {
+    groups = [group for group, _ in slices]
+    log = _offset_log(out.time.values, groups, [items[i] for _, i in slices], [rules[i] for _, i in slices])
+    out = _merge_groups(out, groups)
+    out.attrs.update({
         "reflectance": "(DN + processing-baseline offset) / 10000; DN 0 -> NaN",
         "cloud_mask": ("SCL " + ",".join(map(str, SCL_MASKED)) + " -> NaN") if mask_clouds else "none",
         "mosaic": "per time step, the first valid pixel in the order the items were given",
         "offset_rules": json.dumps(log),
         "duplicates_dropped": json.dumps(dropped),
-    }
-
-
-def _odc_load(odc_stac: Any, items: list, bands: list[str], group_key: Callable, resolution: float,
-              chunks: Mapping[str, int] | None, crs: Any, bbox: Any) -> xr.Dataset:
-    """odc.stac.load of DN as written by ESA, whatever the catalogue says (or not) in raster:bands."""
-    assets = {b: {"data_type": "uint8" if b == "SCL" else "uint16", "nodata": _NODATA} for b in bands}
-    extra: dict[str, Any] = {}
-    if crs is not None:
-        extra["crs"] = crs
-    if bbox is not None:
-        extra["bbox"] = bbox
-    return odc_stac.load(
-        items,
-        bands=bands,
-        groupby=group_key,
-        resolution=resolution,
-        chunks=dict(chunks) if chunks is not None else {"x": 512, "y": 512},
-        stac_cfg={"*": {"assets": assets, "warnings": "ignore"}},
-        resampling="nearest",
-        **extra,
-    )
+    })
+    return out
 
 
 def _reflectance(raw: xr.Dataset, names: list[str], offset: xr.DataArray, mask_clouds: bool) -> xr.Dataset:
@@ -731,12 +673,7 @@ def _offset_log(times: Any, groups: list[Hashable], items: list, rules: list) ->
 
 def _merge_groups(ds: xr.Dataset, group_of_slice: list[Hashable]) -> xr.Dataset:
     """Mosaic neighbouring time slices of one group (split only by their offset): first valid wins."""
-    runs: list[list[int]] = []
-    for i, key in enumerate(group_of_slice):
-        if runs and group_of_slice[runs[-1][0]] == key:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
+    runs = [[i for i, _ in run] for _, run in itertools.groupby(enumerate(group_of_slice), key=lambda p: p[1])]
     if len(runs) == len(group_of_slice):
         return ds
     pieces = []
@@ -744,17 +681,8 @@ def _merge_groups(ds: xr.Dataset, group_of_slice: list[Hashable]) -> xr.Dataset:
         merged = ds.isel(time=[run[0]])
         for i in run[1:]:
             other = ds.isel(time=[i]).assign_coords(time=merged.time)
-            merged = xr.Dataset(
-                {
-                    name: (
-                        merged[name].where(merged[name] != _NODATA, other[name])
-                        if name == "SCL"
-                        else merged[name].fillna(other[name])
-                    )
-                    for name in ds.data_vars
-                },
-                attrs=ds.attrs,
-            )
+            merged = xr.Dataset({name: merged[name].where(merged[name] != _NODATA, other[name]) if name == "SCL"
+                                 else merged[name].fillna(other[name]) for name in ds.data_vars}, attrs=ds.attrs)
             for name in ds.data_vars:
                 merged[name].attrs = ds[name].attrs
         pieces.append(merged)
