@@ -104,11 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return _multidate(args, argv)
     cfg = TrainConfig.from_json(args.config)
     cfg = _override(cfg, args.overrides)
-    run: dict = {}
-    if args.device is not None:
-        run["device"] = args.device
-    if args.threads is not None:
-        run["threads"] = args.threads
+    run = {key: value for key, value in (("device", args.device), ("threads", args.threads)) if value is not None}
     if run:
         cfg = cfg.replace(run=run)
     if args.steps is not None:

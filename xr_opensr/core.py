@@ -111,8 +111,8 @@ def superresolve(obj: xr.DataArray | xr.Dataset, samples: int = 10, **options: A
         spec, out = _build_graph(inp, spec, info, opts, geobox, patch=patch, overlap=overlap, crop=crop)
 
     # 5. xarray wrapping: coords from the 4x finer GeoBox, input dim order, attrs
-    ds = _wrap_result(out, inp, spec, opts, geometry.hr_geobox(geobox, info.scale), y_dim, x_dim, obj.rio.crs,
-                      patch=patch, overlap=overlap, crop=crop)
+    ds = _wrap(out, inp, spec, opts, geometry.hr_geobox(geobox, info.scale), y_dim, x_dim, obj.rio.crs,
+               patch=patch, overlap=overlap, crop=crop)
     ds.attrs.update(samples_grid)
     if LOOK_DIM in info.whole_dims:
         ds = ds.assign_coords(look_time=(("time", LOOK_DIM), _looks.look_times(inp.selection.coords["time"].values,
@@ -247,37 +247,16 @@ def _cropped_with_blended_samples(inp: _inputs.ModelInput, spec: _runtime.ModelS
 # --------------------------------------------------------------------------- output
 
 
-def _wrap_result(out: da.Array, inp: _inputs.ModelInput, spec: _runtime.ModelSpec, opts: RunOptions, hr: Any,
-                 y_dim: Hashable, x_dim: Hashable, crs: Any, *, patch: int, overlap: int, crop: bool) -> xr.Dataset:
-    """The graph's output as :func:`superresolve`'s Dataset (before encoding): on the 4x finer GeoBox ``hr``
-    (``crs`` and its transform written), in the input's dim and band order, with the attrs that
-    describe the run (from the model's info: the model itself, then what a chain adds)."""
-    sel = inp.selection
-    info = _runtime.get_model(spec.ref).info
-    ds = _wrap(out, inp, hr, y_dim, x_dim, opts.samples if opts.return_samples else 0, info.extra_outputs)
-    if sel.picks != list(range(len(sel.labels))):
-        ds = ds.isel({sel.band_dim: sel.picks})
-    sampling = {} if info.sampling is None else {
-        "steps": int(opts.steps if opts.steps is not None else info.sampling.steps),
-        "eta": float(opts.eta if opts.eta is not None else info.sampling.eta),
-    }
-    ds.attrs = {
-        "title": "Sentinel-2 4x super-resolution (xr-opensr)", "model": info.name, "model_version": info.version,
-        "samples": opts.samples, **sampling, "seed": opts.seed, "patch": patch, "overlap": overlap,
-        "tiling": "crop" if crop else "blend",
-        "scale": info.scale, "std_scale": float(info.std_scale), "histogram_matching": int(opts.histogram_matching),
-        "consistency": info.consistency, "units": "1 (surface reflectance)",
-        "resolution_m": GRID_RESOLUTION_M / info.scale, **dict(_runtime.get_model(spec).info.attrs),
-    }
-    return ds.rio.write_crs(crs).rio.write_transform(hr.affine)
-
-
-def _wrap(out: da.Array, inp: _inputs.ModelInput, hr: Any, y_dim: Hashable, x_dim: Hashable,
-          samples: int, extra: tuple[str, ...] = ()) -> xr.Dataset:
-    """The graph's (*lead, K, C, H, W) output as a Dataset (``sr``, ``uncertainty``, the model's ``extra``
-    per-pixel counts as uint8 without the band dim, and ``samples`` when ``samples`` > 0) on the HR GeoBox
-    ``hr``, dims in the input's order."""
+def _wrap(out: da.Array, inp: _inputs.ModelInput, spec: _runtime.ModelSpec, opts: RunOptions, hr: Any,
+          y_dim: Hashable, x_dim: Hashable, crs: Any, *, patch: int, overlap: int, crop: bool) -> xr.Dataset:
+    """The graph's (*lead, K, C, H, W) output as :func:`superresolve`'s Dataset (before encoding): ``sr``,
+    ``uncertainty``, the model's extra per-pixel counts as uint8 without the band dim, and ``samples`` with
+    ``return_samples``; on the 4x finer GeoBox ``hr`` (``crs`` and its transform written), in the input's dim
+    and band order, with the attrs that describe the run (from the model's info: the model itself, then what
+    a chain adds)."""
     sel, lead_dims = inp.selection, inp.lead_dims
+    info = _runtime.get_model(spec.ref).info
+    samples = opts.samples if opts.return_samples else 0
     canon = (*lead_dims, sel.band_dim, y_dim, x_dim)
     coords: dict[Hashable, Any] = {
         name: coord.variable for name, coord in sel.coords.items()
@@ -295,7 +274,7 @@ def _wrap(out: da.Array, inp: _inputs.ModelInput, hr: Any, y_dim: Hashable, x_di
         "uncertainty": xr.Variable(canon, unc, {"long_name": "calibrated per-band standard deviation of sr (the "
                                                              "samples' standard deviation)", **unit_attrs}),
     }
-    for k, name in enumerate(extra, start=2):
+    for k, name in enumerate(info.extra_outputs, start=2):
         plane = _plane(out, k, lead_nd, f"opensr-{name}-{token}")[(slice(None),) * lead_nd + (0,)]
         count = da.map_blocks(_count, plane, dtype=np.uint8, meta=np.empty((0,) * plane.ndim, dtype=np.uint8))
         variables[name] = xr.Variable([d for d in canon if d != sel.band_dim], count,
@@ -307,7 +286,22 @@ def _wrap(out: da.Array, inp: _inputs.ModelInput, hr: Any, y_dim: Hashable, x_di
                          "sr x sqrt(samples)), >= 0)", **unit_attrs})
         coords["sample"] = ("sample", np.arange(samples))
     ds = xr.Dataset(variables, coords=coords)
-    return ds.transpose(*(["sample"] if samples else []), *sel.out_dims, missing_dims="ignore")
+    ds = ds.transpose(*(["sample"] if samples else []), *sel.out_dims, missing_dims="ignore")
+    if sel.picks != list(range(len(sel.labels))):
+        ds = ds.isel({sel.band_dim: sel.picks})
+    sampling = {} if info.sampling is None else {
+        "steps": int(opts.steps if opts.steps is not None else info.sampling.steps),
+        "eta": float(opts.eta if opts.eta is not None else info.sampling.eta),
+    }
+    ds.attrs = {
+        "title": "Sentinel-2 4x super-resolution (xr-opensr)", "model": info.name, "model_version": info.version,
+        "samples": opts.samples, **sampling, "seed": opts.seed, "patch": patch, "overlap": overlap,
+        "tiling": "crop" if crop else "blend",
+        "scale": info.scale, "std_scale": float(info.std_scale), "histogram_matching": int(opts.histogram_matching),
+        "consistency": info.consistency, "units": "1 (surface reflectance)",
+        "resolution_m": GRID_RESOLUTION_M / info.scale, **dict(_runtime.get_model(spec).info.attrs),
+    }
+    return ds.rio.write_crs(crs).rio.write_transform(hr.affine)
 
 
 def _count(block: np.ndarray) -> np.ndarray:
