@@ -304,9 +304,7 @@ class TrainConfig(JsonConfig):
             current = getattr(self, key)
             if isinstance(value, dict) and dataclasses.is_dataclass(current):
                 kwargs[key] = dataclasses.replace(current, **value)
-            elif isinstance(value, dict) and isinstance(current, dict):
-                kwargs[key] = {**current, **value}
             else:
-                kwargs[key] = value
+                kwargs[key] = {**current, **value} if isinstance(value, dict) and isinstance(current, dict) else value
         return dataclasses.replace(self, **kwargs)
 

@@ -447,10 +447,8 @@ def evaluate_guided(cfg: GuidedTrainConfig, model_dir: Path, *, split: str = "he
     validation crops when there are any. Writes ``metrics.json`` (``metrics_val.json`` for "val") into
     ``out`` (default ``model_dir``).
     """
-    if split == "heldout":
-        crops = wald_crops("heldout", cfg, "all", cfg.eval_crop)
-    else:
-        crops = wald_crops("train", cfg, "val", cfg.eval_crop)
+    source, part = ("heldout", "all") if split == "heldout" else ("train", "val")
+    crops = wald_crops(source, cfg, part, cfg.eval_crop)
     model = load_guided(model_dir)
     torch.set_num_threads(max(1, cfg.threads))
     report = {

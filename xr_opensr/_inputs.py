@@ -281,11 +281,7 @@ def select_bands(obj, y_dim, x_dim, model_bands: tuple[str, ...], bands: Any) ->
             return _select_from_dataset(obj, y_dim, x_dim, model_bands, request, bands)
         obj = obj[spatial[0]]  # one cube variable with a band dim (e.g. a DataArray saved to Zarr)
     others = [d for d in obj.dims if d not in (y_dim, x_dim)]
-    candidates = []
-    for d in others:
-        labels = _dim_labels(obj, d)
-        found, missing = _match(labels, wanted)
-        candidates.append((d, labels, found, missing))
+    candidates = [(d, labels, *_match(labels, wanted)) for d in others for labels in [_dim_labels(obj, d)]]
     full = [c for c in candidates if not c[3]]
     if not full:
         named = [c for c in candidates if str(c[0]).lower() in BAND_DIM_NAMES]

@@ -69,10 +69,7 @@ def _select_time(da: xr.DataArray, time: Any, what: str) -> xr.DataArray:
     lead = [d for d in da.dims if d not in ("band", "y", "x")]
     for dim in lead:
         if dim == "time" and time is not None:
-            if isinstance(time, int | np.integer):
-                da = da.isel(time=int(time))
-            else:
-                da = da.sel(time=time, method="nearest")
+            da = da.isel(time=int(time)) if isinstance(time, int | np.integer) else da.sel(time=time, method="nearest")
         elif da.sizes[dim] == 1 or dim == "time":
             da = da.isel({dim: 0})
         else:

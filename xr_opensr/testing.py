@@ -279,10 +279,7 @@ def _land(rng: np.random.Generator, h: int, w: int, px: float, style: SceneStyle
     # --- water: a meandering river or a pond
     water = _spectrum(rng, "water")
     if rng.uniform() < 0.6:
-        if rng.uniform() < 0.5:
-            across, along, n_across = yy, xx, h
-        else:
-            across, along, n_across = xx, yy, w
+        across, along, n_across = (yy, xx, h) if rng.uniform() < 0.5 else (xx, yy, w)
         centre = rng.uniform(0.2, 0.8) * n_across
         amp = rng.uniform(20.0, 60.0) / px
         wavelength = rng.uniform(150.0, 400.0) / px
