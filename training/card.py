@@ -99,12 +99,6 @@ def _hardware(summary: dict[str, Any]) -> str:
     return f"{hw.get('device', '?')}: {where}"
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 # --------------------------------------------------------------------------- the parts of a card
 
 
@@ -120,7 +114,8 @@ def _metrics(metrics: dict[str, Any] | None, not_yet: str, figures: bool) -> lis
         return ["## Metrics", not_yet]
     goals = metrics.get("goals", {})
     lines = ["## Metrics", "", "| metric | value | goal |", "| --- | --- | --- |"]
-    lines += [f"| {key} | {_fmt(value)} | {goals.get(key, '')} |" for key, value in metrics.get("summary", {}).items()]
+    lines += [f"| {key} | {f'{value:.4g}' if isinstance(value, float) else value} | {goals.get(key, '')} |"
+              for key, value in metrics.get("summary", {}).items()]
     lines += ["", f"Settings: {json.dumps(metrics.get('settings', {}))}. Full numbers: `{METRICS_FILE}`."]
     if figures:
         lines += ["", "### Every figure", "", metrics_table(metrics).rstrip("\n")]

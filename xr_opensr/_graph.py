@@ -541,9 +541,13 @@ def superresolve_array(
     if x.ndim < 3 + whole:
         raise ValueError(f"x must be (*L, C, H, W) with {whole} whole leading dims, got shape {x.shape}")
     *all_lead, c, h, w = x.shape
-    lead_shape, lead_nd = all_lead[: len(all_lead) - whole], len(all_lead) - whole
+    lead_shape, lead_nd = tuple(all_lead[: len(all_lead) - whole]), len(all_lead) - whole
     grid = PatchGrid(h, w, patch, overlap, scale, crop)
-    lead_keys = _lead_keys(lead_keys, tuple(lead_shape))
+    if lead_keys is None:  # default: the flat index
+        lead_keys = np.arange(int(np.prod(lead_shape)), dtype=np.uint64).reshape(lead_shape)
+    lead_keys = np.asarray(lead_keys, dtype=np.uint64)
+    if lead_keys.shape != lead_shape:
+        raise ValueError(f"lead_keys must have shape {lead_shape}, got {lead_keys.shape}")
     conversion = tuple(None if v is None else np.asarray(v, dtype=np.float64)
                        for v in (band_scale, band_offset, band_nodata))
     target_block = TARGET_BLOCK_LR if target_block is None else target_block
@@ -570,16 +574,6 @@ def superresolve_array(
                   tuple(scale * v for v in ychunks), tuple(scale * v for v in xchunks))
     meta = np.empty((0,) * (lead_nd + 4), dtype=np.float32)
     return da.Array(tasks.graph(x), tasks.names["blend"], out_chunks, meta=meta, dtype=np.float32)
-
-
-def _lead_keys(lead_keys: np.ndarray | None, lead_shape: tuple[int, ...]) -> np.ndarray:
-    """The (*L,) uint64 seed keys of the leading elements (default: the flat index), shape checked."""
-    if lead_keys is None:
-        lead_keys = np.arange(int(np.prod(lead_shape)), dtype=np.uint64).reshape(lead_shape)
-    lead_keys = np.asarray(lead_keys, dtype=np.uint64)
-    if lead_keys.shape != lead_shape:
-        raise ValueError(f"lead_keys must have shape {lead_shape}, got {lead_keys.shape}")
-    return lead_keys
 
 
 def _block_extents(chunks: tuple[int, ...], stride: int, n_patches: int) -> list[tuple[int, int, int, int]]:

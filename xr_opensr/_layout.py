@@ -103,13 +103,9 @@ def _band_dim(obj: xr.DataArray) -> Hashable | None:
     return next((d for d in obj.dims if str(d).lower() in _BAND_NAMES), None)
 
 
-def _float_dtype(dtype: np.dtype) -> np.dtype:
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
-
-
 def _float_array(obj: ArrayLike) -> np.ndarray:
     arr = np.asarray(getattr(obj, "values", obj))
-    return arr.astype(_float_dtype(arr.dtype), copy=False)
+    return arr.astype(np.float64 if arr.dtype == np.float64 else np.float32, copy=False)
 
 
 def angle_map(p: np.ndarray, t: np.ndarray, axis: int) -> np.ndarray:

@@ -256,12 +256,6 @@ def _scene_key(item: pystac.Item) -> tuple[str, str, str] | None:
     return None
 
 
-def _same_footprint(a: pystac.Item, b: pystac.Item, tol: float = 0.01) -> bool:
-    if not a.bbox or not b.bbox or len(a.bbox) != len(b.bbox):
-        return False
-    return all(abs(float(x) - float(y)) <= tol for x, y in zip(a.bbox, b.bbox))
-
-
 def _drop_duplicates(items: list[pystac.Item]) -> tuple[list[pystac.Item], list[str]]:
     """Keep the first of each set of duplicate acquisitions, in the order given.
 
@@ -274,8 +268,9 @@ def _drop_duplicates(items: list[pystac.Item]) -> tuple[list[pystac.Item], list[
     dropped: list[str] = []
     for item in items:
         key = _scene_key(item)
-        first = next((k for k in kept if key is not None and _scene_key(k) == key
-                      and _same_footprint(k, item)), None)
+        first = next((k for k in kept if key is not None and _scene_key(k) == key and k.bbox and item.bbox
+                      and len(k.bbox) == len(item.bbox)  # and the same footprint, within 0.01 degree
+                      and all(abs(float(x) - float(y)) <= 0.01 for x, y in zip(k.bbox, item.bbox))), None)
         if first is None:
             kept.append(item)
         else:
@@ -419,19 +414,14 @@ def _run_search(client: Any, kwargs: dict[str, Any], datetime: Any) -> list[pyst
 
 
 # ------------------------------------------------------------------------------------ loading
-def _asset_key(item: pystac.Item, band: str, assets: Mapping[str, str]) -> str | None:
-    keys = (assets[band],) if band in assets else S2_BANDS[band]
-    return next((key for key in keys if key in item.assets), None)
-
-
 def _normalise(item: pystac.Item, bands: list[str], mask_clouds: bool,
                assets: Mapping[str, str]) -> pystac.Item:
     """A copy of ``item`` whose assets are exactly ``bands``, keyed by band name (B04, SCL...)."""
     keys = {}
     for band in bands:
-        key = _asset_key(item, band, assets)
+        looked = [assets[band]] if band in assets else list(S2_BANDS[band])
+        key = next((key for key in looked if key in item.assets), None)
         if key is None:
-            looked = [assets[band]] if band in assets else list(S2_BANDS[band])
             where = f"item {item.id!r} (collection {item.collection_id!r})"
             has = f"it has the assets {sorted(item.assets)}"
             if band == "SCL" and mask_clouds:

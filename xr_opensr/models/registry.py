@@ -105,13 +105,9 @@ def register(name: str, loader: Loader) -> None:
     _REGISTERED[name] = loader
 
 
-def _weights_root() -> Path:
-    return Path(str(resources.files("xr_opensr") / "weights"))
-
-
 @lru_cache(maxsize=1)
 def _shipped() -> dict[str, tuple[Path, str]]:
-    root = _weights_root()
+    root = Path(str(resources.files("xr_opensr") / "weights"))
     return {p.name: (p, _folder_kind(p)) for p in sorted(root.iterdir()) if (p / CONFIG_FILE).is_file()}
 
 
