@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from xr_opensr import metrics as M
 from xr_opensr.models import ModelConfig
 from xr_opensr.models.io import CONFIG_FILE
 
@@ -278,8 +279,6 @@ def consistency_baseline(net, cfg: TrainConfig):
 
 def image_metrics(img: np.ndarray, hr: np.ndarray, lr: np.ndarray, cfg: TrainConfig) -> dict[str, float]:
     """Every full-reference and consistency metric of SR images (N, C, H, W) vs HR, given their LR."""
-    from xr_opensr import metrics as M
-
     out = {"psnr": M.psnr(img, hr), "ssim": M.ssim(img, hr), "sam_deg": M.spectral_angle(img, hr),
            "consistency_db": M.reflectance_consistency(img, lr, cfg.model.scale)}
     if min(hr.shape[-2:]) >= 32:
@@ -294,8 +293,6 @@ def uncertainty_metrics(net, samples: np.ndarray, hr: np.ndarray, bicubic: np.nd
     ``summarize``: std_scale applied) vs |mean - HR|, beside the bicubic-gradient map's ranking.
     A model with a mean path (model v2: its samples depend on how many are drawn): the engine's mean and
     std for ``k`` samples of ``lr``."""
-    from xr_opensr import metrics as M
-
     gradient = M.gradient_magnitude(bicubic)
     out = {}
     for k in counts:
@@ -323,7 +320,6 @@ def score(net, hr: torch.Tensor, lr: torch.Tensor, cfg: TrainConfig, raw: np.nda
     consistency step): ``methods`` (:data:`METHODS` -> :func:`image_metrics` with the PSNR gains over
     bicubic and over bicubic + the consistency step), ``uncertainty`` (:func:`uncertainty_metrics` for
     ``evaluate.sample_counts`` and ``evaluate.samples``), the autoencoder's round trip and timings."""
-    from xr_opensr import metrics as M
     from xr_opensr.models.consistency import enforce_consistency
 
     ev, scale = cfg.evaluate, cfg.model.scale
@@ -468,7 +464,10 @@ def evaluate(cfg: TrainConfig, run_dir: Path, model_dir: Path, *, calibrate_firs
         results[name] = score(net, hr, lr, cfg, raw, regression)
         results[name]["timing"].update(sample_s_per_patch=sampling_s / len(lr),
                                        wall_s=round(time.perf_counter() - t_set, 1))
-        _grid(out_dir / f"{name}.png", net, hr, lr, with_consistency(net, raw[:4, :ev.samples], lr[:4]), cfg)
+        mean, std = net.summarize(with_consistency(net, raw[:4, :ev.samples], lr[:4]))
+        hr4, lr4 = hr[:4].numpy(), lr[:4].numpy()
+        save_grid(out_dir / f"{name}.png", {"LR": lr4, "bicubic": M.bicubic_upsample(lr4, cfg.model.scale),
+                                            "SR mean": mean, "HR": hr4, "std": std, "|err|": np.abs(mean - hr4)})
     summary: dict[str, Any] = {}
     for name, prefix in sets.items():
         if "methods" in results[name]:
@@ -490,11 +489,3 @@ def _write(results: dict[str, Any], cfg: TrainConfig, run_dir: Path, model_dir: 
         (folder / METRICS_FILE).write_text(text)
         (folder / EVAL_TABLE_FILE).write_text(table)
     write_card(model_dir, cfg, run_dir, results)
-
-
-def _grid(path: Path, net, hr, lr, samples, cfg: TrainConfig, n: int = 4) -> None:
-    from xr_opensr import metrics as M
-
-    mean, std = net.summarize(samples[:n])
-    save_grid(path, {"LR": lr[:n].numpy(), "bicubic": M.bicubic_upsample(lr[:n].numpy(), cfg.model.scale),
-                     "SR mean": mean, "HR": hr[:n].numpy(), "std": std, "|err|": np.abs(mean - hr[:n].numpy())})

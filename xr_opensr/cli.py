@@ -515,15 +515,6 @@ def _cloud(item: Any) -> float:
     return float(value) if value is not None else float("inf")
 
 
-def _load_for_bbox(stac: Any, items: Sequence[Any], bbox: Sequence[float], chunks: Any,
-                   bands: Sequence[str] | None = None) -> Any:
-    """``stac.load_s2`` of ``bands`` (``--bands``: "all", or names, loaded with the 10 m bands that guide
-    them; default the 10 m bands) cropped to the bbox, one dask block per ``chunks`` LR pixels."""
-    chunk_arg = {"x": chunks, "y": chunks} if isinstance(chunks, int) else None
-    load = "all" if _all_bands(bands) else list(dict.fromkeys([*stac.DEFAULT_BANDS, *(bands or ())]))
-    return stac.load_s2(list(items), bands=load, chunks=chunk_arg, bbox=tuple(bbox))
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     from . import _io
 
@@ -548,7 +539,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         day = best.datetime.date()
         items = [it for it in items if it.datetime.date() == day]  # the whole pass over the bbox
         _say(f"using the least cloudy: {best.id} ({day}, {len(items)} item(s) of that day)")
-    ds = _load_for_bbox(stac, items, bbox, args.chunks, args.bands)
+    # --bands: "all", or names, loaded with the 10 m bands that guide them; default the 10 m bands
+    load = "all" if _all_bands(args.bands) else list(dict.fromkeys([*stac.DEFAULT_BANDS, *(args.bands or ())]))
+    chunks = {"x": args.chunks, "y": args.chunks} if isinstance(args.chunks, int) else None
+    ds = stac.load_s2(items, bands=load, chunks=chunks, bbox=bbox)
     if not args.all and "time" in ds.dims and ds.sizes["time"] > 1:
         ds = ds.isel(time=[0])
     _say(f"loaded {dict(ds.sizes)}")

@@ -481,14 +481,6 @@ def _check_grid(items: list[pystac.Item], crs: Any) -> None:
     )
 
 
-def _check_assets(assets: Any) -> dict[str, str]:
-    if assets is None:
-        return {}
-    if not isinstance(assets, Mapping) or not all(isinstance(v, str) for v in assets.values()):
-        raise InputError(f"assets must map band names to asset keys, e.g. {{'B04': 'B04_10m'}}; got {assets!r}")
-    return {_canonical_band(band): key for band, key in assets.items()}
-
-
 def _group_key(groupby: Any) -> Callable[[Any, Any, int], Hashable]:
     """odc-stac's groupby as a key function ``(item, parsed, index) -> key``."""
     if callable(groupby):
@@ -589,7 +581,10 @@ def load_s2(
     if not (_is_real(resolution) and resolution > 0):
         raise InputError(f"resolution must be a positive number (metres for UTM); got {resolution!r}")
     bbox = _check_bbox(bbox) if bbox is not None else None
-    asset_map, base_key = _check_assets(assets), _group_key(groupby)
+    if assets is not None and not (isinstance(assets, Mapping) and all(isinstance(v, str) for v in assets.values())):
+        raise InputError(f"assets must map band names to asset keys, e.g. {{'B04': 'B04_10m'}}; got {assets!r}")
+    asset_map = {_canonical_band(band): key for band, key in (assets or {}).items()}
+    base_key = _group_key(groupby)
     odc_stac = _require("odc.stac", "xr_opensr.stac.load_s2 needs odc-stac")
     import rioxarray  # noqa: F401  (registers ds.rio: the result's CRS is ds.rio.crs)
 
