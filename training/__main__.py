@@ -33,6 +33,7 @@ from xr_opensr.errors import OpenSRError
 
 from .card import record_command
 from .config import TrainConfig
+from .loop import preview_data, setup_logging
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.json"
 STAGES = ("data", "autoencoder", "diffusion", "regression", "spread", "export", "evaluate", "guided", "evaluate-guided",
@@ -123,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_stage(args: argparse.Namespace, cfg: TrainConfig, run_dir: Path, model_dir: Path, progress: bool) -> None:
     """The stage ``args.stage`` of the diffusion model's recipe ``cfg``."""
-    from .loop import setup_logging
-
     if args.stage == "data":
-        from .loop import preview_data
-
         setup_logging(run_dir / "data" / "log.txt")
         if args.export_real is not None:
             from .data import export_real_split
@@ -179,8 +176,6 @@ def _guided(args: argparse.Namespace, argv: list[str]) -> int:
     import dataclasses
 
     from . import guided
-    from .loop import setup_logging
-
     config = args.config if args.config != DEFAULT_CONFIG else guided.DEFAULT_CONFIG
     cfg = guided.GuidedTrainConfig.from_json(config)
     if args.steps is not None:
@@ -201,8 +196,6 @@ def _multidate(args: argparse.Namespace, argv: list[str]) -> int:
     import torch
 
     from . import multidate
-    from .loop import setup_logging
-
     torch.set_num_threads(args.threads or 1)
     run_dir = args.out if args.out is not None else Path("runs") / "multidate"
     record_command(run_dir, argv)

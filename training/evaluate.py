@@ -40,9 +40,11 @@ import torch
 from xr_opensr import metrics as M
 from xr_opensr.models import ModelConfig
 from xr_opensr.models.io import CONFIG_FILE
+from xr_opensr.testing import SceneStyle
 
+from . import data
 from .card import METRICS_FILE, SETS, metrics_table, write_card
-from .config import EXTRA_SETS, TrainConfig
+from .config import EXTRA_SETS, FINE_SCENES, FINE_TEST_SCENE, TrainConfig
 from .loop import LOG, PairSampler, heldout_pairs, save_grid, setup_runtime, synthetic_pairs
 
 __all__ = ["EVAL_TABLE_FILE", "GOALS", "balanced_scale", "calibrate", "calibrate_v2", "calibration_domains", "evaluate", "evaluation_seeds", "fit_std_scale",
@@ -159,11 +161,6 @@ def calibration_domains(cfg: TrainConfig) -> dict[str, tuple[torch.Tensor, torch
     randomised one, the fine-texture styles of :data:`training.config.FINE_SCENES`, and the calibration
     half of the BigEarthNet patches (real; :func:`training.data.bigearthnet_pairs`). The unseen-domain and
     held-out sets are never used."""
-    from xr_opensr.testing import SceneStyle
-
-    from . import data
-    from .config import FINE_SCENES
-
     ev = cfg.evaluate
     seeds = range(ev.validation_seed, ev.validation_seed + ev.validation_items)
     fixed = fixed_sensor(cfg).degradation_config()
@@ -214,8 +211,6 @@ def unseen_pairs(cfg: TrainConfig, n: int | None = None) -> tuple[torch.Tensor, 
     """The unseen-domain set: (HR, LR) of ``n`` (default ``evaluate.unseen_items``) scenes of
     ``evaluate.unseen_scene`` (clouds with probability ``evaluate.unseen_clouds``) through the sensor of
     ``evaluate.unseen_degradation``, from seeds ``evaluate.unseen_seed + i``. Evaluation only."""
-    from . import data
-
     ev = cfg.evaluate
     n = ev.unseen_items if n is None else n
     pairs = data.synthetic_pairs(cfg.data_config(), cfg.unseen_degradation_config(), hr_size=cfg.hr_patch,
@@ -246,18 +241,11 @@ def _set_pairs(cfg: TrainConfig, name: str) -> tuple[torch.Tensor, torch.Tensor,
     if name == "real_heldout":
         return (*heldout_pairs(cfg, ev.real_items), 0)
     if name == "fine_texture":
-        from xr_opensr.testing import SceneStyle
-
-        from . import data
-        from .config import FINE_TEST_SCENE
-
         pairs = data.synthetic_pairs(cfg.data_config(), cfg.degradation_config(), hr_size=cfg.hr_patch,
                                      seeds=range(ev.test_seed, ev.test_seed + ev.test_items // 2),
                                      style=SceneStyle.from_dict(FINE_TEST_SCENE))
         return (*PairSampler(pairs).items(list(range(len(pairs)))), ev.test_seed)
     if name == "real_bigearthnet":
-        from . import data
-
         pairs = data.bigearthnet_pairs(cfg.degradation_config(), split="evaluation")
         return (*PairSampler(pairs).items(list(range(len(pairs)))), 0)
     return (*unseen_pairs(cfg), ev.unseen_seed)
