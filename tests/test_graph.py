@@ -312,6 +312,37 @@ def test_whole_core_dims_reach_the_kernel_whole_and_leave_the_output(chunks):
     np.testing.assert_array_equal(other, again)
 
 
+def context_kernel(patches: np.ndarray, seeds: np.ndarray, context: np.ndarray) -> np.ndarray:
+    """(N, T, C, P, P) looks, (N, T, 2) context -> (N, 2, C, 4P, 4P): the looks' mean plus the context's looks 1..
+    first components summed; then look 0's second component, everywhere."""
+    mean = np.nanmean(patches, axis=1) + context[:, 1:, 0].sum(axis=1)[:, None, None, None]
+    up = np.repeat(np.repeat(mean, 4, axis=-2), 4, axis=-1)
+    const = np.ones_like(up) * context[:, 0, 1][:, None, None, None]
+    return np.stack([up, const], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("chunks", [(1, 1, -1, 8, 8), (-1, -1, -1, -1, -1)])
+def test_context_reaches_each_patch_with_its_leading_element(chunks):
+    """``context`` (*L, ...) (e.g. each look's scene-level offset, computed from the whole image): the kernel
+    gets each patch's row, whatever the chunking of the input and of the context; tasks read it as a dependency."""
+    x = scene((2, 3, 2, 24, 20))  # (other, time, band, y, x)
+    ctx = np.stack([np.stack([np.full(3, 10.0 * (i + 1)), np.arange(3.0) + i], axis=-1) for i in range(2)])  # (2, 3, 2)
+    outs = []
+    for ctx_chunks in ((1, 3, 2), (2, 1, 1)):
+        out = superresolve_array(da.from_array(x, chunks=chunks), context_kernel, patch=P, overlap=4, n_outputs=2,
+                                 whole=1, context=da.from_array(ctx, chunks=ctx_chunks))
+        with raise_if_dask_computes():
+            out = out + 0
+        outs.append(out.compute())
+    np.testing.assert_array_equal(outs[0], outs[1])
+    want = np.repeat(np.repeat(np.nanmean(x, axis=1), 4, axis=-2), 4, axis=-1) + np.array([20.0, 40.0])[:, None, None, None]
+    np.testing.assert_allclose(outs[0][:, 0], want, rtol=1e-6)
+    assert (outs[0][0, 1] == 0).all() and (outs[0][1, 1] == 1).all()
+    with pytest.raises(ValueError, match="leading shape"):
+        superresolve_array(da.from_array(x), context_kernel, patch=P, overlap=4, n_outputs=2, whole=1,
+                           context=da.from_array(ctx[:1]))
+
+
 # --------------------------------------------------------------------------- crop (convolutional models)
 
 HALO = 2  # LR pixels: the receptive-field halo of conv_net

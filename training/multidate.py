@@ -229,8 +229,10 @@ def fit_std_ratio(recs: dict[Any, dict[str, np.ndarray]], coverage: float = 0.95
 
 
 #: the reconstruction's settings tried by :func:`fit` (the shared prior: the looks' single-date means averaged)
-FIT_GRID = ({"prior_weight": 0.1, "iterations": 25, "shared_prior": True},
-            {"prior_weight": 0.25, "iterations": 20, "shared_prior": True})
+#: the version the fit writes (0.3.0: the looks' scene-level shifts, Jacobi-preconditioned conjugate gradients)
+MODEL_VERSION = "0.3.0"
+FIT_GRID = ({"prior_weight": 0.1, "iterations": 16, "shared_prior": True, "preconditioner": "jacobi"},
+            {"prior_weight": 0.05, "iterations": 16, "shared_prior": True, "preconditioner": "jacobi"})
 
 
 def fit(out: Path, *, n_real: int = 4, n_syn: int = 2, n_fine: int = 1, n_bigearthnet: int = 6,
@@ -250,7 +252,7 @@ def fit(out: Path, *, n_real: int = 4, n_syn: int = 2, n_fine: int = 1, n_bigear
     sim = LookSimulation()
     trials = {}
     for i, settings in enumerate(grid):
-        cfg = MultiDateConfig(**settings)
+        cfg = MultiDateConfig(**settings, version=MODEL_VERSION)
         name = f"multidate-fit-{i}"
         registry.register(name, lambda device="auto", dtype=None, cfg=cfg: MultiDateModel(base, cfg))
         recs = run_sets(hrs, (4, 8), 0, name, sim)
@@ -259,7 +261,7 @@ def fit(out: Path, *, n_real: int = 4, n_syn: int = 2, n_fine: int = 1, n_bigear
         if progress:
             LOG.info("multidate fit: %s gain %+.3f dB (%.0f s)", name, gain, time.time() - t0)
     best = max(trials.values(), key=lambda t: t["psnr_gain_db_4_8"])
-    cfg = MultiDateConfig(**{k: v for k, v in best.items() if k != "psnr_gain_db_4_8"})
+    cfg = MultiDateConfig(**{k: v for k, v in best.items() if k != "psnr_gain_db_4_8"}, version=MODEL_VERSION)
     registry.register("multidate-fit-best", lambda device="auto", dtype=None: MultiDateModel(base, cfg))
     recs = run_sets(hrs, KS, 1, "multidate-fit-best", sim)
     if patches:  # another size: their own records, pooled for the std ratio

@@ -74,8 +74,8 @@ __all__ = [
     "TARGET_BLOCK_LR",
 ]
 
-#: ``kernel(patches (N, C, P, P) float32, seeds (N,) uint64) -> (N, K, C, sP, sP) float32``
-Kernel = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: ``kernel(patches (N, C, P, P) float32, seeds (N,) uint64[, context (N, ...)]) -> (N, K, C, sP, sP) float32``
+Kernel = Callable[..., np.ndarray]
 
 #: largest output block side in LR pixels chosen when the input chunks are larger (or numpy)
 TARGET_BLOCK_LR = 128
@@ -241,6 +241,7 @@ def _patch_block(
     bottom: np.ndarray | None,
     right: np.ndarray | None,
     corner: np.ndarray | None,
+    context: np.ndarray | None = None,
     *,
     kernel: Kernel,
     grid: PatchGrid,
@@ -260,7 +261,8 @@ def _patch_block(
     consumes, whole in every block; the kernel gets (N, *W, C, P, P) and returns no ``W``), ``bottom``/``right``/``corner`` the halo
     strips of the next blocks (None when not needed); ``origin`` the global LR (row, col) of
     ``main[..., 0, 0]``; ``rects`` global patch index ranges ``(i0, i1, j0, j1)``; ``keys``
-    (*L,) the leading elements' seed keys.
+    (*L,) the leading elements' seed keys; ``context`` (*L, ...) the block's rows of
+    :func:`superresolve_array`'s ``context`` (None: none), passed to the kernel per patch.
     Returns one (*L, i1 - i0, j1 - j0, K, C, s*P, s*P) float32 array per rect; NaN for
     all-nodata patches, which never reach the kernel.
     """
@@ -277,6 +279,7 @@ def _patch_block(
     valid = np.isfinite(x[..., :guide_channels, :, :]).all(axis=-3)
     valid = valid.reshape((valid.shape[0], -1, *valid.shape[-2:])).any(axis=1)
     batch, seeds, where = [], [], []
+    ctx = None if context is None else context.reshape((-1, *context.shape[len(lead):]))
     for r, (i0, i1, j0, j1) in enumerate(rects):
         for lead_i, i, j in itertools.product(range(x.shape[0]), range(i0, i1), range(j0, j1)):
             ys = slice(i * S - r0, min(i * S + P, grid.height) - r0)
@@ -286,7 +289,12 @@ def _patch_block(
             batch.append(_pad_patch(x[lead_i, ..., ys, xs], P, guide_channels, reference_first))
             seeds.append(patch_seed(seed, int(flat_keys[lead_i]), i, j))
             where.append((r, lead_i, i - i0, j - j0))
-    res = np.asarray(kernel(np.stack(batch), np.asarray(seeds, dtype=np.uint64)), np.float32) if batch else None
+    res = None
+    if batch:
+        args = (np.stack(batch), np.asarray(seeds, dtype=np.uint64))
+        if ctx is not None:
+            args += (ctx[[lead_i for _, lead_i, _, _ in where]],)
+        res = np.asarray(kernel(*args), np.float32)
     counts = [math.prod(shape[:3]) for shape in shapes]
     if batch and len(where) == sum(counts):  # no all-nodata patch: res is the rects in order, no copy
         bounds = np.cumsum([0, *counts])
@@ -445,6 +453,7 @@ def _finish_block(
     top: np.ndarray | None,
     left: np.ndarray | None,
     corner: np.ndarray | None,
+    context: np.ndarray | None = None,
     *,
     interior: dict | None,
     blend: dict,
@@ -455,7 +464,7 @@ def _finish_block(
     The interior patches are needed by this block only, so they are made here and never wait in
     the scheduler's memory for a neighbour.
     """
-    inner = None if interior is None else _patch_block(main, None, None, None, **interior)
+    inner = None if interior is None else _patch_block(main, None, None, None, context, **interior)
     return _blend_block(inner, spill, top, left, corner, **blend)
 
 
@@ -499,6 +508,7 @@ def superresolve_array(
     whole: int = 0,
     crop: bool = False,
     reference_first: bool = False,
+    context: da.Array | None = None,
 ) -> da.Array:
     """Lazy patch-wise super-resolution of a dask array.
 
@@ -532,6 +542,9 @@ def superresolve_array(
         model run on the whole image.
     reference_first : the first whole dim's first entry is the reference, the others extra looks:
         past the image edge, only the reference is padded by reflection, the others with NaN.
+    context : optional (*L, ...) dask array, per leading element (e.g. each look's scene-level offset from its
+        date, computed from the whole image): the kernel is then called as ``kernel(patches, seeds, context)``
+        with each patch's row (N, ...); rechunked to ``x``'s leading chunks, whole along the rest.
 
     Returns
     -------
@@ -558,13 +571,18 @@ def superresolve_array(
     xchunks = _tile_chunks(w, grid.stride, block_tiles[1])
     x = x.rechunk((*x.chunks[:lead_nd], *((n,) for n in all_lead[lead_nd:]), (c,), ychunks, xchunks))
 
+    if context is not None:
+        if tuple(context.shape[:lead_nd]) != tuple(lead_shape):
+            raise ValueError(f"context must have the leading shape {tuple(lead_shape)}, got {context.shape}")
+        context = context.rechunk((*x.chunks[:lead_nd], *((n,) for n in context.shape[lead_nd:])))
     token = tokenize(x.name, kernel, grid, n_outputs, seed, lead_keys, conversion, block_tiles, guide_channels, whole,
-                     reference_first)
+                     reference_first, None if context is None else context.name)
     args = dict(kernel=kernel, grid=grid, seed=seed, n_outputs=n_outputs, conversion=conversion,
                 guide_channels=guide_channels)
     if whole:
         args = {**args, "whole": whole, **({"reference_first": True} if reference_first else {})}
-    tasks = _BlockTasks({k: f"opensr-{k}-{token}" for k in _LAYER_DEPS}, x.name, ychunks, xchunks, grid, args)
+    tasks = _BlockTasks({k: f"opensr-{k}-{token}" for k in _LAYER_DEPS}, x.name, ychunks, xchunks, grid, args,
+                        context=None if context is None else (context.name, context.ndim - lead_nd))
     lead_offsets = [np.concatenate([[0], np.cumsum(ch)]) for ch in x.chunks[:lead_nd]]
     for lb in itertools.product(*[range(len(ch)) for ch in x.chunks[:lead_nd]]):
         keys = lead_keys[tuple(slice(off[i], off[i + 1]) for off, i in zip(lead_offsets, lb))]
@@ -573,7 +591,7 @@ def superresolve_array(
     out_chunks = (*x.chunks[:lead_nd], (n_outputs,), (c,),
                   tuple(scale * v for v in ychunks), tuple(scale * v for v in xchunks))
     meta = np.empty((0,) * (lead_nd + 4), dtype=np.float32)
-    return da.Array(tasks.graph(x), tasks.names["blend"], out_chunks, meta=meta, dtype=np.float32)
+    return da.Array(tasks.graph(x, context), tasks.names["blend"], out_chunks, meta=meta, dtype=np.float32)
 
 
 def _block_extents(chunks: tuple[int, ...], stride: int, n_patches: int) -> list[tuple[int, int, int, int]]:
@@ -601,12 +619,15 @@ class _BlockTasks:
 
     ``names``: layer -> task name; ``src``: the (rechunked) input's name; ``ychunks``/``xchunks``: its
     spatial chunks (whole tiles); ``task_args``: the patch arguments every block shares (kernel,
-    grid, seed, n_outputs, conversion).
+    grid, seed, n_outputs, conversion); ``context``: (name, number of non-leading dims) of the kernel's
+    per-leading-element context array, or None.
     """
 
     def __init__(self, names: dict[str, str], src: str, ychunks: tuple[int, ...], xchunks: tuple[int, ...],
-                 grid: PatchGrid, task_args: dict) -> None:
+                 grid: PatchGrid, task_args: dict, context: tuple[str, int] | None = None) -> None:
         self.names, self.src, self.grid, self.task_args = names, src, grid, task_args
+        self.context = context
+        self.ctx_key = None
         stride, ov = grid.stride, grid.overlap
         self.yb = _block_extents(ychunks, stride, grid.rows)
         self.xb = _block_extents(xchunks, stride, grid.cols)
@@ -623,6 +644,8 @@ class _BlockTasks:
         src = (self.src, *lb, *(0,) * self.task_args.get("whole", 0), 0, bi, bj)
         origin = (self.yb[bi][2], self.xb[bj][2])
         patch_args = dict(origin=origin, keys=keys, **self.task_args)
+        if self.context is not None:
+            self.ctx_key = (self.context[0], *lb, *(0,) * self.context[1])
         self._add_halos(src, lb, bi, bj)
         sr, sc = self._add_spill(src, lb, bi, bj, patch_args)
         self._add_blend(src, lb, bi, bj, (sr, sc), patch_args)
@@ -653,6 +676,7 @@ class _BlockTasks:
             (names["halo-row"], *lb, bi + 1, bj) if sr else None,
             (names["halo-col"], *lb, bi, bj + 1) if sc else None,
             (names["halo-corner"], *lb, bi + 1, bj + 1) if sr and sc else None,
+            self.ctx_key,
         )
         stops = {}
         if self.grid.crop:  # the next blocks read the spill patches' centres only
@@ -690,15 +714,22 @@ class _BlockTasks:
             (names["edge-row"], *lb, bi - 1, bj) if prev_r else None,
             (names["edge-col"], *lb, bi, bj - 1) if prev_c else None,
             (names["edge-corner"], *lb, bi - 1, bj - 1) if prev_rc else None,
+            self.ctx_key,
         )
 
-    def graph(self, x: da.Array) -> HighLevelGraph:
-        """``x``'s graph plus the non-empty layers (halo and edge layers are empty without overlap)."""
+    def graph(self, x: da.Array, context: da.Array | None = None) -> HighLevelGraph:
+        """``x``'s graph (and ``context``'s) plus the non-empty layers (halo and edge layers are empty
+        without overlap)."""
         names = {**self.names, "x": x.__dask_layers__()[0]}
         hlg_layers = dict(x.dask.layers)
         hlg_deps = dict(x.dask.dependencies)
+        if context is not None:
+            hlg_layers.update(context.dask.layers)
+            hlg_deps.update(context.dask.dependencies)
         for k, tasks in self.layers.items():
             if tasks:
                 hlg_layers[names[k]] = MaterializedLayer(tasks)
                 hlg_deps[names[k]] = {names[d] for d in _LAYER_DEPS[k] if d == "x" or self.layers[d]}
+                if context is not None and k in ("spill", "blend"):
+                    hlg_deps[names[k]].add(context.__dask_layers__()[0])
         return HighLevelGraph(hlg_layers, hlg_deps)

@@ -397,14 +397,15 @@ def kernel_for(spec: _runtime.ModelSpec):
     return functools.partial(_checked_kernel, spec)
 
 
-def _checked_kernel(spec: _runtime.ModelSpec, patches: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+def _checked_kernel(spec: _runtime.ModelSpec, patches: np.ndarray, seeds: np.ndarray,
+                    context: np.ndarray | None = None) -> np.ndarray:
     """:func:`_kernel.run_patches` between the value checks of its input and its output.
 
     Runs inside the graph's tasks (the data are only known there): an implausible input raises
     InputError, NaN/inf results for valid pixels raise ModelError, all-zero bands warn.
     """
     _check_reflectance(spec, patches)
-    out = _kernel.run_patches(spec, patches, seeds)
+    out = _kernel.run_patches(spec, patches, seeds, context)
     _check_result(spec, patches, out)
     return out
 

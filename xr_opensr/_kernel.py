@@ -34,7 +34,8 @@ def reset_kernel_stats() -> None:
         _STATS.update(calls=0, patches=0)
 
 
-def run_patches(spec: ModelSpec, patches: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+def run_patches(spec: ModelSpec, patches: np.ndarray, seeds: np.ndarray, context: np.ndarray | None = None
+                ) -> np.ndarray:
     """Super-resolve a stack of LR patches with the model of ``spec``, in one ``model.run`` call.
 
     Parameters
@@ -44,6 +45,8 @@ def run_patches(spec: ModelSpec, patches: np.ndarray, seeds: np.ndarray) -> np.n
         core dims, none for a single-date model); NaN = nodata.
     seeds : (N,) non-negative integers, the noise seed of each patch (its result depends only on
         its own seed, not on its batch mates).
+    context : the scene-level input of a model that declares one (``info.context``), per patch (N, ...); None
+        for the others.
 
     Returns
     -------
@@ -58,7 +61,10 @@ def run_patches(spec: ModelSpec, patches: np.ndarray, seeds: np.ndarray) -> np.n
     net = get_model(spec)
     threads = spec.cpu_threads if net.device.type == "cpu" else None
     with model_lock(net), torch_threads(threads):
-        out = net.run(patches, seeds.astype(np.uint64), spec.options)
+        if context is None:
+            out = net.run(patches, seeds.astype(np.uint64), spec.options)
+        else:
+            out = net.run(patches, seeds.astype(np.uint64), spec.options, context=context)
     with _STATS_LOCK:
         _STATS["calls"] += 1
         _STATS["patches"] += patches.shape[0]

@@ -108,7 +108,14 @@ def superresolve(obj: xr.DataArray | xr.Dataset, samples: int = 10, **options: A
     if crop and opts.return_samples:
         spec, out, samples_grid = _cropped_with_blended_samples(inp, spec, info, opts, geobox, patch, overlap)
     else:
-        spec, out = _build_graph(inp, spec, info, opts, geobox, patch=patch, overlap=overlap, crop=crop)
+        context = None
+        if info.context == "look_shift":
+            context = look_shift
+        elif info.context is not None:
+            raise InputError(f"model {info.name!r} asks for the context {info.context!r}, which this version does not "
+                             "compute (known: 'look_shift'); update xr-opensr or the model")
+        spec, out = _build_graph(inp, spec, info, opts, geobox, patch=patch, overlap=overlap, crop=crop,
+                                 context=context)
 
     # 5. xarray wrapping: coords from the 4x finer GeoBox, input dim order, attrs
     ds = _wrap(out, inp, spec, opts, geometry.hr_geobox(geobox, info.scale), y_dim, x_dim, obj.rio.crs,
@@ -213,9 +220,11 @@ def _guided_spec(spec: _runtime.ModelSpec, model20: Any, bands20: tuple[str, ...
 
 
 def _build_graph(inp: _inputs.ModelInput, spec: _runtime.ModelSpec, info: ModelInfo, opts: RunOptions, geobox: Any, *,
-                 patch: int, overlap: int, crop: bool) -> tuple[_runtime.ModelSpec, da.Array]:
+                 patch: int, overlap: int, crop: bool, context: da.Array | None = None
+                 ) -> tuple[_runtime.ModelSpec, da.Array]:
     """The lazy (*lead, K, C, H, W) output of the selected bands, and ``spec`` with the 20 m path
-    (the model's chain with the 20 m model) when 20 m bands are among them."""
+    (the model's chain with the 20 m model) when 20 m bands are among them; ``context``: the model's
+    scene-level input (``info.context``), per leading element."""
     sel = inp.selection
     bands20 = sel.bands20(tuple(info.bands))
     if bands20:
@@ -224,6 +233,7 @@ def _build_graph(inp: _inputs.ModelInput, spec: _runtime.ModelSpec, info: ModelI
         inp.data, _inputs.kernel_for(spec), patch=patch, overlap=overlap, n_outputs=spec.n_outputs, seed=opts.seed,
         scale=info.scale, lead_keys=inp.keys, band_scale=sel.scale, band_offset=sel.offset, band_nodata=sel.nodata,
         guide_channels=len(info.bands), whole=len(info.whole_dims), crop=crop, reference_first=info.reference_first,
+        context=context,
     )
     return spec, out
 

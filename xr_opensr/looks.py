@@ -31,6 +31,9 @@ DEFAULT_LOOKS = 8
 SHIFT_DIM = "shift"
 #: the largest side (LR pixels) of the central window on which ``look_shift`` is estimated
 SHIFT_WINDOW = 256
+#: the Gauss-Newton stopping step (LR pixels) of ``look_shift``'s estimates (a thousandth of a pixel: well
+#: below the registration's own accuracy, two steps fewer than its default)
+LOOK_SHIFT_TOL = 1e-3
 
 
 def window_of(name: str, value: Any) -> pd.Timedelta:
@@ -137,7 +140,7 @@ def _block_shifts(block: np.ndarray, *, conversion: tuple, lead: int) -> np.ndar
             valid = valid0 & np.isfinite(refl[j]).all(axis=0)
             if not valid.any():
                 continue
-            shift, quality = estimate_shift(ref, refl[j], valid, return_quality=True)
+            shift, quality = estimate_shift(ref, refl[j], valid, return_quality=True, tol=LOOK_SHIFT_TOL)
             if quality.ok:
                 out[k, j] = shift
     return out.reshape(*shape, *out.shape[1:])
@@ -157,7 +160,8 @@ def look_shift_attrs(window: tuple[int, int, int, int]) -> dict[str, Any]:
         "method": "scene-level estimate: xr_opensr.registration.estimate_shift(..., return_quality=True) of each "
                   "look against the date on the central window of the input (at most "
                   f"{SHIFT_WINDOW} x {SHIFT_WINDOW} LR pixels), on the model's bands and the pixels valid in both; "
-                  "the model re-estimates the shift per patch for the fusion",
+                  "the multi-date model uses it for the fusion (with a per-band gain and offset per patch; where it is NaN "
+                  "the model registers the look per patch)",
         "window_lr_pixels": [int(y0), int(y1), int(x0), int(x1)],
         "missing": "NaN: no look (fewer dates within the window), no common valid pixel, or the look could not be "
                    "registered (quality not ok: too few valid pixels, no texture, low correlation such as cloud or "

@@ -67,6 +67,10 @@ class ModelInfo:
     reference_first : the first entry of the first whole core dim is the reference (a multi-date model's
         date asked for), the others extra looks: past the image edge only the reference is mirrored, the
         others are NaN.
+    context : a scene-level input the model takes besides its patches, computed by ``superresolve`` from the
+        whole input and passed to :meth:`Model.run` as ``context`` (one row per patch): ``"look_shift"``, each
+        look's sub-pixel offset from the date asked for, (N, L, 2) LR pixels, NaN where unknown
+        (:func:`xr_opensr.looks.look_shifts`); None: none.
     sampling : the sampler's settings for a stochastic model; None: ``steps``/``eta`` mean nothing.
     mean_without_samples : ``samples=0`` gives the mean alone (a deterministic mean path, e.g. a mean
         network); False: the model needs ``samples >= 1``.
@@ -88,6 +92,7 @@ class ModelInfo:
     outputs: tuple[str, ...] = ("mean", "std", "samples")
     extra_outputs: tuple[str, ...] = ()
     reference_first: bool = False
+    context: str | None = None
     sampling: Sampling | None = None
     mean_without_samples: bool = False
     std_scale: float = 1.0
@@ -143,4 +148,5 @@ class Model(Protocol):
 
     def run(self, patches: Any, seeds: Any, options: SampleOptions) -> Any:  # pragma: no cover - protocol
         """(N, *W, C_in, P, P) float32 LR reflectance, (N,) seeds -> (N, K, C_out, sP, sP) float32 (K: mean,
-        std, then ``info.extra_outputs``, then the samples when asked for)."""
+        std, then ``info.extra_outputs``, then the samples when asked for). A model that declares
+        ``info.context`` also takes ``context=`` (N, ...), that input's row for each patch."""

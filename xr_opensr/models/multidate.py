@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import hashlib
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -75,6 +76,8 @@ class MultiDateConfig(JsonConfig):
     std_ratio : the standard deviation's factor by number of looks used (entry n-1 for n looks; the last
         entry for more); the first entry is 1.
     disagreement : factor of the looks' RMS residual added to the standard deviation.
+    preconditioner : of the conjugate gradients: ``"jacobi"`` (the normal operator's diagonal: the prior's
+        weight varies per pixel, and so does its scale) or ``"none"``.
     provenance : how the parameters were fitted (command, data, date).
     """
 
@@ -91,6 +94,7 @@ class MultiDateConfig(JsonConfig):
     shared_prior: bool = False
     std_ratio: tuple[float, ...] = (1.0,)
     disagreement: float = 0.0
+    preconditioner: str = "none"
     provenance: dict = dataclasses.field(default_factory=dict)
 
     WHERE: ClassVar[str] = "multi-date model config"
@@ -98,6 +102,8 @@ class MultiDateConfig(JsonConfig):
     @classmethod
     def from_json(cls, path: str | Path) -> MultiDateConfig:
         cfg = cls.from_dict(read_config_json(path, cls.WHERE, "write it with python -m training multidate"))
+        if cfg.preconditioner not in ("none", "jacobi"):
+            raise ConfigError(f"{path}: preconditioner must be 'none' or 'jacobi', got {cfg.preconditioner!r}")
         if cfg.kind != "multidate" or not cfg.std_ratio or cfg.std_ratio[0] != 1.0 or min(cfg.std_ratio) <= 0:
             raise ConfigError(f"{path}: kind must be 'multidate' and std_ratio positive, starting with 1.0 (one look "
                               f"is the single-date result), got kind={cfg.kind!r}, std_ratio={cfg.std_ratio}")
@@ -185,20 +191,69 @@ def _register(ref: np.ndarray, look: np.ndarray, valid: np.ndarray) -> tuple[Any
     return shift, quality, gross
 
 
-def _conjugate_gradients(normal: Any, b: Any, x: Any, iterations: int) -> Any:
-    """``iterations`` conjugate-gradient steps on ``normal(x) = b`` from ``x`` (a tensor, updated in place)."""
+#: a patch's fitted gain is used where the look correlates with the reference at least this much (the
+#: registration's ``min_correlation``) ...
+MIN_CORRELATION = 0.5
+#: ... and every band's gain lies in this range; else gain 1 and the median difference as the offset (a flat
+#: or noisy patch: a fitted gain would shrink towards 0 with the correlation; a cloud: the change test)
+GAIN_RANGE = (0.5, 2.0)
+
+
+def _gain_offset(ref: np.ndarray, look: np.ndarray, valid: np.ndarray, shift: tuple[float, float]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The per-band gain and offset (C, 1, 1) with ``look`` moved onto ``ref`` by ``-shift`` times gain plus
+    offset ~ ``ref`` on the pixels valid in both: least squares, then once more with Huber weights, where the
+    patch has the texture for it (:data:`MIN_CORRELATION`, :data:`GAIN_RANGE`); else gain 1 and the median
+    difference."""
+    from ..registration import shift_image
+
+    c = ref.shape[0]
+    moved = shift_image(look, (-shift[0], -shift[1]))
+    ok = valid & np.isfinite(moved).all(axis=0)
+    if not ok.any():
+        return np.ones((c, 1, 1)), np.zeros((c, 1, 1))
+    x, y = moved[:, ok], ref[:, ok]  # (C, n)
+    plain = np.ones((c, 1, 1)), np.median(y - x, axis=1)[:, None, None]
+    xc, yc = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
+    sxx, syy, sxy = (xc * xc).sum(axis=1), (yc * yc).sum(axis=1), (xc * yc).sum(axis=1)
+    if ok.sum() < 16 or not ((sxx > 1e-20).all() and (syy > 1e-20).all()):
+        return plain
+    if float(np.mean(sxy / np.sqrt(sxx * syy))) < MIN_CORRELATION:
+        return plain
+    gain = sxy / sxx
+    offset = y.mean(axis=1) - gain * x.mean(axis=1)
+    residual = y - (gain[:, None] * x + offset[:, None])  # one Huber step against outliers (objects, clouds)
+    scale = np.maximum(1.4826 * np.median(np.abs(residual - np.median(residual, axis=1, keepdims=True)), axis=1),
+                       1e-6)[:, None]
+    w = np.minimum(1.0, 1.345 * scale / np.maximum(np.abs(residual), 1e-300))
+    sw = w.sum(axis=1)
+    xm, ym = (w * x).sum(axis=1) / sw, (w * y).sum(axis=1) / sw
+    sxx = (w * (x - xm[:, None]) ** 2).sum(axis=1)
+    gain = np.where(sxx > 1e-20, (w * (x - xm[:, None]) * (y - ym[:, None])).sum(axis=1) / np.maximum(sxx, 1e-300),
+                    gain)
+    offset = ym - gain * xm
+    if not (GAIN_RANGE[0] <= gain.min() and gain.max() <= GAIN_RANGE[1]):
+        return plain
+    return gain[:, None, None], offset[:, None, None]
+
+
+def _conjugate_gradients(normal: Any, b: Any, x: Any, iterations: int, inverse_diagonal: Any = None) -> Any:
+    """``iterations`` conjugate-gradient steps on ``normal(x) = b`` from ``x`` (a tensor, updated in place);
+    preconditioned by ``inverse_diagonal`` (Jacobi: one over the normal operator's diagonal) when given."""
     r = b - normal(x)
-    direction = r.clone()
-    rr = float((r * r).sum())
+    z = r if inverse_diagonal is None else inverse_diagonal * r
+    direction = z.clone()
+    rz = float((r * z).sum())
     for _ in range(iterations):
-        if rr == 0.0:
+        if rz == 0.0:
             break
         q = normal(direction)
-        alpha = rr / float((direction * q).sum())
+        alpha = rz / float((direction * q).sum())
         x += alpha * direction
         r -= alpha * q
-        rr, rr_old = float((r * r).sum()), rr
-        direction = r + (rr / rr_old) * direction
+        z = r if inverse_diagonal is None else inverse_diagonal * r
+        rz, rz_old = float((r * z).sum()), rz
+        direction = z + (rz / rz_old) * direction
     return x
 
 
@@ -216,14 +271,16 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
 
 
 def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, max_looks: int, scale: int = 4,
-               prior_std: np.ndarray | None = None, look_means: Any = None
+               prior_std: np.ndarray | None = None, look_means: Any = None, scene_shifts: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float] | None]]:
     """One patch: ``looks`` (L, C, p, p) LR reflectance (look 0 the reference, NaN nodata), ``x0`` (C, sp, sp)
     its single-date mean (finite where the reference is valid); ``look_means``: the single-date means of the
     looks, (L, C, sp, sp) (NaN where not computed) or a function of a list of look indices giving theirs
     (n, C, sp, sp) (called once, for the looks used only), moved onto the reference's grid and radiometry and
     averaged with ``x0`` over the looks used at each pixel into the prior's mean (the same detail whatever the
-    date asked for). Returns (mean (C, sp, sp) float64, looks used (p, p), looks left out as changed (p, p),
+    date asked for). ``scene_shifts`` (L, 2): each look's scene-level offset from the reference (LR pixels,
+    NaN unknown; :func:`xr_opensr.looks.look_shifts`), used where known (:func:`_register_looks`).
+    Returns (mean (C, sp, sp) float64, looks used (p, p), looks left out as changed (p, p),
     RMS residual of the used looks (p, p), each look's shift or None where it was left out)."""
     import torch
 
@@ -235,7 +292,7 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
     n_hr = scale * p
     used = valid0.astype(np.int32)
     # 1. each look registered (shift, gain, offset) or left out
-    registered, shifts, changed = _register_looks(looks, ref, valid0, config.min_valid)
+    registered, shifts, changed = _register_looks(looks, ref, valid0, config.min_valid, scene_shifts)
     # 2. change: residuals against x0 moved onto each look (one batched product), the looks used per pixel
     terms_y, terms_w, terms_ops, taken = [np.where(valid0, ref, 0.0)], [valid0.astype(np.float64)], [(0.0, 0.0)], []
     spread = None
@@ -284,23 +341,31 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
     band = _band(ops[0], len(terms_ops), p, n_hr, scale) if len(terms_ops) >= _BAND_LOOKS else None
 
     def normal(x: Any) -> Any:
-        data = _backward(ops, w_fast * _forward(ops, x.reshape(n_hr, c * n_hr).to(fast), band))
+        data = _backward(ops, w_fast * _forward(ops, x.reshape(n_hr, c * n_hr).to(fast), band), band)
         return mu_t * x + data.to(torch.float64).reshape(n_hr, c, n_hr)
 
     b = mu_t * start + _backward(ops64, w * y).reshape(n_hr, c, n_hr)
-    x = _conjugate_gradients(normal, b, start.clone(), config.iterations)
+    inverse_diagonal = None
+    if config.preconditioner == "jacobi":  # the diagonal: mu plus each look's squared operator weighted
+        squared = tuple(op * op for op in ops64)
+        inverse_diagonal = 1.0 / (mu_t + _backward(squared, w).reshape(n_hr, c, n_hr))
+    x = _conjugate_gradients(normal, b, start.clone(), config.iterations, inverse_diagonal)
     sq = (w_plain * (y - _forward(ops64, x.reshape(n_hr, c * n_hr))) ** 2).mean(dim=2).sum(dim=0)
     rms = np.sqrt(sq.numpy() / np.maximum(used, 1))
     x = x.permute(1, 0, 2).numpy().astype(np.float64)
     return np.where(_up(used <= 1, scale), x0, x), used, changed, rms, shifts
 
 
-def _register_looks(looks: np.ndarray, ref: np.ndarray, valid0: np.ndarray, min_valid: float
+def _register_looks(looks: np.ndarray, ref: np.ndarray, valid0: np.ndarray, min_valid: float,
+                    scene_shifts: np.ndarray | None = None
                     ) -> tuple[list[tuple], list[tuple[float, float] | None], np.ndarray]:
-    """Step 1 of :func:`fuse_looks`: every look 1.. registered to ``ref`` or left out. Returns the registered
-    ones as (look index, shift, gain (C, 1, 1), offset (C, 1, 1), valid), each look's shift (None: left out),
-    and per LR pixel the looks left out where they disagree (an unregistrable look's gross differences; an
-    uncorrelated look: all its valid pixels)."""
+    """Step 1 of :func:`fuse_looks`: every look 1.. registered to ``ref`` or left out. A look whose scene-level
+    shift is known (``scene_shifts`` (L, 2), finite) takes it, with the patch's own per-band gain and offset
+    (:func:`_gain_offset`; where it disagrees, an unmasked cloud or a change, the change test of step 2 leaves
+    its pixels out); the others are registered on the patch (:func:`_register`), or left out. Returns the registered ones as (look index,
+    shift, gain (C, 1, 1), offset (C, 1, 1), valid), each look's shift (None: left out), and per LR pixel
+    the looks left out where they disagree (an unregistrable look's gross differences; an uncorrelated
+    look: all its valid pixels)."""
     p = ref.shape[-1]
     registered, shifts, changed = [], [(0.0, 0.0)], np.zeros((p, p), dtype=np.int32)
     for j in range(1, looks.shape[0]):
@@ -308,6 +373,12 @@ def _register_looks(looks: np.ndarray, ref: np.ndarray, valid0: np.ndarray, min_
         valid = np.isfinite(look).all(axis=0) & valid0
         if valid.sum() < max(16, min_valid * valid0.sum()):
             shifts.append(None)
+            continue
+        known = None if scene_shifts is None else scene_shifts[j]
+        if known is not None and np.isfinite(known).all():
+            shift = (float(known[0]), float(known[1]))
+            registered.append((j, shift, *_gain_offset(ref, look, valid, shift), valid))
+            shifts.append(shift)
             continue
         shift, quality, gross = _register(ref, look, valid)
         if not quality.ok:  # left out; where it disagrees (uncorrelated: all of it) counted as changed
@@ -401,12 +472,21 @@ def _band(rows: Any, t: int, p: int, n: int, step: int) -> tuple | None:
     return coef.permute(1, 0, 2).contiguous(), pad, total, width, step
 
 
-def _backward(ops: tuple[Any, Any, Any], r: Any) -> Any:
-    """The adjoint of :func:`_forward`, summed over the looks: (T, p, C, p) -> (n, C n)."""
+def _backward(ops: tuple[Any, Any, Any], r: Any, band: tuple | None = None) -> Any:
+    """The adjoint of :func:`_forward`, summed over the looks: (T, p, C, p) -> (n, C n); with ``band``, the
+    rows' product over their band only (each LR row's band added into its HR rows)."""
+    import torch
+
     rows, _, cols = ops
     t, p, n = cols.shape
     z = r.reshape(t, -1, p) @ cols  # (T, p C, n)
-    return rows.T @ z.reshape(t * p, -1)
+    if band is None:
+        return rows.T @ z.reshape(t * p, -1)
+    coef, pad, total, width, step = band
+    parts = coef.transpose(1, 2) @ z.reshape(t, p, -1).transpose(0, 1)  # (p, width, C n)
+    index = (step * torch.arange(p)[:, None] + torch.arange(width)[None]).reshape(-1)
+    out = z.new_zeros(total, parts.shape[-1]).index_add_(0, index, parts.reshape(p * width, -1))
+    return out[pad:pad + n]
 
 
 class MultiDateModel:
@@ -417,6 +497,7 @@ class MultiDateModel:
             raise InputError(f"the multi-date model builds on a model with a mean network (model v2), got "
                              f"{base.info.name!r}")
         self.base, self.config = base, config
+        _INSTANCES.add(self)
 
     @property
     def info(self) -> ModelInfo:
@@ -424,11 +505,14 @@ class MultiDateModel:
         return ModelInfo(name=self.config.name, version=self.config.version, bands=b.bands, scale=b.scale,
                          patch=b.patch, overlap=b.overlap, patch_multiple=b.patch_multiple,
                          core_dims=(LOOK_DIM, "band", "y", "x"), outputs=("mean", "std"),
-                         extra_outputs=("looks", "changed"), reference_first=True, mean_without_samples=True, std_scale=b.std_scale,
+                         extra_outputs=("looks", "changed"), reference_first=True, context="look_shift",
+                         mean_without_samples=True, std_scale=b.std_scale,
                          consistency=b.consistency, trained=b.trained,
                          attrs=(("base_model", b.name), ("base_model_version", b.version),
-                                ("registration", "per patch: per-band gain/offset, then the sub-pixel shift of "
-                                                 "each look to the date asked for (xr_opensr.registration)")))
+                                ("registration", "each look's scene-level sub-pixel shift to the date asked for "
+                                                 "(look_shift) with a per-band gain/offset per patch; where the "
+                                                 "scene-level shift is unknown or the patch disagrees, per patch "
+                                                 "(xr_opensr.registration)")))
 
     @property
     def device(self) -> Any:
@@ -448,8 +532,10 @@ class MultiDateModel:
         ok = np.isfinite(patches[:, 0]).all(axis=1)[:, None]
         return np.broadcast_to(ok, (patches.shape[0], patches.shape[2], *patches.shape[-2:]))
 
-    def run(self, patches: np.ndarray, seeds: np.ndarray, options: SampleOptions) -> np.ndarray:
-        """(N, L, C, P, P) looks -> (N, 4, C, sP, sP): mean, std, looks used, looks left out as changed."""
+    def run(self, patches: np.ndarray, seeds: np.ndarray, options: SampleOptions,
+            context: np.ndarray | None = None) -> np.ndarray:
+        """(N, L, C, P, P) looks -> (N, 4, C, sP, sP): mean, std, looks used, looks left out as changed;
+        ``context`` (N, L, 2): each look's scene-level offset from its date (``info.context``), or None."""
         import torch
 
         if options.return_samples:
@@ -465,16 +551,19 @@ class MultiDateModel:
         todo = np.flatnonzero(~invalid.all(axis=(1, 2)))
         if not len(todo):
             return out
-        mean0, std0 = self.base.mean_and_spread(torch.from_numpy(ref[todo]), torch.from_numpy(invalid[todo]),
-                                                spread=options.samples >= 2 or self.config.prior_weight > 0)
-        if self.config.shared_prior:  # a date's mean is that of the same patch as another date's look
-            self._remember(ref[todo], mean0)
+        spread = options.samples >= 2 or self.config.prior_weight > 0
+        if self.config.shared_prior:  # a date's patch is another date's look: computed once, kept by content
+            mean0, std0 = self._single_date(ref[todo], spread)
+        else:
+            mean0, std0 = self.base.mean_and_spread(torch.from_numpy(ref[todo]), torch.from_numpy(invalid[todo]),
+                                                    spread=spread)
         ratio = np.asarray(self.config.std_ratio)
         std0 = std0 * np.float32(self.base.info.std_scale)  # calibrated, as the single-date model gives it
         for k, i in enumerate(todo):
-            means = functools.partial(self._look_means, patches[i]) if self.config.shared_prior else None
+            means = functools.partial(self._look_means, patches[i], spread) if self.config.shared_prior else None
             mean, used, changed, rms, _ = fuse_looks(patches[i], mean0[k], self.config, max_looks=max_looks, scale=s,
-                                                     prior_std=std0[k], look_means=means)
+                                                     prior_std=std0[k], look_means=means,
+                                                     scene_shifts=None if context is None else context[i])
             hr = _up(invalid[i], s)
             out[i, 0] = np.where(hr, np.nan, np.maximum(mean, 0.0))
             if options.samples >= 2:
@@ -487,51 +576,58 @@ class MultiDateModel:
         return out
 
 
-    #: bytes of single-date means kept per model (least recently used first out, by the patch's content: the
-    #: looks of a date are other dates' patches, whose means are then computed once, as a date or as a look,
-    #: while they are among the last ones; 128 MiB: 512 patches of 32 x 32 LR pixels, whatever the series' length)
+    #: bytes of single-date results kept per model (least recently used first out, by the patch's content: the
+    #: looks of a date are other dates' patches, whose mean and spread are then computed once, as a date or as a
+    #: look, while they are among the last ones; 128 MiB: 256 patches of 32 x 32 LR pixels with their spread,
+    #: whatever the series' length)
     MEANS_KEPT_BYTES: ClassVar[int] = 128 * 2**20
 
-    def _look_means(self, looks: np.ndarray, which: list[int]) -> np.ndarray:
+    def _look_means(self, looks: np.ndarray, spread: bool, which: list[int]) -> np.ndarray:
         """(len(which), C, sP, sP): the single-date mean of the looks ``which`` of one patch's ``looks`` (L, C, P, P)
-        (NaN where nodata); each the network's result for that look alone (batch-invariant), kept by content."""
+        (NaN where nodata), their spread computed too with ``spread`` (for when they are a date's patch)."""
+        return self._single_date(np.ascontiguousarray(looks[which], dtype=np.float32), spread)[0]
+
+    def _single_date(self, x: np.ndarray, spread: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The base model's (mean, uncalibrated spread) of the LR patches ``x`` (B, C, P, P) float32, NaN nodata,
+        each the network's result for that patch alone (batch-invariant; the spread zeros without ``spread``),
+        kept by content: a patch seen before (as a date or as a look) is not computed again."""
         import torch
 
-        keys = [_key(looks[j]) for j in which]
-        found = self._recall(keys)
-        todo = [i for i, m in enumerate(found) if m is None and i == keys.index(keys[i])]
-        if todo:
-            x = np.ascontiguousarray(looks[[which[i] for i in todo]], dtype=np.float32)
-            invalid = ~np.isfinite(x).all(axis=1)
-            mean, _ = self.base.mean_and_spread(torch.from_numpy(x), torch.from_numpy(invalid), spread=False)
-            new = dict(zip([keys[i] for i in todo], mean))
-            self._remember(x, mean, list(new))
-            found = [new[key] if m is None else m for m, key in zip(found, keys)]
-        return np.stack(found)
-
-    def _remember(self, x: np.ndarray, means: np.ndarray, keys: list[bytes] | None = None) -> None:
+        keys = [_key(xi) for xi in x]
         with _MEANS_LOCK:
             kept = self.__dict__.setdefault("_means_kept", collections.OrderedDict())
-            for i, mean in enumerate(means):
-                key = keys[i] if keys is not None else _key(x[i])
-                kept[key] = np.array(mean)  # a copy: not a view of the whole batch
-                kept.move_to_end(key)
-            while len(kept) > max(1, self.MEANS_KEPT_BYTES // max(1, means[0].nbytes)):
-                kept.popitem(last=False)
-
-    def _recall(self, keys: list[bytes]) -> list[np.ndarray | None]:
-        with _MEANS_LOCK:
-            kept = self.__dict__.setdefault("_means_kept", collections.OrderedDict())
-            out = []
-            for key in keys:
-                mean = kept.get(key)
-                if mean is not None:
+            found = [kept.get(key) for key in keys]
+            found = [f if f is not None and (f[2] or not spread) else None for f in found]
+            for key, f in zip(keys, found):
+                if f is not None:
                     kept.move_to_end(key)
-                out.append(mean)
-            return out
+        todo = [i for i, f in enumerate(found) if f is None and i == keys.index(keys[i])]
+        if todo:
+            xs = x[todo]
+            invalid = ~np.isfinite(xs).all(axis=1)
+            mean, std = self.base.mean_and_spread(torch.from_numpy(xs), torch.from_numpy(invalid), spread=spread)
+            new = {keys[i]: (np.array(m), np.array(d), spread) for i, m, d in zip(todo, mean, std)}  # copies
+            with _MEANS_LOCK:
+                for key, value in new.items():
+                    kept[key] = value
+                    kept.move_to_end(key)
+                per_entry = 2 * mean[0].nbytes
+                while len(kept) > max(1, self.MEANS_KEPT_BYTES // per_entry):
+                    kept.popitem(last=False)
+            found = [new[key] if f is None else f for f, key in zip(found, keys)]
+        return np.stack([f[0] for f in found]), np.stack([f[1] for f in found])
 
 
 _MEANS_LOCK = threading.Lock()
+_INSTANCES: weakref.WeakSet = weakref.WeakSet()
+
+
+def forget_kept() -> None:
+    """Empty every multi-date model's kept single-date results in this process (benchmarks: each timed run
+    starts without them)."""
+    with _MEANS_LOCK:
+        for model in list(_INSTANCES):
+            model.__dict__.pop("_means_kept", None)
 
 
 def _key(look: np.ndarray) -> bytes:
