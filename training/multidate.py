@@ -409,11 +409,13 @@ def write_card(model_dir: Path) -> Path:
     metrics = json.loads((model_dir / "metrics.json").read_text())
     lines = [f"# {cfg['name']} {cfg['version']} (kind `multidate`)", "",
              "Multi-date super-resolution on the single-date default model (`base`: "
-             f"`{cfg['base']}`): per patch, each look registered to the date asked for (sub-pixel shift and "
-             "per-band gain/offset), disagreeing pixels left out (`changed`), then a MAP reconstruction with the "
+             f"`{cfg['base']}`): each look moved onto the date asked for by its scene-level sub-pixel shift "
+             "(`look_shift`; registered per patch where that is unknown) with a per-band gain/offset per patch, "
+             "disagreeing pixels left out (`changed`), then a MAP reconstruction with the "
              "single-date mean and variance as the prior (`xr_opensr/models/multidate.py`). No weights of its own.",
              "", "## Parameters (fitted with `python -m training multidate`)", "",
-             f"prior_weight {cfg['prior_weight']}, iterations {cfg['iterations']}, change_threshold "
+             f"prior_weight {cfg['prior_weight']}, iterations {cfg['iterations']} (preconditioner "
+             f"{cfg.get('preconditioner', 'none')}), change_threshold "
              f"{cfg['change_threshold']}, std_ratio (per number of looks used) {cfg['std_ratio']}.",
              "", f"Fitting data: {cfg['provenance'].get('scenes', '?')}; trials: "
              f"{cfg['provenance'].get('trials', '?')}; {cfg['provenance'].get('seconds', '?')} s on "
