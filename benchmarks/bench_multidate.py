@@ -44,6 +44,8 @@ shifts (7 estimates per date on the whole 128 x 128 window, about 0.7 s per date
 compute is timed (the previous bench's best of 2 reused the means kept by its first run): 64 x 64, K = 8
 1.68 -> 0.86 s/date (single-date 0.18-0.19: 9.2x -> 4.5x); 128 x 128, 4.80 -> 2.49 s/date (single-date
 0.35-0.40: 13.9x -> 6.3x). Peak RSS streaming K = 8 (32 x 32 LR px): 772 MiB for 8 dates, 880 MiB for 32.
+Again after the review fixes and the change test's std term (the shipped 0.3.0), load 1.2-1.6: 64 x 64 K = 1
+1.20x, K = 8 0.800 s/date (4.8x); 128 x 128 K = 1 1.25x, K = 8 1.912 (5.0x).
 """
 
 from __future__ import annotations

@@ -311,11 +311,43 @@ def test_the_scene_level_shifts_are_used_and_patches_register_only_where_they_ar
     assert len(calls) == 1 and out[4][2] is not None and np.allclose(out[4][2], known[2], atol=0.05)
 
 
+def test_a_cloud_look_with_a_known_shift_is_left_out_and_counted(static):
+    """A look whose scene-level shift is known but which shows something else on a textured patch (a uniform
+    unmasked cloud, another scene) is left out there and counted in ``changed``, even as the only other look
+    (no other candidate to judge it against)."""
+    from xr_opensr.models import multidate
+
+    ref = static.values[0][:, :32, :32].astype(np.float64)
+    x0 = np.repeat(np.repeat(ref, 4, axis=-2), 4, axis=-1)
+    other = simulate(scene(11))[1][:, :32, :32]
+    for look in (np.full_like(ref, 0.6), other):
+        looks = np.stack([ref, look]).astype(np.float32)
+        out = multidate.fuse_looks(looks, x0, multidate.MultiDateConfig(), max_looks=2,
+                                   scene_shifts=np.array([[0.0, 0.0], [0.2, 0.1]]))
+        assert (out[1] == 1).all() and (out[2] == 1).all() and out[4][1] is None
+        np.testing.assert_array_equal(out[0], x0)
+
+
+def test_jacobi_with_no_prior_leaves_unconstrained_pixels_finite(static):
+    """Preconditioned CG with no prior weight (mu = 0): pixels no look constrains (reference nodata) do not
+    turn the patch into NaN."""
+    from xr_opensr.models import multidate
+
+    looks = static.values[:4, :, :32, :32].astype(np.float32).copy()
+    looks[0, :, :, 24:] = np.nan
+    x0 = np.repeat(np.repeat(np.nan_to_num(looks[0].astype(np.float64)), 4, axis=-2), 4, axis=-1)
+    cfg = multidate.MultiDateConfig(mu=0.0, prior_weight=0.0, iterations=8, preconditioner="jacobi")
+    mean = multidate.fuse_looks(looks, x0, cfg, max_looks=4, scene_shifts=np.array(SHIFTS[:4], dtype=float))[0]
+    assert np.isfinite(mean).all()
+
+
 def test_where_the_date_alone_was_used_the_single_date_result(static, static_sr):
     md = static_sr.isel(time=0)
     sd = single_date(static, 0)
     alone = md.looks.values == 1
-    assert alone.any()
+    # a static scene seen 5 times: hardly a pixel is left to the date alone (the change test's scale includes the
+    # single-date std; the date-alone case itself is checked where every other look changed, below)
+    assert alone.mean() < 0.01
     np.testing.assert_allclose(md.sr.values[:, alone], sd.sr.values[:, alone], rtol=0, atol=1e-6)
     np.testing.assert_allclose(md.uncertainty.values[:, alone], sd.uncertainty.values[:, alone], rtol=0, atol=1e-6)
 

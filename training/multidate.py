@@ -229,10 +229,11 @@ def fit_std_ratio(recs: dict[Any, dict[str, np.ndarray]], coverage: float = 0.95
 
 
 #: the reconstruction's settings tried by :func:`fit` (the shared prior: the looks' single-date means averaged)
-#: the version the fit writes (0.3.0: the looks' scene-level shifts, Jacobi-preconditioned conjugate gradients)
+#: the version the fit writes (0.3.0: the looks' scene-level shifts, Jacobi-preconditioned conjugate gradients,
+#: the change test's scale widened by the single-date std)
 MODEL_VERSION = "0.3.0"
-FIT_GRID = ({"prior_weight": 0.1, "iterations": 16, "shared_prior": True, "preconditioner": "jacobi"},
-            {"prior_weight": 0.05, "iterations": 16, "shared_prior": True, "preconditioner": "jacobi"})
+FIT_GRID = ({"prior_weight": 0.1, "iterations": 16, "shared_prior": True, "preconditioner": "jacobi", "change_std": 1.0},
+            {"prior_weight": 0.05, "iterations": 16, "shared_prior": True, "preconditioner": "jacobi", "change_std": 1.0})
 
 
 def fit(out: Path, *, n_real: int = 4, n_syn: int = 2, n_fine: int = 1, n_bigearthnet: int = 6,
@@ -415,8 +416,9 @@ def write_card(model_dir: Path) -> Path:
              "single-date mean and variance as the prior (`xr_opensr/models/multidate.py`). No weights of its own.",
              "", "## Parameters (fitted with `python -m training multidate`)", "",
              f"prior_weight {cfg['prior_weight']}, iterations {cfg['iterations']} (preconditioner "
-             f"{cfg.get('preconditioner', 'none')}), change_threshold "
-             f"{cfg['change_threshold']}, std_ratio (per number of looks used) {cfg['std_ratio']}.",
+             f"{cfg.get('preconditioner', 'none')}), change_threshold {cfg['change_threshold']} (change_std "
+             f"{cfg.get('change_std', 0.0)}), "
+             f"std_ratio (per number of looks used) {cfg['std_ratio']}.",
              "", f"Fitting data: {cfg['provenance'].get('scenes', '?')}; trials: "
              f"{cfg['provenance'].get('trials', '?')}; {cfg['provenance'].get('seconds', '?')} s on "
              f"{cfg['provenance'].get('machine', '?')}.", "",

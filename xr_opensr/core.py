@@ -105,15 +105,18 @@ def superresolve(obj: xr.DataArray | xr.Dataset, samples: int = 10, **options: A
     else:
         inp = _inputs.model_input(obj, y_dim, x_dim, tuple(info.bands), opts.bands, whole=info.whole_dims)
     samples_grid: dict[str, int] = {}
+    if crop and info.context is not None:
+        raise InputError(f"tiling='crop' with model {info.name!r}, which takes a scene-level input ({info.context!r}) "
+                         "per patch: use tiling='blend' (the default)")
     if crop and opts.return_samples:
         spec, out, samples_grid = _cropped_with_blended_samples(inp, spec, info, opts, geobox, patch, overlap)
     else:
         context = None
-        if info.context == "look_shift":
+        if info.context == "look_shift" and LOOK_DIM in info.whole_dims:
             context = look_shift
         elif info.context is not None:
-            raise InputError(f"model {info.name!r} asks for the context {info.context!r}, which this version does not "
-                             "compute (known: 'look_shift'); update xr-opensr or the model")
+            raise InputError(f"model {info.name!r} asks for the context {info.context!r}, which this version computes "
+                             "only for a model whose core dims start with 'look' ('look_shift'); fix the model's info")
         spec, out = _build_graph(inp, spec, info, opts, geobox, patch=patch, overlap=overlap, crop=crop,
                                  context=context)
 
@@ -318,7 +321,8 @@ def _count(block: np.ndarray) -> np.ndarray:
     """A blended count plane as uint8: rounded up (a pixel counts 1 only where every patch that covers it
     with weight counts 1), 0 where NaN (nodata)."""
     with np.errstate(invalid="ignore"):
-        return np.where(np.isfinite(block), np.ceil(block - 1e-3), 0).astype(np.uint8)
+        # (the blend's float32 rounding of equal counts is ~1e-7; a patch at the start of its ramp weighs >= 6e-4)
+        return np.where(np.isfinite(block), np.ceil(block - 1e-5), 0).astype(np.uint8)
 
 
 #: the long names of the per-pixel counts a model may give (``ModelInfo.extra_outputs``)

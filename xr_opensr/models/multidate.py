@@ -6,16 +6,19 @@ scenes (``python -m training multidate``). Per patch (its core dims ``("look", "
 0 is the date asked for, then the other looks of its time window, nearest date first):
 
 1. the single-date mean ``x0`` and standard deviation ``u0`` of the reference look (model v2, unchanged);
-2. each other look, where it and the reference are valid: its sub-pixel shift and a per-band gain and
-   offset to the reference (illumination, phenology), fitted jointly
-   (:func:`xr_opensr.registration.estimate_shift`);
-   a look whose patch cannot be registered (too little texture or valid area) is left out;
+2. each other look, where it and the reference are valid: its scene-level sub-pixel shift (``look_shift``,
+   the model's ``context``: one estimate per look and date on the input's central window) and a per-band
+   gain and offset fitted on the patch (illumination, phenology; :func:`_gain_offset`); a look uncorrelated
+   with a textured reference patch (a cloud, another scene) is left out there, all its valid pixels counted
+   in ``changed``. Where the scene-level shift is unknown (NaN), the look is registered on the patch
+   (shift, gain and offset jointly, :func:`xr_opensr.registration.estimate_shift`), and left out where it
+   cannot be (too little texture or valid area); a look that cannot be registered is registered again
+   without its gross differences from the reference (beyond 8 robust scales: an object, an unmasked
+   cloud), and where it still cannot, left out, its gross differences counted in ``changed``;
 3. change: a look's pixels that disagree with the single-date prediction of that look (``x0`` shifted
    and degraded) by more than ``change_threshold`` times the patch's robust residual scale (every band,
-   dilated by one pixel) are left out and counted in ``changed``; a look that cannot be registered is
-   registered again without its gross differences from the reference (beyond 8 robust scales: an object,
-   an unmasked cloud), and where it still cannot, left out, its gross differences counted in ``changed``;
-   at most ``looks - 1`` further looks per pixel, in the looks' order;
+   dilated by one pixel) are left out and counted in ``changed``; at most ``looks - 1`` further looks per
+   pixel, in the looks' order;
 4. the mean: ``x`` minimising ``sum_j |w_j (y_j - D S_j x)|^2 + mu |x - x0|^2`` (``D`` the sensor's PSF and
    4 x 4 area mean, ``S_j`` the look's shift, ``w_j`` its valid, unchanged pixels; conjugate gradients,
    ``iterations`` steps from ``x0``, every look in one batched product, the normal operator's products in
@@ -76,6 +79,9 @@ class MultiDateConfig(JsonConfig):
     std_ratio : the standard deviation's factor by number of looks used (entry n-1 for n looks; the last
         entry for more); the first entry is 1.
     disagreement : factor of the looks' RMS residual added to the standard deviation.
+    change_std : > 0: the change test's scale per pixel is the robust residual scale and this times the
+        single-date std moved onto the look, combined (where the single-date mean is unsure, e.g. at fine
+        texture, its prediction of a look is too, and a look is not left out for that); 0: the robust scale alone.
     preconditioner : of the conjugate gradients: ``"jacobi"`` (the normal operator's diagonal: the prior's
         weight varies per pixel, and so does its scale) or ``"none"``.
     provenance : how the parameters were fitted (command, data, date).
@@ -95,6 +101,7 @@ class MultiDateConfig(JsonConfig):
     std_ratio: tuple[float, ...] = (1.0,)
     disagreement: float = 0.0
     preconditioner: str = "none"
+    change_std: float = 0.0
     provenance: dict = dataclasses.field(default_factory=dict)
 
     WHERE: ClassVar[str] = "multi-date model config"
@@ -197,14 +204,18 @@ MIN_CORRELATION = 0.5
 #: ... and every band's gain lies in this range; else gain 1 and the median difference as the offset (a flat
 #: or noisy patch: a fitted gain would shrink towards 0 with the correlation; a cloud: the change test)
 GAIN_RANGE = (0.5, 2.0)
+#: reflectance: a reference patch whose every band's standard deviation is at most this is flat (water, a bare
+#: field: a few times the sensor's noise), and a look's low correlation with it says nothing
+FLAT_STD = 0.005
 
 
 def _gain_offset(ref: np.ndarray, look: np.ndarray, valid: np.ndarray, shift: tuple[float, float]
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The per-band gain and offset (C, 1, 1) with ``look`` moved onto ``ref`` by ``-shift`` times gain plus
     offset ~ ``ref`` on the pixels valid in both: least squares, then once more with Huber weights, where the
-    patch has the texture for it (:data:`MIN_CORRELATION`, :data:`GAIN_RANGE`); else gain 1 and the median
-    difference."""
+    look correlates with the reference (:data:`MIN_CORRELATION`) with a plausible gain (:data:`GAIN_RANGE`);
+    else gain 1 and the median difference where the reference patch is flat (:data:`FLAT_STD`: there is
+    nothing to correlate), and None where it is not: the look shows something else (a cloud, another scene)."""
     from ..registration import shift_image
 
     c = ref.shape[0]
@@ -216,10 +227,10 @@ def _gain_offset(ref: np.ndarray, look: np.ndarray, valid: np.ndarray, shift: tu
     plain = np.ones((c, 1, 1)), np.median(y - x, axis=1)[:, None, None]
     xc, yc = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
     sxx, syy, sxy = (xc * xc).sum(axis=1), (yc * yc).sum(axis=1), (xc * yc).sum(axis=1)
-    if ok.sum() < 16 or not ((sxx > 1e-20).all() and (syy > 1e-20).all()):
-        return plain
-    if float(np.mean(sxy / np.sqrt(sxx * syy))) < MIN_CORRELATION:
-        return plain
+    if ok.sum() < 16 or float(np.sqrt(syy / ok.sum()).max()) <= FLAT_STD:
+        return plain  # too few pixels, or a flat reference: nothing to correlate
+    if not (sxx > 1e-20).all() or float(np.mean(sxy / np.sqrt(sxx * np.maximum(syy, 1e-300)))) < MIN_CORRELATION:
+        return None
     gain = sxy / sxx
     offset = y.mean(axis=1) - gain * x.mean(axis=1)
     residual = y - (gain[:, None] * x + offset[:, None])  # one Huber step against outliers (objects, clouds)
@@ -299,14 +310,20 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
     if registered:
         ops = _stacked_operators([s for _, s, _, _, _ in registered], n_hr, scale, torch.float64)
         predicted = _forward(ops, t0.permute(1, 0, 2).reshape(n_hr, c * n_hr)).numpy()  # (T, p, C, p)
+        expected = None  # the single-date std moved onto each look: where x0 itself is unsure, its prediction is too
+        if config.change_std > 0 and prior_std is not None:
+            u = np.where(np.isfinite(prior_std), prior_std, 0.0).astype(np.float64)
+            expected = config.change_std * _forward(ops, torch.from_numpy(u).permute(1, 0, 2).reshape(n_hr, c * n_hr)
+                                                    ).numpy().transpose(0, 2, 1, 3)  # (T, C, p, p)
         candidates = []
         for (j, shift, gain, offset, valid), pred in zip(registered, predicted):
             corrected = looks[j].astype(np.float64) * gain + offset
             candidates.append((j, shift, gain, offset, corrected, valid,
                                np.where(valid, corrected - pred.transpose(1, 0, 2), 0.0)))
         centre, spread = _robust(np.concatenate([r[:, v] for *_, v, r in candidates], axis=1))
-        for j, shift, gain, offset, corrected, valid, residual in candidates:
-            z = np.sqrt((((residual - centre[:, None, None]) / spread[:, None, None]) ** 2).mean(axis=0))
+        for t, (j, shift, gain, offset, corrected, valid, residual) in enumerate(candidates):
+            scale_t = spread[:, None, None] if expected is None else np.hypot(spread[:, None, None], expected[t])
+            z = np.sqrt((((residual - centre[:, None, None]) / scale_t) ** 2).mean(axis=0))
             bad = valid & _dilate(valid & (z > config.change_threshold))
             take = valid & ~bad & (used < max_looks)
             changed += bad
@@ -348,7 +365,8 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
     inverse_diagonal = None
     if config.preconditioner == "jacobi":  # the diagonal: mu plus each look's squared operator weighted
         squared = tuple(op * op for op in ops64)
-        inverse_diagonal = 1.0 / (mu_t + _backward(squared, w).reshape(n_hr, c, n_hr))
+        diagonal = mu_t + _backward(squared, w).reshape(n_hr, c, n_hr)  # 0 only where nothing constrains a pixel
+        inverse_diagonal = torch.where(diagonal > 0, 1.0 / diagonal.clamp_min(1e-300), 1.0)
     x = _conjugate_gradients(normal, b, start.clone(), config.iterations, inverse_diagonal)
     sq = (w_plain * (y - _forward(ops64, x.reshape(n_hr, c * n_hr))) ** 2).mean(dim=2).sum(dim=0)
     rms = np.sqrt(sq.numpy() / np.maximum(used, 1))
@@ -361,8 +379,9 @@ def _register_looks(looks: np.ndarray, ref: np.ndarray, valid0: np.ndarray, min_
                     ) -> tuple[list[tuple], list[tuple[float, float] | None], np.ndarray]:
     """Step 1 of :func:`fuse_looks`: every look 1.. registered to ``ref`` or left out. A look whose scene-level
     shift is known (``scene_shifts`` (L, 2), finite) takes it, with the patch's own per-band gain and offset
-    (:func:`_gain_offset`; where it disagrees, an unmasked cloud or a change, the change test of step 2 leaves
-    its pixels out); the others are registered on the patch (:func:`_register`), or left out. Returns the registered ones as (look index,
+    (:func:`_gain_offset`; a look uncorrelated with a textured reference is left out, all its valid pixels
+    counted as changed; where part of it disagrees, an unmasked cloud or a change, the change test of step 2
+    leaves those pixels out); the others are registered on the patch (:func:`_register`), or left out. Returns the registered ones as (look index,
     shift, gain (C, 1, 1), offset (C, 1, 1), valid), each look's shift (None: left out), and per LR pixel
     the looks left out where they disagree (an unregistrable look's gross differences; an uncorrelated
     look: all its valid pixels)."""
@@ -377,7 +396,12 @@ def _register_looks(looks: np.ndarray, ref: np.ndarray, valid0: np.ndarray, min_
         known = None if scene_shifts is None else scene_shifts[j]
         if known is not None and np.isfinite(known).all():
             shift = (float(known[0]), float(known[1]))
-            registered.append((j, shift, *_gain_offset(ref, look, valid, shift), valid))
+            fit = _gain_offset(ref, look, valid, shift)
+            if fit is None:  # uncorrelated with a textured reference: left out where valid, counted as changed
+                changed += valid
+                shifts.append(None)
+                continue
+            registered.append((j, shift, *fit, valid))
             shifts.append(shift)
             continue
         shift, quality, gross = _register(ref, look, valid)
@@ -511,7 +535,7 @@ class MultiDateModel:
                          attrs=(("base_model", b.name), ("base_model_version", b.version),
                                 ("registration", "each look's scene-level sub-pixel shift to the date asked for "
                                                  "(look_shift) with a per-band gain/offset per patch; where the "
-                                                 "scene-level shift is unknown or the patch disagrees, per patch "
+                                                 "scene-level shift is unknown, per patch "
                                                  "(xr_opensr.registration)")))
 
     @property
