@@ -556,11 +556,7 @@ def superresolve_array(
     *all_lead, c, h, w = x.shape
     lead_shape, lead_nd = tuple(all_lead[: len(all_lead) - whole]), len(all_lead) - whole
     grid = PatchGrid(h, w, patch, overlap, scale, crop)
-    if lead_keys is None:  # default: the flat index
-        lead_keys = np.arange(int(np.prod(lead_shape)), dtype=np.uint64).reshape(lead_shape)
-    lead_keys = np.asarray(lead_keys, dtype=np.uint64)
-    if lead_keys.shape != lead_shape:
-        raise ValueError(f"lead_keys must have shape {lead_shape}, got {lead_keys.shape}")
+    lead_keys = _lead_keys(lead_keys, lead_shape)
     conversion = tuple(None if v is None else np.asarray(v, dtype=np.float64)
                        for v in (band_scale, band_offset, band_nodata))
     target_block = TARGET_BLOCK_LR if target_block is None else target_block
@@ -571,10 +567,7 @@ def superresolve_array(
     xchunks = _tile_chunks(w, grid.stride, block_tiles[1])
     x = x.rechunk((*x.chunks[:lead_nd], *((n,) for n in all_lead[lead_nd:]), (c,), ychunks, xchunks))
 
-    if context is not None:
-        if tuple(context.shape[:lead_nd]) != tuple(lead_shape):
-            raise ValueError(f"context must have the leading shape {tuple(lead_shape)}, got {context.shape}")
-        context = context.rechunk((*x.chunks[:lead_nd], *((n,) for n in context.shape[lead_nd:])))
+    context = None if context is None else _context_like(context, x.chunks[:lead_nd], lead_shape)
     token = tokenize(x.name, kernel, grid, n_outputs, seed, lead_keys, conversion, block_tiles, guide_channels, whole,
                      reference_first, None if context is None else context.name)
     args = dict(kernel=kernel, grid=grid, seed=seed, n_outputs=n_outputs, conversion=conversion,
@@ -592,6 +585,24 @@ def superresolve_array(
                   tuple(scale * v for v in ychunks), tuple(scale * v for v in xchunks))
     meta = np.empty((0,) * (lead_nd + 4), dtype=np.float32)
     return da.Array(tasks.graph(x, context), tasks.names["blend"], out_chunks, meta=meta, dtype=np.float32)
+
+
+def _lead_keys(lead_keys: np.ndarray | None, lead_shape: tuple[int, ...]) -> np.ndarray:
+    """The (*L,) uint64 seed keys of the leading elements (default: the flat index), shape checked."""
+    if lead_keys is None:
+        lead_keys = np.arange(int(np.prod(lead_shape)), dtype=np.uint64).reshape(lead_shape)
+    lead_keys = np.asarray(lead_keys, dtype=np.uint64)
+    if lead_keys.shape != lead_shape:
+        raise ValueError(f"lead_keys must have shape {lead_shape}, got {lead_keys.shape}")
+    return lead_keys
+
+
+def _context_like(context: da.Array, lead_chunks: tuple, lead_shape: tuple[int, ...]) -> da.Array:
+    """``context`` (*L, ...) checked against the leading shape and chunked like the input's leading dims, whole
+    along the rest (one block per leading block of the graph)."""
+    if tuple(context.shape[: len(lead_shape)]) != lead_shape:
+        raise ValueError(f"context must have the leading shape {lead_shape}, got {context.shape}")
+    return context.rechunk((*lead_chunks, *((n,) for n in context.shape[len(lead_shape):])))
 
 
 def _block_extents(chunks: tuple[int, ...], stride: int, n_patches: int) -> list[tuple[int, int, int, int]]:
@@ -627,7 +638,6 @@ class _BlockTasks:
                  grid: PatchGrid, task_args: dict, context: tuple[str, int] | None = None) -> None:
         self.names, self.src, self.grid, self.task_args = names, src, grid, task_args
         self.context = context
-        self.ctx_key = None
         stride, ov = grid.stride, grid.overlap
         self.yb = _block_extents(ychunks, stride, grid.rows)
         self.xb = _block_extents(xchunks, stride, grid.cols)
@@ -644,11 +654,10 @@ class _BlockTasks:
         src = (self.src, *lb, *(0,) * self.task_args.get("whole", 0), 0, bi, bj)
         origin = (self.yb[bi][2], self.xb[bj][2])
         patch_args = dict(origin=origin, keys=keys, **self.task_args)
-        if self.context is not None:
-            self.ctx_key = (self.context[0], *lb, *(0,) * self.context[1])
+        ctx = None if self.context is None else (self.context[0], *lb, *(0,) * self.context[1])
         self._add_halos(src, lb, bi, bj)
-        sr, sc = self._add_spill(src, lb, bi, bj, patch_args)
-        self._add_blend(src, lb, bi, bj, (sr, sc), patch_args)
+        sr, sc = self._add_spill(src, lb, bi, bj, patch_args, ctx)
+        self._add_blend(src, lb, bi, bj, (sr, sc), patch_args, ctx)
 
     def _add_halos(self, src: tuple, lb: tuple[int, ...], bi: int, bj: int) -> None:
         """Halo strips of this input block, for the spill patches of the previous blocks."""
@@ -658,10 +667,12 @@ class _BlockTasks:
             if wanted:
                 self.layers[layer][(self.names[layer], *lb, bi, bj)] = (self.halos[layer], src)
 
-    def _add_spill(self, src: tuple, lb: tuple[int, ...], bi: int, bj: int, patch_args: dict) -> tuple[bool, bool]:
+    def _add_spill(self, src: tuple, lb: tuple[int, ...], bi: int, bj: int, patch_args: dict,
+                   ctx: tuple | None = None) -> tuple[bool, bool]:
         """The block's last patch row / column, which spill into the next blocks: computed apart
         ("spill", needed by 2-4 blends), with the edges the next blocks take from them. Returns
-        whether the block spills into the next block row and the next block column."""
+        whether the block spills into the next block row and the next block column. ``ctx``: the context block's key
+        (a dependency of the patches), or None."""
         names, ov = self.names, self.grid.overlap
         (p0, p1, _, _), (q0, q1, _, _) = self.yb[bi], self.xb[bj]
         sr = bi + 1 < len(self.yb) and ov > 0 and p1 > p0 and q1 > q0
@@ -676,7 +687,7 @@ class _BlockTasks:
             (names["halo-row"], *lb, bi + 1, bj) if sr else None,
             (names["halo-col"], *lb, bi, bj + 1) if sc else None,
             (names["halo-corner"], *lb, bi + 1, bj + 1) if sr and sc else None,
-            self.ctx_key,
+            ctx,
         )
         stops = {}
         if self.grid.crop:  # the next blocks read the spill patches' centres only
@@ -690,10 +701,10 @@ class _BlockTasks:
         return sr, sc
 
     def _add_blend(self, src: tuple, lb: tuple[int, ...], bi: int, bj: int, spills: tuple[bool, bool],
-                   patch_args: dict) -> None:
+                   patch_args: dict, ctx: tuple | None = None) -> None:
         """The block's interior patches (needed by this block only: made inside the blend task, so
         results waiting for a later blend are thin) and the blend with its spill and the previous
-        blocks' edges that reach into it."""
+        blocks' edges that reach into it; ``ctx`` as in :meth:`_add_spill`."""
         names, layers, ov = self.names, self.layers, self.grid.overlap
         (p0, p1, r0, r1), (q0, q1, c0, c1) = self.yb[bi], self.xb[bj]
         sr, sc = spills
@@ -714,7 +725,7 @@ class _BlockTasks:
             (names["edge-row"], *lb, bi - 1, bj) if prev_r else None,
             (names["edge-col"], *lb, bi, bj - 1) if prev_c else None,
             (names["edge-corner"], *lb, bi - 1, bj - 1) if prev_rc else None,
-            self.ctx_key,
+            ctx,
         )
 
     def graph(self, x: da.Array, context: da.Array | None = None) -> HighLevelGraph:

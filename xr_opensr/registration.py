@@ -167,11 +167,12 @@ def fit_gain_offset(ref, mov, valid=None, *, robust: bool = True) -> tuple[np.nd
     return gains, offsets
 
 
-def _robust_line(x: np.ndarray, y: np.ndarray, robust: bool) -> tuple[float, float]:
-    """``y ~ gain * x + offset`` by (Huber-)weighted least squares."""
+def _robust_line(x: np.ndarray, y: np.ndarray, robust: bool, iterations: int = 10) -> tuple[float, float]:
+    """``y ~ gain * x + offset`` by (Huber-)weighted least squares (plain least squares, then up to
+    ``iterations - 1`` Huber re-weightings)."""
     w = np.ones_like(x)
     gain, offset = 1.0, float(np.mean(y - x))
-    for _ in range(10 if robust else 1):
+    for _ in range(iterations if robust else 1):
         sw = w.sum()
         xm, ym = (w * x).sum() / sw, (w * y).sum() / sw
         sxx = (w * (x - xm) ** 2).sum()

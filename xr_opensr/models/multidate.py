@@ -216,7 +216,7 @@ def _gain_offset(ref: np.ndarray, look: np.ndarray, valid: np.ndarray, shift: tu
     look correlates with the reference (:data:`MIN_CORRELATION`) with a plausible gain (:data:`GAIN_RANGE`);
     else gain 1 and the median difference where the reference patch is flat (:data:`FLAT_STD`: there is
     nothing to correlate), and None where it is not: the look shows something else (a cloud, another scene)."""
-    from ..registration import shift_image
+    from ..registration import _robust_line, shift_image
 
     c = ref.shape[0]
     moved = shift_image(look, (-shift[0], -shift[1]))
@@ -231,18 +231,8 @@ def _gain_offset(ref: np.ndarray, look: np.ndarray, valid: np.ndarray, shift: tu
         return plain  # too few pixels, or a flat reference: nothing to correlate
     if not (sxx > 1e-20).all() or float(np.mean(sxy / np.sqrt(sxx * np.maximum(syy, 1e-300)))) < MIN_CORRELATION:
         return None
-    gain = sxy / sxx
-    offset = y.mean(axis=1) - gain * x.mean(axis=1)
-    residual = y - (gain[:, None] * x + offset[:, None])  # one Huber step against outliers (objects, clouds)
-    scale = np.maximum(1.4826 * np.median(np.abs(residual - np.median(residual, axis=1, keepdims=True)), axis=1),
-                       1e-6)[:, None]
-    w = np.minimum(1.0, 1.345 * scale / np.maximum(np.abs(residual), 1e-300))
-    sw = w.sum(axis=1)
-    xm, ym = (w * x).sum(axis=1) / sw, (w * y).sum(axis=1) / sw
-    sxx = (w * (x - xm[:, None]) ** 2).sum(axis=1)
-    gain = np.where(sxx > 1e-20, (w * (x - xm[:, None]) * (y - ym[:, None])).sum(axis=1) / np.maximum(sxx, 1e-300),
-                    gain)
-    offset = ym - gain * xm
+    # least squares, then one Huber step against outliers (objects, clouds): the registration's line fit
+    gain, offset = np.array([_robust_line(xb, yb, True, iterations=2) for xb, yb in zip(x, y)]).T
     if not (GAIN_RANGE[0] <= gain.min() and gain.max() <= GAIN_RANGE[1]):
         return plain
     return gain[:, None, None], offset[:, None, None]
@@ -308,31 +298,8 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
     terms_y, terms_w, terms_ops, taken = [np.where(valid0, ref, 0.0)], [valid0.astype(np.float64)], [(0.0, 0.0)], []
     spread = None
     if registered:
-        ops = _stacked_operators([s for _, s, _, _, _ in registered], n_hr, scale, torch.float64)
-        predicted = _forward(ops, t0.permute(1, 0, 2).reshape(n_hr, c * n_hr)).numpy()  # (T, p, C, p)
-        expected = None  # the single-date std moved onto each look: where x0 itself is unsure, its prediction is too
-        if config.change_std > 0 and prior_std is not None:
-            u = np.where(np.isfinite(prior_std), prior_std, 0.0).astype(np.float64)
-            expected = config.change_std * _forward(ops, torch.from_numpy(u).permute(1, 0, 2).reshape(n_hr, c * n_hr)
-                                                    ).numpy().transpose(0, 2, 1, 3)  # (T, C, p, p)
-        candidates = []
-        for (j, shift, gain, offset, valid), pred in zip(registered, predicted):
-            corrected = looks[j].astype(np.float64) * gain + offset
-            candidates.append((j, shift, gain, offset, corrected, valid,
-                               np.where(valid, corrected - pred.transpose(1, 0, 2), 0.0)))
-        centre, spread = _robust(np.concatenate([r[:, v] for *_, v, r in candidates], axis=1))
-        for t, (j, shift, gain, offset, corrected, valid, residual) in enumerate(candidates):
-            scale_t = spread[:, None, None] if expected is None else np.hypot(spread[:, None, None], expected[t])
-            z = np.sqrt((((residual - centre[:, None, None]) / scale_t) ** 2).mean(axis=0))
-            bad = valid & _dilate(valid & (z > config.change_threshold))
-            take = valid & ~bad & (used < max_looks)
-            changed += bad
-            used += take
-            if take.any():
-                terms_y.append(np.where(take, corrected, 0.0))
-                terms_w.append(take.astype(np.float64))
-                terms_ops.append(shift)
-                taken.append((j, shift, gain, offset, take))
+        spread = _change_test(looks, registered, t0, prior_std, config, max_looks, used, changed,
+                              (terms_y, terms_w, terms_ops, taken))
     if not taken:
         return x0, used, changed, np.zeros((p, p)), shifts
     # 3. the prior's mean: the single-date means of the looks used, moved onto the reference and averaged
@@ -374,6 +341,46 @@ def fuse_looks(looks: np.ndarray, x0: np.ndarray, config: MultiDateConfig, *, ma
     return np.where(_up(used <= 1, scale), x0, x), used, changed, rms, shifts
 
 
+def _change_test(looks: np.ndarray, registered: list[tuple], t0: Any, prior_std: np.ndarray | None,
+                 config: MultiDateConfig, max_looks: int, used: np.ndarray, changed: np.ndarray,
+                 terms: tuple[list, list, list, list]) -> np.ndarray:
+    """Step 2 of :func:`fuse_looks`: each registered look's residual against ``x0`` (``t0``) moved onto it; its
+    pixels beyond ``change_threshold`` robust scales left out and added to ``changed``, the others taken while
+    ``used`` < ``max_looks`` (both (p, p), updated in place) and appended to ``terms`` (looks' data, weights,
+    shifts, and (look index, shift, gain, offset, pixels used)). Returns the robust residual scale per band."""
+    import torch
+
+    terms_y, terms_w, terms_ops, taken = terms
+    c, n_hr = t0.shape[0], t0.shape[-1]
+    scale = n_hr // looks.shape[-1]
+    ops = _stacked_operators([s for _, s, _, _, _ in registered], n_hr, scale, torch.float64)
+    predicted = _forward(ops, t0.permute(1, 0, 2).reshape(n_hr, c * n_hr)).numpy()  # (T, p, C, p)
+    expected = None  # the single-date std moved onto each look: where x0 itself is unsure, its prediction is too
+    if config.change_std > 0 and prior_std is not None:
+        u = np.where(np.isfinite(prior_std), prior_std, 0.0).astype(np.float64)
+        expected = config.change_std * _forward(ops, torch.from_numpy(u).permute(1, 0, 2).reshape(n_hr, c * n_hr)
+                                                ).numpy().transpose(0, 2, 1, 3)  # (T, C, p, p)
+    candidates = []
+    for (j, shift, gain, offset, valid), pred in zip(registered, predicted):
+        corrected = looks[j].astype(np.float64) * gain + offset
+        candidates.append((j, shift, gain, offset, corrected, valid,
+                           np.where(valid, corrected - pred.transpose(1, 0, 2), 0.0)))
+    centre, spread = _robust(np.concatenate([r[:, v] for *_, v, r in candidates], axis=1))
+    for t, (j, shift, gain, offset, corrected, valid, residual) in enumerate(candidates):
+        scale_t = spread[:, None, None] if expected is None else np.hypot(spread[:, None, None], expected[t])
+        z = np.sqrt((((residual - centre[:, None, None]) / scale_t) ** 2).mean(axis=0))
+        bad = valid & _dilate(valid & (z > config.change_threshold))
+        take = valid & ~bad & (used < max_looks)
+        changed += bad
+        used += take
+        if take.any():
+            terms_y.append(np.where(take, corrected, 0.0))
+            terms_w.append(take.astype(np.float64))
+            terms_ops.append(shift)
+            taken.append((j, shift, gain, offset, take))
+    return spread
+
+
 def _register_looks(looks: np.ndarray, ref: np.ndarray, valid0: np.ndarray, min_valid: float,
                     scene_shifts: np.ndarray | None = None
                     ) -> tuple[list[tuple], list[tuple[float, float] | None], np.ndarray]:
@@ -381,10 +388,10 @@ def _register_looks(looks: np.ndarray, ref: np.ndarray, valid0: np.ndarray, min_
     shift is known (``scene_shifts`` (L, 2), finite) takes it, with the patch's own per-band gain and offset
     (:func:`_gain_offset`; a look uncorrelated with a textured reference is left out, all its valid pixels
     counted as changed; where part of it disagrees, an unmasked cloud or a change, the change test of step 2
-    leaves those pixels out); the others are registered on the patch (:func:`_register`), or left out. Returns the registered ones as (look index,
-    shift, gain (C, 1, 1), offset (C, 1, 1), valid), each look's shift (None: left out), and per LR pixel
-    the looks left out where they disagree (an unregistrable look's gross differences; an uncorrelated
-    look: all its valid pixels)."""
+    leaves those pixels out); the others are registered on the patch (:func:`_register`), or left out.
+    Returns the registered ones as (look index, shift, gain (C, 1, 1), offset (C, 1, 1), valid), each look's
+    shift (None: left out), and per LR pixel the looks left out where they disagree (an unregistrable look's
+    gross differences; an uncorrelated look: all its valid pixels)."""
     p = ref.shape[-1]
     registered, shifts, changed = [], [(0.0, 0.0)], np.zeros((p, p), dtype=np.int32)
     for j in range(1, looks.shape[0]):
